@@ -1,0 +1,22 @@
+"""Spike Accumulation Forwarding (SAF) for SpikingJelly 2.0.
+
+Train spiking networks online with half of OTTT's forward work and memory that does not grow with
+the number of time steps; deploy the weights unchanged in an ordinary LIF network.
+"""
+from . import functional, surrogate
+from .layer import InputAverage, OutputRecovery, predict
+from .neuron import SAFNode, SpikeTap
+from .training import METHODS, saf_online_training
+
+__all__ = [
+    "SAFNode",
+    "SpikeTap",
+    "InputAverage",
+    "OutputRecovery",
+    "predict",
+    "saf_online_training",
+    "METHODS",
+    "functional",
+    "surrogate",
+]
+__version__ = "0.1.0"
