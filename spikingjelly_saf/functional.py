@@ -213,13 +213,19 @@ class _RepresentationStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input_current, abar_prev, weight_sum_prev, decay, v_threshold,
                 input_scale, representation_surrogate):
-        weight_sum = next_weight_sum(weight_sum_prev, decay)
-        h = membrane_before_fire(
-            input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold, input_scale
-        )
-        spike = (h >= v_threshold).to(h.dtype)
-        abar = average_update(spike, abar_prev, weight_sum, weight_sum_prev, decay)
-        slope = representation_surrogate.derivative(input_current * (input_scale / v_threshold))
+        normalised_input = input_current * (input_scale / v_threshold)
+        if representation_surrogate.spiking:
+            weight_sum = next_weight_sum(weight_sum_prev, decay)
+            h = membrane_before_fire(
+                input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold,
+                input_scale,
+            )
+            spike = (h >= v_threshold).to(h.dtype)
+            abar = average_update(spike, abar_prev, weight_sum, weight_sum_prev, decay)
+        else:
+            # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
+            abar = representation_surrogate.primitive_function(normalised_input)
+        slope = representation_surrogate.derivative(normalised_input)
         # A 0/1 slope (the clamp's) is stored as bool: a quarter of float32's bytes, still exact.
         ctx.save_for_backward(slope.to(representation_surrogate.derivative_storage_dtype or slope.dtype))
         ctx.gain = input_scale / v_threshold
@@ -244,7 +250,8 @@ def saf_step_representation(
 ) -> tuple[torch.Tensor, float]:
     r"""One SAF time step whose gradient is a representation-level surrogate (SAF-F).
 
-    The forward is that of :func:`saf_step`. The backward is
+    The forward is that of :func:`saf_step` (with the surrogate in non-spiking mode, the rate
+    mapping itself, so that the step is the Spike Representation network). The backward is
     :math:`\partial \bar A[t] / \partial I[t] := (s / V_{th})\, g'(s I[t] / V_{th})`, where ``g`` is the
     surrogate's primitive; for :class:`~spikingjelly_saf.surrogate.SpikeRepresentation`,
     :math:`g = \mathrm{clamp}(\cdot, 0, 1)`, the Spike Representation mapping.

@@ -9,10 +9,11 @@ Representation-level surrogates for SAF-F.
   :math:`H[t] - V_{th}`. The surrogates here act on the whole map :math:`I[t] \mapsto \bar A[t]`
   and are what SAF-F's Theorem 3 is stated for.
 
-A representation surrogate is a SpikingJelly ``SurrogateFunctionBase``: with ``spiking=False`` it
-computes its primitive, the rate mapping itself (a "rate network"); with ``spiking=True`` it is a
-Heaviside step whose gradient ``SAFNode`` replaces by :meth:`RepresentationSurrogate.derivative` of
-the normalised input :math:`u = s I / V_{th}`.
+A representation surrogate is a SpikingJelly ``SurrogateFunctionBase``: with ``spiking=True``
+``SAFNode`` runs the exact SAF step and uses :meth:`RepresentationSurrogate.derivative` of the
+normalised input :math:`u = s I / V_{th}` as :math:`\partial \bar A / \partial u`; with ``spiking=False`` the
+neuron outputs the primitive itself, the rate mapping, so the network becomes the Spike
+Representation (rate) network whose true gradient that derivative is.
 """
 
 from __future__ import annotations
@@ -65,5 +66,5 @@ class SpikeRepresentation(RepresentationSurrogate):
 
 
 def is_representation_level(surrogate_function) -> bool:
-    """True for a representation-level surrogate used in spiking mode."""
-    return isinstance(surrogate_function, RepresentationSurrogate) and surrogate_function.spiking
+    """True for a representation-level surrogate (in either spiking mode)."""
+    return isinstance(surrogate_function, RepresentationSurrogate)
