@@ -176,14 +176,18 @@ def recover_instantaneous_seq(
     average_seq: torch.Tensor, decay: float, weight_sum_prev: float = 0.0,
     average_prev: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """:func:`recover_instantaneous` over dim 0 of a sequence of weighted averages."""
+    """:func:`recover_instantaneous` over dim 0 of a sequence of weighted averages.
+
+    Each previous average is detached, as in the online step: the gradient of o[t] reaches
+    :math:`\bar O[t]` only, so a sum of per-step losses gives the sum of per-step SAF-E gradients.
+    """
     outputs = []
     c_prev = weight_sum_prev
     prev = average_prev
     for average in average_seq:
         c = next_weight_sum(c_prev, decay)
         outputs.append(recover_instantaneous(average, prev, c, c_prev, decay))
-        prev, c_prev = average, c
+        prev, c_prev = average.detach(), c
     return torch.stack(outputs)
 
 
