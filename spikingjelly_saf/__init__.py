@@ -7,6 +7,8 @@ from . import functional, surrogate
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
 from .training import METHODS, saf_online_training
+from .conversion import to_lif, to_saf
+from .exactness import check_exactness, compare_with_lif
 
 __all__ = [
     "SAFNode",
@@ -18,5 +20,9 @@ __all__ = [
     "METHODS",
     "functional",
     "surrogate",
+    "to_saf",
+    "to_lif",
+    "check_exactness",
+    "compare_with_lif",
 ]
 __version__ = "0.1.0"
