@@ -1,0 +1,110 @@
+r"""
+What a run leaves behind besides checkpoints: CSV/JSON history, PNG plots and the summary line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["peak_memory_mib", "reset_peak_memory", "write_history", "plot_history", "summary_line"]
+
+_SCALAR_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                "train_samples_per_s", "peak_memory_mib", "grad_syncs_per_batch")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> tuple[float, str]:
+    """CUDA ``max_memory_allocated`` since the last reset, or the process's maximum RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "process max RSS"
+
+
+def write_history(history: list, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    layers = list(history[-1].get("firing_rate", {})) if history else []
+    with open(out_dir / "history.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(list(_SCALAR_KEYS) + [f"firing_rate/{name}" for name in layers])
+        for row in history:
+            rates = row.get("firing_rate", {})
+            writer.writerow([row.get(k, "") for k in _SCALAR_KEYS] + [rates.get(n, "") for n in layers])
+
+
+def plot_history(history: list, out_dir: Path, title: str, memory_kind: str) -> list:
+    """``curves.png`` (accuracy, loss), ``firing_rates.png`` and ``cost.png`` (time, memory per epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    epochs = [row["epoch"] for row in history]
+    written = []
+
+    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "test"):
+        acc_axis.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+        loss_axis.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+    acc_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    loss_axis.set(xlabel="epoch", ylabel="loss (0.95 CE + 0.05 MSE)", title="loss")
+    for axis in (acc_axis, loss_axis):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(out_dir / "curves.png", dpi=120)
+    plt.close(figure)
+    written.append(out_dir / "curves.png")
+
+    rates = history[-1].get("firing_rate", {})
+    if rates:
+        figure, axis = plt.subplots(figsize=(max(6, 0.5 * len(rates) + 2), 4))
+        axis.bar(range(len(rates)), list(rates.values()))
+        axis.set_xticks(range(len(rates)), list(rates), rotation=60, ha="right", fontsize=7)
+        axis.set(ylabel="spikes per neuron per step", title=f"firing rate per layer (test set, "
+                 f"epoch {history[-1]['epoch']})")
+        figure.suptitle(title)
+        figure.tight_layout()
+        figure.savefig(out_dir / "firing_rates.png", dpi=120)
+        plt.close(figure)
+        written.append(out_dir / "firing_rates.png")
+
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    time_axis.plot(epochs, [row["epoch_time_s"] for row in history], marker="o")
+    time_axis.set(xlabel="epoch", ylabel="seconds", title="training time per epoch")
+    memory_axis.plot(epochs, [row["peak_memory_mib"] for row in history], marker="o")
+    memory_axis.set(xlabel="epoch", ylabel="MiB", title=f"peak memory ({memory_kind})")
+    for axis in (time_axis, memory_axis):
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(out_dir / "cost.png", dpi=120)
+    plt.close(figure)
+    written.append(out_dir / "cost.png")
+    return written
+
+
+def summary_line(title: str, history: list, best: dict, memory_kind: str, deployed_acc=None) -> str:
+    last = history[-1]
+    mean_time = sum(row["epoch_time_s"] for row in history) / len(history)
+    peak = max(row["peak_memory_mib"] for row in history)
+    text = (f"{title}: test acc {last['test_acc']:.4f} (best {best['test_acc']:.4f} at epoch "
+            f"{best['epoch']}), {mean_time:.2f} s/epoch, peak memory {peak:.1f} MiB ({memory_kind})")
+    if deployed_acc is not None and not math.isnan(deployed_acc):
+        text += f", LIF deployment acc {deployed_acc:.4f}"
+    return text
