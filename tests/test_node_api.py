@@ -1,0 +1,159 @@
+"""SAFNode as a SpikingJelly 2.0 citizen: constructor, errors, step modes, reset, functional API,
+torch.compile, autocast, and gradcheck of the custom autograd piece."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
+from spikingjelly.activation_based.model import spiking_vgg
+
+from spikingjelly_saf import InputAverage, SAFNode
+from spikingjelly_saf import functional as F
+from spikingjelly_saf.backends import torch_step
+from spikingjelly_saf.surrogate import SpikeRepresentation
+
+
+def test_constructor_accepts_factory_kwargs_and_ints():
+    node = SAFNode(tau=2, decay_input=False, v_threshold=1, v_reset=None,
+                   surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m",
+                   store_v_seq=False, backend="torch")
+    assert node.tau == 2.0 and isinstance(node.tau, float)
+    assert node.v_threshold == 1.0 and isinstance(node.v_threshold, float)
+    assert node.supported_backends[0] == "torch"
+    assert isinstance(node, neuron.BaseNode)
+    assert "tau=2.0" in repr(node)
+    assert SAFNode(tau=math.inf).decay == 1.0
+    assert SAFNode(tau=1).decay == 0.0
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(v_reset=0.0), ValueError, "v_reset=None"),
+    (dict(tau=0.5), ValueError, "tau must be >= 1"),
+    (dict(tau=math.inf, decay_input=True), ValueError, "decay_input=False"),
+    (dict(v_threshold=0.0), ValueError, "v_threshold must be positive"),
+    (dict(tau="2"), TypeError, "tau must be a real number"),
+    (dict(backend="cuda"), ValueError, "valid backends: 'torch'"),
+    (dict(surrogate_function=3), TypeError, "surrogate_function must be callable"),
+])
+def test_bad_arguments_are_named(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        SAFNode(**kwargs)
+
+
+def test_bad_inputs_are_explained():
+    node = SAFNode(step_mode="m")
+    with pytest.raises(ValueError, match=r"\[T, N, \*\]"):
+        node(torch.rand(5))
+    with pytest.raises(TypeError, match="floating-point"):
+        SAFNode()(torch.ones(3, dtype=torch.long))
+    single = SAFNode()
+    single(torch.rand(4, 3))
+    with pytest.raises(ValueError, match="reset_net"):
+        single(torch.rand(5, 3))
+    functional.reset_net(single)
+    assert single(torch.rand(5, 3)).shape == (5, 3)
+
+
+def test_single_and_multi_step_agree_and_reset():
+    x = torch.rand(7, 4, 6, dtype=torch.float64) * 2
+    single, multi = SAFNode(), SAFNode(step_mode="m")
+    out_single = torch.stack([single(xt) for xt in x])
+    out_multi = multi(x)
+    assert torch.equal(out_single, out_multi)
+    assert single.weight_sum == multi.weight_sum == F.weight_sums(0.0, 0.5, 7)[-1]
+    functional.reset_net(multi)
+    assert multi.weight_sum == 0.0 and multi.abar == 0.0
+    assert torch.equal(multi(x), out_multi)
+
+
+def test_set_step_mode_reset_net_in_a_zoo_model():
+    net = spiking_vgg.spiking_vgg11_bn(spiking_neuron=SAFNode, num_classes=10, tau=2.0,
+                                       surrogate_function=surrogate.Sigmoid(alpha=4.0))
+    nodes = [m for m in net.modules() if isinstance(m, SAFNode)]
+    assert len(nodes) > 5
+    functional.set_step_mode(net, "m")
+    assert all(n.step_mode == "m" for n in nodes)
+    net.eval()
+    with torch.no_grad():
+        y = net(torch.rand(1, 2, 3, 32, 32))  # [T=1, N=2, C, H, W]
+    assert y.shape == (1, 2, 10)
+    assert all(n.weight_sum == 1.0 for n in nodes)  # one step: c[1] = 1
+    functional.reset_net(net)
+    assert all(n.weight_sum == 0.0 for n in nodes)
+
+
+def test_to_functional_forward_is_pure():
+    net = nn.Sequential(layer.Linear(5, 6), SAFNode(), layer.Linear(6, 2), SAFNode())
+    functional.set_step_mode(net, "m")
+    x = torch.rand(4, 3, 5)
+    expected = net(x)
+    functional.reset_net(net)
+    f = base.to_functional_forward(net)
+    states = tuple(base.extract_memories(net))
+    out, new_states = f((x,), states)[0], None
+    out = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(out, expected)
+    assert net[1].weight_sum == 0.0, "the functional call must not touch module memories"
+
+
+def test_torch_compile_matches_eager():
+    torch._dynamo.reset()
+    net = nn.Sequential(layer.Linear(5, 6), SAFNode(), layer.Linear(6, 2))
+    x = torch.rand(6, 3, 5)
+    eager = [net(xt) for xt in x]
+    functional.reset_net(net)
+    compiled = torch.compile(net, backend="aot_eager")
+    outs = [compiled(xt) for xt in x]
+    for a, b in zip(outs, eager):
+        torch.testing.assert_close(a, b)
+    outs[-1].sum().backward()
+    assert net[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_keeps_state_in_float32(dtype):
+    net = nn.Sequential(nn.Linear(8, 16), SAFNode(), nn.Linear(16, 4))
+    x = torch.rand(5, 3, 8)
+    reference = torch.stack([net(xt) for xt in x])
+    functional.reset_net(net)
+    with torch.autocast("cpu", dtype=dtype):
+        outs = torch.stack([net(xt) for xt in x])
+    assert net[1].abar.dtype == torch.float32
+    assert outs.dtype == dtype
+    # Spikes may flip at near-ties in low precision; the outputs stay close on average.
+    assert (outs.float() - reference).abs().mean() < 0.1
+    outs.float().sum().backward()
+
+
+def test_input_average_reproduces_static_input():
+    avg = InputAverage(tau=2.0, step_mode="m")
+    x = torch.rand(1, 4, 3).expand(6, 4, 3)
+    torch.testing.assert_close(avg(x), x)
+    functional.reset_net(avg)
+    frames = torch.rand(6, 4, 3, dtype=torch.float64)
+    out = avg(frames)
+    sums = F.weight_sums(0.0, 0.5, 6)
+    expected = sum(0.5 ** (5 - k) * frames[k] for k in range(6)) / sums[-1]
+    torch.testing.assert_close(out[-1], expected)
+
+
+@pytest.mark.parametrize("surrogate_function", [
+    SpikeRepresentation(spiking=False),
+    surrogate.Sigmoid(alpha=4.0, spiking=False),
+    surrogate.ATan(spiking=False),
+])
+@pytest.mark.parametrize("decay_input", [False, True])
+def test_gradcheck_step(surrogate_function, decay_input):
+    """In non-spiking mode the step is smooth: its backward must be the true derivative."""
+    g = torch.Generator().manual_seed(0)
+    current = (torch.rand(3, 5, dtype=torch.float64, generator=g) * 0.8 + 0.1).requires_grad_()
+    abar_prev = torch.rand(3, 5, dtype=torch.float64, generator=g)
+    tau = 3.0
+
+    def step(i):
+        return torch_step(i, abar_prev, 1.5, 1 - 1 / tau, 0.7, 1 / tau if decay_input else 1.0,
+                          surrogate_function)[0]
+
+    assert torch.autograd.gradcheck(step, (current,))
