@@ -157,3 +157,37 @@ def test_target_sequence_and_errors():
     with pytest.raises(ValueError, match="target_is_sequence"):
         saf_online_training(net, opt, x, target, _loss, target_is_sequence=True)
     assert METHODS == ("saf-e", "saf-e-acc", "saf-f")
+
+
+@pytest.mark.parametrize("method, step_mode", [("saf-e-acc", "s"), ("saf-e-acc", "m"), ("saf-f", "s")])
+def test_distributed_data_parallel_matches_full_batch(tmp_path, method, step_mode):
+    """Two gloo processes, each with half the batch, update like one process with the whole batch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    out = tmp_path / "ddp.pt"
+    procs = [subprocess.Popen([sys.executable, worker, str(r), "2", method, step_mode, str(out)],
+                              env=env) for r in range(2)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    ddp_state = torch.load(out)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(10, 16), SAFNode(), layer.Linear(16, 3)).double()
+    functional.set_step_mode(net, step_mode)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 5, 10, dtype=torch.float64, generator=g)
+    target = torch.randint(0, 3, (8,), generator=g)
+    initial = net[0].weight.detach().clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    # DDP averages the shards' gradients: the same as the mean loss over the whole batch.
+    saf_online_training(net, opt, x, target, nn.functional.cross_entropy, method)
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-10, atol=1e-12)
+    assert (net[0].weight - initial).abs().max() > 1e-4
