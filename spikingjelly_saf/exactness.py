@@ -300,11 +300,13 @@ def _mixed_time_constants(model: nn.Module) -> list[Finding]:
 class LIFComparison:
     """What :func:`compare_with_lif` measured.
 
-    ``spike_mismatches[name] = (different, total)`` per neuron; ``output_difference`` is the
-    largest absolute difference between the LIF outputs and the SAF outputs' instantaneous values.
+    ``spike_mismatches[name] = (different, total)`` per neuron; ``spike_counts[name]`` is the number
+    of spikes the LIF twin's neuron fired; ``output_difference`` is the largest absolute difference
+    between the LIF outputs and the SAF outputs' instantaneous values.
     """
 
     spike_mismatches: dict
+    spike_counts: dict
     output_difference: float
 
     @property
@@ -394,6 +396,7 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
         name: (int((saf_spikes[name] != lif_spikes[name]).sum()), saf_spikes[name].numel())
         for name in saf_spikes
     }
+    counts = {name: int(spikes.sum()) for name, spikes in lif_spikes.items()}
     recovered = F.recover_instantaneous_seq(saf_out.transpose(0, 1), nodes[-1].decay).transpose(0, 1)
     difference = float((recovered - lif_out).abs().max()) if lif_out.numel() else 0.0
-    return LIFComparison(mismatches, difference)
+    return LIFComparison(mismatches, counts, difference)
