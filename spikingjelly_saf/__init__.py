@@ -4,6 +4,7 @@ Train spiking networks online with half of OTTT's forward work and memory that d
 the number of time steps; deploy the weights unchanged in an ordinary LIF network.
 """
 from . import functional, surrogate
+from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
 from .training import METHODS, saf_online_training
@@ -24,5 +25,7 @@ __all__ = [
     "to_lif",
     "check_exactness",
     "compare_with_lif",
+    "set_backend",
+    "register_surrogate_code",
 ]
 __version__ = "0.1.0"

@@ -118,11 +118,13 @@ def _backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
     return grad_input
 
 
-@functools.lru_cache(maxsize=None)
+#: The custom operators ``torch.ops.spikingjelly_saf.cupy_*``, registered when this module is imported.
+OPS = define_backend_ops("cupy", _forward_impl, _backward_impl)
+
+
 def ops():
-    """The registered custom operators (registered on first use)."""
-    return define_backend_ops("cupy", _forward_impl, _backward_impl)
+    return OPS
 
 
 #: The backend contract function for ``backend='cupy'``.
-run = make_run("cupy", ops, _check_device)
+run = make_run("cupy", OPS, _check_device)

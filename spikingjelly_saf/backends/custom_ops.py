@@ -113,8 +113,8 @@ def define_backend_ops(name: str, forward_impl: Callable, backward_impl: Callabl
     return BackendOps(forward, forward_only, backward)
 
 
-def make_run(backend: str, get_ops: Callable[[], BackendOps], check_input: Callable) -> Callable:
-    """The backend contract ``run(...)`` of :mod:`spikingjelly_saf.backends` around ``get_ops()``."""
+def make_run(backend: str, ops: BackendOps, check_input: Callable) -> Callable:
+    """The backend contract ``run(...)`` of :mod:`spikingjelly_saf.backends` around ``ops``."""
     from . import torch_multi_step
 
     def run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
@@ -131,7 +131,6 @@ def make_run(backend: str, get_ops: Callable[[], BackendOps], check_input: Calla
         table = step_coefficients(weight_sum_prev, decay, v_threshold, input_scale, steps)
         coefficients = coefficient_tensor(table, flat_input.device)
         gain = input_scale / v_threshold
-        ops = get_ops()
         if torch.is_grad_enabled() and flat_input.requires_grad:
             abar_seq, _ = ops.forward(flat_input, flat_abar, coefficients, v_threshold, input_scale,
                                       gain, code_id)

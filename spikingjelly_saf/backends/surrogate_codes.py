@@ -65,7 +65,7 @@ def builtin_cuda_code(name: str, alpha: float, y: str, x: str) -> str:
     """CUDA float code that declares ``y``, the derivative of built-in surrogate ``name`` at ``x``."""
     a = _float_literal(alpha)
     bodies = {
-        "Sigmoid": f"const float sg_s = 1.0f / (1.0f + expf(-({a}) * {x}));\n"
+        "Sigmoid": f"const float sg_s = 1.0f / (1.0f + expf(-({a}) * fabsf({x})));\n"
                    f"{y} = (1.0f - sg_s) * sg_s * ({a});",
         "ATan": f"const float sg_z = {x} * (1.5707963267948966f * ({a}));\n"
                 f"{y} = (0.5f * ({a})) / (1.0f + sg_z * sg_z);",

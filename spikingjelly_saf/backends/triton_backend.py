@@ -12,7 +12,6 @@ This module imports Triton; :mod:`spikingjelly_saf.backends` imports it only whe
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -35,7 +34,8 @@ def interpreting() -> bool:
 # ---- surrogate derivatives fn(x, p0, p1), x in float32; p0 is alpha ----------------------------
 @triton.jit
 def sigmoid_derivative(x, p0, p1):
-    s = 1.0 / (1.0 + tl.exp(-p0 * x))
+    # The derivative is even in x; exp of a non-positive argument cannot overflow.
+    s = 1.0 / (1.0 + tl.exp(-p0 * tl.abs(x)))
     return (1.0 - s) * s * p0
 
 
@@ -201,11 +201,13 @@ def _backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
     return grad_input
 
 
-@functools.lru_cache(maxsize=None)
+#: The custom operators ``torch.ops.spikingjelly_saf.triton_*``, registered when this module is imported.
+OPS = define_backend_ops("triton", _forward_impl, _backward_impl)
+
+
 def ops():
-    """The registered custom operators (registered on first use)."""
-    return define_backend_ops("triton", _forward_impl, _backward_impl)
+    return OPS
 
 
 #: The backend contract function for ``backend='triton'``.
-run = make_run("triton", ops, _check_device)
+run = make_run("triton", OPS, _check_device)
