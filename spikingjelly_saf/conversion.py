@@ -113,7 +113,9 @@ def _replace_modules(model: nn.Module, replacement_for: Callable[[str, nn.Module
         return root
     replaced: dict[int, Optional[nn.Module]] = {}
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
+        for child_name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             if id(child) not in replaced:
                 full_name = f"{parent_name}.{child_name}" if parent_name else child_name
                 replaced[id(child)] = replacement_for(full_name, child)

@@ -1,0 +1,320 @@
+"""to_saf / to_lif and the exactness report on small networks, in float64."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+from spikingjelly_saf import (InputAverage, SAFNode, check_exactness, compare_with_lif,
+                              saf_online_training, to_lif, to_saf)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def lif(**kwargs):
+    kwargs.setdefault("v_reset", None)
+    kwargs.setdefault("v_threshold", 0.3)
+    return neuron.LIFNode(**kwargs)
+
+
+def conv_net(make_neuron=lif, pool=None, batch_norm=True):
+    pool = pool or layer.AvgPool2d(2, 2)
+    net = nn.Sequential(
+        layer.Conv2d(3, 6, 3, padding=1), layer.BatchNorm2d(6) if batch_norm else nn.Identity(),
+        make_neuron(), pool,
+        layer.Conv2d(6, 6, 3, padding=1), make_neuron(),
+        layer.Flatten(), layer.Linear(6 * 4 * 4, 5), make_neuron(), layer.Linear(5, 3),
+    )
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            # Strong enough weights that every layer fires: silent layers would prove nothing.
+            m.weight.data.mul_(3.0)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return net
+
+
+def static_input(batch=2, steps=4, shape=(3, 8, 8), scale=3.0):
+    return (torch.rand(batch, 1, *shape) * scale).expand(batch, steps, *shape)
+
+
+def assert_state_dicts_identical(a: nn.Module, b: dict):
+    sd = a.state_dict()
+    assert list(sd) == list(b)
+    for key in b:
+        assert sd[key].dtype == b[key].dtype
+        assert torch.equal(sd[key], b[key]), key
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_exact_twin(saf_model, x_seq):
+    comparison = compare_with_lif(saf_model, x_seq)
+    assert comparison.spikes_equal, comparison.spike_mismatches
+    assert all(count > 0 for count in comparison.spike_counts.values()), comparison.spike_counts
+    assert comparison.output_difference < 1e-9
+    return comparison
+
+
+# ---- to_saf ---------------------------------------------------------------------------------
+def test_to_saf_carries_every_neuron_setting():
+    sg = surrogate.ATan(alpha=3.0)
+    net = nn.Sequential(layer.Linear(4, 4),
+                        neuron.LIFNode(tau=3.0, decay_input=True, v_threshold=0.7, v_reset=None,
+                                       surrogate_function=sg, detach_reset=False, step_mode="m",
+                                       store_v_seq=True),
+                        layer.Linear(4, 4), neuron.IFNode(v_threshold=0.4, v_reset=None))
+    saf = to_saf(net)
+    lif_node, if_node = saf[1], saf[3]
+    assert type(lif_node) is SAFNode and type(if_node) is SAFNode
+    assert (lif_node.tau, lif_node.decay_input, lif_node.v_threshold) == (3.0, True, 0.7)
+    assert lif_node.surrogate_function is not None and isinstance(lif_node.surrogate_function, surrogate.ATan)
+    assert lif_node.detach_reset is False and lif_node.step_mode == "m" and lif_node.store_v_seq
+    assert math.isinf(if_node.tau) and if_node.decay_input is False and if_node.v_threshold == 0.4
+    assert type(net[1]) is neuron.LIFNode, "inplace=False must leave the original model alone"
+    assert to_saf(net, inplace=True) is net and type(net[1]) is SAFNode
+
+
+def test_to_saf_converts_online_learning_neurons():
+    net = nn.Sequential(layer.Linear(4, 4), neuron.OTTTLIFNode(), layer.Linear(4, 4),
+                        neuron.SLTTLIFNode(v_reset=None, decay_input=False))
+    saf = to_saf(net)
+    assert [type(m) for m in (saf[1], saf[3])] == [SAFNode, SAFNode]
+    assert saf[1].decay_input is False and saf[3].step_mode == "s"
+
+
+@pytest.mark.parametrize("make_node, hint", [
+    (lambda: neuron.LIFNode(), "v_reset=0.0"),
+    (lambda: neuron.SLTTLIFNode(), "v_reset=0.0"),
+    (lambda: neuron.IFNode(v_reset=-0.1), "v_reset=-0.1"),
+])
+def test_to_saf_refuses_hard_reset_naming_the_module(make_node, hint):
+    net = nn.Sequential(layer.Linear(4, 4), nn.Sequential(make_node()))
+    with pytest.raises(ValueError) as info:
+        to_saf(net)
+    message = str(info.value)
+    assert "'1.0'" in message and hint in message and "v_reset=None" in message
+    assert type(net[1][0]) is not SAFNode
+
+
+def test_to_saf_refuses_neurons_it_cannot_express():
+    net = nn.Sequential(layer.Linear(4, 4), neuron.ParametricLIFNode(v_reset=None))
+    with pytest.raises(ValueError, match=r"'1' \(ParametricLIFNode\)"):
+        to_saf(net)
+
+
+def test_to_saf_keeps_shared_neurons_shared():
+    node = lif()
+    net = nn.Sequential(layer.Linear(4, 4), node, layer.Linear(4, 4), node)
+    saf = to_saf(net)
+    assert saf[1] is saf[3] and isinstance(saf[1], SAFNode)
+
+
+def test_reset_net_resets_the_new_neurons_despite_the_reset_cache():
+    net = conv_net()
+    functional.reset_net(net)      # fills SpikingJelly's reset cache with the LIF neurons
+    functional.reset_net(net[2:])  # and a cache for a sub-container
+    to_saf(net, inplace=True)
+    net(torch.rand(2, 3, 8, 8))
+    nodes = [m for m in net.modules() if isinstance(m, SAFNode)]
+    assert all(node.weight_sum == 1.0 for node in nodes)
+    functional.reset_net(net)
+    assert all(node.weight_sum == 0.0 and not isinstance(node.abar, torch.Tensor) for node in nodes)
+
+
+def test_ottt_sequential_keeps_working_after_to_saf():
+    net = layer.OTTTSequential(layer.Linear(6, 8), neuron.OTTTLIFNode(v_threshold=0.5),
+                               layer.Linear(8, 8), neuron.OTTTLIFNode(v_threshold=0.5),
+                               layer.Linear(8, 3))
+    saf = to_saf(net)
+    assert isinstance(saf, layer.OTTTSequential)
+    saf.train()
+    y = saf(torch.rand(2, 6))
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 3)
+    functional.reset_net(saf)
+    optimizer = torch.optim.SGD(saf.parameters(), lr=0.1)
+    before = snapshot(saf)
+    loss, y_seq = saf_online_training(saf, optimizer, torch.rand(2, 3, 6) * 3,
+                                      torch.tensor([0, 2]), nn.functional.cross_entropy, "saf-e")
+    assert torch.isfinite(loss) and y_seq.shape == (2, 3, 3)
+    assert any(not torch.equal(before[k], v) for k, v in saf.state_dict().items())
+    assert_exact_twin(saf, torch.rand(2, 1, 6).expand(2, 4, 6) * 3)
+
+
+# ---- round trips ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make_neuron", [lif, lambda: neuron.IFNode(v_reset=None, v_threshold=0.5),
+                                         lambda: neuron.OTTTLIFNode(v_threshold=0.5)])
+def test_round_trips_keep_parameters_bit_identical(make_neuron):
+    net = conv_net(make_neuron)
+    original = snapshot(net)
+    saf = to_saf(net)
+    assert_state_dicts_identical(saf, original)
+    back = to_lif(saf)
+    assert_state_dicts_identical(back, original)
+    assert all(type(m) in (neuron.LIFNode, neuron.IFNode) for m in back.modules()
+               if isinstance(m, neuron.BaseNode))
+    again = to_saf(back)
+    assert_state_dicts_identical(again, original)
+
+
+def test_round_trip_from_saf_keeps_parameters_and_settings():
+    net = conv_net(lambda: SAFNode(tau=4.0, decay_input=True, v_threshold=0.5))
+    original = snapshot(net)
+    lif_net = to_lif(net)
+    assert all(isinstance(m, neuron.LIFNode) and m.tau == 4.0 and m.decay_input and m.v_reset is None
+               for m in lif_net.modules() if isinstance(m, neuron.BaseNode))
+    saf = to_saf(lif_net)
+    assert_state_dicts_identical(saf, original)
+    assert all(m.tau == 4.0 and m.decay_input for m in saf.modules() if isinstance(m, SAFNode))
+
+
+# ---- to_lif ---------------------------------------------------------------------------------
+def test_to_lif_refuses_memoryless_neurons_unless_kept():
+    net = conv_net(lambda: SAFNode(tau=1.0, v_threshold=0.5))
+    with pytest.raises(ValueError, match="memoryless='keep'"):
+        to_lif(net)
+    kept = to_lif(net, memoryless="keep")
+    assert all(m.tau == 1.0 for m in kept.modules() if isinstance(m, SAFNode))
+    with pytest.raises(ValueError, match="memoryless"):
+        to_lif(net, memoryless="drop")
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+@pytest.mark.parametrize("make_neuron", [
+    lif,
+    lambda: lif(tau=3.0, decay_input=False),
+    lambda: neuron.IFNode(v_reset=None, v_threshold=0.5),
+])
+def test_lif_twin_reproduces_spikes_and_outputs(step_mode, make_neuron):
+    saf = to_saf(conv_net(make_neuron)).eval()
+    functional.set_step_mode(saf, step_mode)
+    assert check_exactness(saf).exact
+    assert_exact_twin(saf, static_input())
+
+
+def test_memoryless_twin_is_exact():
+    saf = conv_net(lambda: SAFNode(tau=1.0, v_threshold=0.5)).eval()
+    assert_exact_twin(saf, static_input())
+
+
+def test_sequence_input_needs_the_input_average():
+    x_seq = torch.rand(2, 4, 3, 8, 8) * 3
+    net = conv_net()
+    averaged = to_saf(net, insert_input_average=True).eval()
+    assert isinstance(averaged[0], InputAverage) and averaged[0].tau == 2.0
+    assert_exact_twin(averaged, x_seq)
+    assert isinstance(to_lif(averaged)[0], nn.Identity)
+    without = to_saf(net).eval()
+    assert not compare_with_lif(without, x_seq).spikes_equal
+
+
+# ---- MaxPool ----------------------------------------------------------------------------------
+def test_replace_maxpool_keeps_geometry():
+    cases = [layer.MaxPool2d(3, 2, 1), layer.MaxPool2d(2, 2, step_mode="m"), nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+             nn.MaxPool1d(3, 2), nn.AdaptiveMaxPool2d((3, 3))]
+    for pool in cases:
+        swapped = to_saf(nn.Sequential(pool), replace_maxpool=True)[0]
+        assert "AvgPool" in type(swapped).__name__
+        assert (type(swapped).__module__.startswith("spikingjelly")
+                == type(pool).__module__.startswith("spikingjelly"))
+        x = torch.rand(2, 3, 9, 9) if not isinstance(pool, nn.MaxPool1d) else torch.rand(2, 3, 9)
+        if getattr(pool, "step_mode", "s") == "m":
+            x = x.unsqueeze(0)
+            assert swapped.step_mode == "m"
+        assert swapped(x).shape == pool(x).shape
+
+
+def test_replace_maxpool_refuses_dilation():
+    with pytest.raises(ValueError, match="dilation"):
+        to_saf(nn.Sequential(nn.MaxPool2d(2, dilation=2)), replace_maxpool=True)
+
+
+def test_maxpool_is_reported_and_really_breaks_the_twin():
+    saf = to_saf(conv_net(pool=layer.MaxPool2d(2, 2))).eval()
+    report = check_exactness(saf)
+    assert report.modules() == ["3"] and report[0].kind == "max-pool"
+    assert "replace_maxpool=True" in report[0].fix
+    assert not compare_with_lif(saf, static_input()).spikes_equal
+    swapped = to_saf(saf, replace_maxpool=True)
+    assert check_exactness(swapped).exact
+    assert_exact_twin(swapped, static_input())
+
+
+# ---- the report -------------------------------------------------------------------------------
+def test_report_is_text_and_data():
+    net = conv_net(pool=layer.MaxPool2d(2, 2)).train()
+    report = check_exactness(net)
+    assert [(f.module, f.type, f.kind) for f in report] == [
+        ("1", "BatchNorm2d", "batch-statistics"), ("3", "MaxPool2d", "max-pool")]
+    assert not report.exact and len(report) == 2
+    text = str(report)
+    assert "2 module(s)" in text and "3 (MaxPool2d) [max-pool]" in text and "model.eval()" in text
+    rows = report.to_dicts()
+    assert set(rows[0]) == {"module", "type", "kind", "reason", "fix"}
+    assert check_exactness(net.eval()).modules() == ["3"]
+    assert "exact" in str(check_exactness(to_saf(net, replace_maxpool=True)))
+
+
+def test_train_mode_batch_norm_really_differs():
+    saf = to_saf(conv_net())
+    x = static_input()
+    saf.train()
+    y_train = saf(x[:, 0])
+    saf.eval()
+    functional.reset_net(saf)
+    y_eval = saf(x[:, 0])
+    assert not torch.allclose(y_train, y_eval)
+    no_running_stats = conv_net()
+    no_running_stats[1] = layer.BatchNorm2d(6, track_running_stats=False)
+    assert check_exactness(no_running_stats.eval()).kinds() == {"batch-statistics"}
+
+
+def test_report_names_hard_reset_and_unsupported_neurons():
+    net = nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(), layer.Linear(4, 4),
+                        neuron.ParametricLIFNode(v_reset=None), layer.Linear(4, 4), lif())
+    report = check_exactness(net)
+    assert [(f.module, f.kind) for f in report] == [("1", "hard-reset"), ("3", "unsupported-neuron")]
+
+
+def test_report_names_mixed_time_constants_which_really_break_the_twin():
+    net = conv_net()
+    net[5] = lif(tau=4.0)
+    saf = to_saf(net).eval()
+    report = check_exactness(saf)
+    assert [(f.module, f.kind) for f in report] == [("5", "mixed-time-constant")]
+    assert not compare_with_lif(saf, static_input()).spikes_equal
+
+
+def test_report_names_nonlinear_and_time_varying_modules():
+    class Attention(nn.Module):
+        def forward(self, q, k):
+            return q @ k.transpose(-1, -2)
+
+    class Block(nn.Module):
+        def __init__(self, cnf):
+            super().__init__()
+            self.cnf = cnf
+
+    net = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), layer.Dropout(0.5), nn.LayerNorm(4),
+                        Attention(), Block("AND"), Block("ADD"), Block("IAND"),
+                        layer.SynapseFilter(), nn.MultiheadAttention(4, 1)).train()
+    report = check_exactness(net)
+    assert [(f.module, f.kind) for f in report] == [
+        ("0", "nonlinear-activation"), ("1", "dropout-mask"), ("3", "sample-normalisation"),
+        ("4", "spike-product"), ("5", "connect-function"), ("7", "connect-function"),
+        ("8", "unknown-state"), ("9", "spike-product")]
+    assert "1" not in check_exactness(net.eval()).modules()
