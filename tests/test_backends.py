@@ -310,6 +310,13 @@ def test_interpreted_triton_parity_steps_tau_decay_input(steps, tau, decay_input
 
 
 @interpreted
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (2, 1, 3, 3)], ids=str)
+def test_interpreted_triton_parity_unusual_shapes(shape):
+    compare_with_torch("triton", surrogate.ATan(alpha=2.0), torch.float16, 2.0, False, steps=3,
+                       shape=shape, weight_sum_prev=1.0)
+
+
+@interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_interpreted_triton_spike_representation_many_steps(dtype):
     compare_with_torch("triton", SpikeRepresentation(), dtype, 2.0, True, steps=32, shape=(5, 3),

@@ -106,12 +106,12 @@ def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr,
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
     abar = tl.load(abar_prev_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    index = offsets  # int64: t * N + n may exceed 2^31
     for t in range(steps):
         k_input = tl.load(coefficient_ptr + 4 * t)
         k_reset = tl.load(coefficient_ptr + 4 * t + 1)
         k_carry = tl.load(coefficient_ptr + 4 * t + 2)
         k_average = tl.load(coefficient_ptr + 4 * t + 3)
-        index = t * neurons + offsets
         current = tl.load(input_ptr + index, mask=inside, other=0.0).to(tl.float32)
         h = _storage_round(_storage_round(k_input * current, storage)
                            - _storage_round(k_reset * abar, storage), storage)
@@ -126,6 +126,7 @@ def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr,
                 tl.store(saved_ptr + index, ((u > 0.0) & (u < 1.0)).to(tl.uint8), mask=inside)
             else:
                 tl.store(saved_ptr + index, over_th.to(storage), mask=inside)  # representable
+        index += neurons
 
 
 @triton.jit
