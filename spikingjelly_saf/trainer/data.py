@@ -120,7 +120,12 @@ def _cifar_datasets(name: str, args: argparse.Namespace):
     folder, files = _CIFAR_FILES[name]
     base, checked = _cifar_classes(name)
     if args.download:
-        base(str(root), train=True, download=True)
+        try:
+            base(str(root), train=True, download=True)
+        except OSError as error:  # URLError and socket errors are OSErrors
+            raise DataMissingError(
+                f"-download could not fetch {name} into {root} ({error}).\n"
+                f"{_missing_cifar_message(name, root, files)}") from None
     missing = [f for f in files if not (root / folder / f).is_file()]
     if missing:
         raise DataMissingError(_missing_cifar_message(name, root, missing))
@@ -224,7 +229,10 @@ def seeded_class_split(dataset: Dataset, train_fraction: float, seed: int):
     train, test = [], []
     for label in np.unique(labels):
         indices = generator.permutation(np.flatnonzero(labels == label))
+        # Every class with two or more samples keeps at least one on each side.
         cut = int(round(train_fraction * len(indices)))
+        if len(indices) >= 2:
+            cut = min(max(cut, 1), len(indices) - 1)
         train.extend(indices[:cut].tolist())
         test.extend(indices[cut:].tolist())
     return Subset(dataset, sorted(train)), Subset(dataset, sorted(test))
@@ -234,8 +242,11 @@ def build_datasets(args: argparse.Namespace):
     """``(train_set, test_set, info)`` for ``args.dataset``."""
     if args.dataset not in DATASETS:
         raise ValueError(f"-dataset {args.dataset!r} is unknown; choose one of {', '.join(DATASETS)}.")
-    if args.dataset.startswith("cifar1"):
+    if args.dataset in _CIFAR_FILES:
         train, test = _cifar_datasets(args.dataset, args)
     else:
         train, test = _dvs_datasets(args.dataset, args)
+    for split, subset in (("training", train), ("test", test)):
+        if len(subset) == 0:
+            raise DataMissingError(f"the {split} split of {args.dataset} in {args.data_dir} is empty.")
     return train, test, DATASETS[args.dataset]

@@ -119,19 +119,40 @@ def _optimizer(args, model):
 
 
 class _SyncCounter:
-    """A DDP communication hook that counts gradient all-reduces (one per bucket per sync)."""
+    """Counts DDP's gradient all-reduces (one per bucket per synchronisation)."""
 
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, state, bucket):
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-        self.calls += 1
-        return default_hooks.allreduce_hook(state, bucket)
+def _counting_allreduce(counter: _SyncCounter, bucket):
+    """A DDP communication hook: DDP's default all-reduce, counted in ``counter``."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    counter.calls += 1
+    return default_hooks.allreduce_hook(None, bucket)
 
 
-def _deployed_accuracy(module, args, test_loader, f_loss, info, ddp) -> Optional[float]:
+class _WeightedLIFReadout:
+    """Reads a LIF network's per-step outputs ``o[t]`` as SAF does: their weighted running average
+    :math:`\bar O[T]`, so the deployed network predicts what the SAF network predicted."""
+
+    def __init__(self, step_mode: str, decay: float):
+        self.step_mode, self.decay = step_mode, decay
+
+    def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
+        from .. import functional as saf_functional
+
+        average, weight_sum = None, 0.0
+        for t in range(y_seq.shape[1]):
+            weight_sum_next = saf_functional.next_weight_sum(weight_sum, self.decay)
+            average = saf_functional.running_average(y_seq[:, t], average, weight_sum_next,
+                                                     weight_sum, self.decay)
+            weight_sum = weight_sum_next
+        return average
+
+
+def _deployed_accuracy(module, method, args, test_loader, f_loss, info, ddp) -> Optional[float]:
     """Accuracy of the trained weights in the LIF network that ``to_lif`` builds."""
     try:
         from ..conversion import to_lif
@@ -139,12 +160,11 @@ def _deployed_accuracy(module, args, test_loader, f_loss, info, ddp) -> Optional
         print(f"-deploy-lif: spikingjelly_saf.conversion.to_lif is not available ({error}); "
               "skipped.", file=sys.stderr)
         return None
-    from spikingjelly.activation_based import functional
+    from ..training import saf_nodes
 
-    lif_method = get_method("bptt")
-    lif_model = to_lif(copy.deepcopy(module))
-    functional.set_step_mode(lif_model, lif_method.step_mode)
-    _, correct, samples = evaluate(lif_model, lif_method, test_loader, f_loss, steps=args.T,
+    lif_model = to_lif(module, memoryless="keep")
+    readout = _WeightedLIFReadout(method.step_mode, saf_nodes(module)[-1].decay)
+    _, correct, samples = evaluate(lif_model, readout, test_loader, f_loss, steps=args.T,
                                    sequence=info.sequence, device=ddp.device)
     correct, samples = ddp.sum(correct, samples)
     return correct / samples
@@ -174,8 +194,6 @@ def _run(args, method, ddp: _Distributed) -> dict:
     if args.amp and device.type != "cuda":
         raise ModelChoiceError("-amp needs a CUDA device (float16 autocast with a GradScaler).")
     out_dir = Path(args.out_dir or _default_out_dir(args))
-    if ddp.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(args.seed)
 
     # The first process converts DVS events to frames on disk; the others then read them.
@@ -184,6 +202,8 @@ def _run(args, method, ddp: _Distributed) -> dict:
     ddp.barrier()
     if not ddp.main:
         train_set, test_set, info = build_datasets(args)
+    if ddp.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     train_loader, test_loader, train_sampler = _loaders(args, train_set, test_set, ddp)
 
     model = build_model(args, method, info.num_classes, info.in_channels, info.sequence).to(device)
@@ -212,7 +232,7 @@ def _run(args, method, ddp: _Distributed) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
         if args.count_grad_syncs:
             sync_counter = _SyncCounter()
-            model.register_comm_hook(None, sync_counter)
+            model.register_comm_hook(sync_counter, _counting_allreduce)
 
     writer = None
     if ddp.main:
@@ -296,7 +316,7 @@ def _run(args, method, ddp: _Distributed) -> dict:
 
     deployed = None
     if args.deploy_lif:
-        deployed = _deployed_accuracy(module, args, test_loader, f_loss, info, ddp)
+        deployed = _deployed_accuracy(module, method, args, test_loader, f_loss, info, ddp)
     summary = {"out_dir": str(out_dir), "epochs_done": len(history), "best": best,
                "last": history[-1] if history else None, "deployed_lif_test_acc": deployed}
     if ddp.main and history:
