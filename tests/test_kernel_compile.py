@@ -1,13 +1,17 @@
-"""The CUDA source of the CuPy backend compiles with nvcc, for every surrogate and dtype.
+"""The CUDA source of the CuPy backend compiles, for every surrogate and dtype.
 
-Skipped when ``nvcc`` is not on PATH. Compiling to PTX needs no GPU. The options are those the CuPy
-backend gives NVRTC.
+Two compilers, neither needs a GPU: ``nvcc --ptx`` (skipped when ``nvcc`` is not on PATH) and NVRTC,
+the run-time compiler CuPy itself uses, through its C API (skipped when no ``libnvrtc`` is found,
+e.g. in PyTorch's ``nvidia`` pip packages). Both get the options the CuPy backend gives NVRTC.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import glob
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +23,7 @@ from spikingjelly_saf.backends import kernel_source, surrogate_codes
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA compiler) is not on PATH")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA compiler) is not on PATH")
 
 
 class LegacyCudaSurrogate:
@@ -56,11 +60,17 @@ def entry_body(ptx_text: str, entry: str) -> str:
     return ptx_text[start:following if following != -1 else len(ptx_text)]
 
 
-def test_every_surrogate_and_dtype_compiles(tmp_path):
+def all_sources():
     jobs = []
     for sg, dtype in itertools.product(SURROGATES, kernel_source.CUDA_DTYPES):
         code = surrogate_codes.surrogate_code_by_id(surrogate_codes.resolve_surrogate_code(sg, "cupy"))
         jobs.append((f"{type(sg).__name__}_{dtype}", kernel_source.cuda_source(code, dtype), dtype))
+    return jobs
+
+
+@needs_nvcc
+def test_every_surrogate_and_dtype_compiles(tmp_path):
+    jobs = all_sources()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda job: compile_to_ptx(job[1], tmp_path, job[0]), jobs))
     failures = [f"{name}:\n{result.stderr}" for (name, _, _), (result, _) in zip(jobs, results)
@@ -76,6 +86,7 @@ def test_every_surrogate_and_dtype_compiles(tmp_path):
                 assert "fma." not in entry_body(text, entry), (name, entry)
 
 
+@needs_nvcc
 def test_paired_kernels_use_vector_loads(tmp_path):
     code = surrogate_codes.surrogate_code_by_id(
         surrogate_codes.resolve_surrogate_code(surrogate.Sigmoid(), "cupy"))
@@ -90,3 +101,58 @@ def test_unknown_dtype_is_refused():
         surrogate_codes.resolve_surrogate_code(surrogate.Sigmoid(), "cupy"))
     with pytest.raises(ValueError, match="float64"):
         kernel_source.cuda_source(code, "float64")
+
+
+def find_nvrtc():
+    """(libnvrtc path, matching include directory) from the nvidia pip packages or a CUDA toolkit."""
+    roots = []
+    try:
+        import nvidia
+
+        roots += [os.path.join(base, sub) for base in nvidia.__path__ for sub in sorted(os.listdir(base))]
+    except ImportError:
+        pass
+    roots += [r for r in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda") if r]
+    for root in roots:
+        libraries = sorted(glob.glob(os.path.join(root, "lib*", "libnvrtc.so.*")))
+        headers = kernel_source.cuda_header_dirs(root)
+        if libraries and headers and headers[0].startswith(root):
+            return libraries[0], headers[0]
+    return None
+
+
+NVRTC = find_nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="no libnvrtc with CUDA headers found")
+def test_every_surrogate_and_dtype_compiles_with_nvrtc():
+    library_path, include_dir = NVRTC
+    library_dir = os.path.dirname(library_path)
+    # NVRTC dlopens its builtins by soname; preloading them makes that work without LD_LIBRARY_PATH.
+    for builtins in glob.glob(os.path.join(library_dir, "libnvrtc-builtins.so.*")):
+        ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+    nvrtc = ctypes.CDLL(library_path)
+    options = [o.encode() for o in kernel_source.NVRTC_OPTIONS + ("-arch=compute_80", f"-I{include_dir}")]
+    option_array = (ctypes.c_char_p * len(options))(*options)
+    failures = []
+    for name, source, dtype in all_sources():
+        program = ctypes.c_void_p()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(),
+                                        0, None, None) == 0
+        status = nvrtc.nvrtcCompileProgram(program, len(options), option_array)
+        if status != 0:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(program, log)
+            failures.append(f"{name}: {log.value.decode(errors='replace')}")
+        else:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetPTXSize(program, ctypes.byref(size))
+            ptx = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetPTX(program, ptx)
+            entries = set(re.findall(r"\.entry (\w+)\(", ptx.value.decode()))
+            if entries != set(kernel_source.kernel_names(dtype)):
+                failures.append(f"{name}: entries {sorted(entries)}")
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    assert not failures, "\n".join(failures)

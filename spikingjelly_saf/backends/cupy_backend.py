@@ -25,7 +25,7 @@ except ImportError as error:  # pragma: no cover - the availability check names 
     ) from error
 
 from .custom_ops import define_backend_ops, make_run
-from .kernel_source import NVRTC_OPTIONS, cuda_source
+from .kernel_source import NVRTC_OPTIONS, cuda_header_dirs, cuda_source
 from .surrogate_codes import surrogate_code_by_id
 
 __all__ = ["run", "ops", "compiled_kernels"]
@@ -35,11 +35,20 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 
 
 @functools.lru_cache(maxsize=None)
+def _compile_options() -> tuple[str, ...]:
+    # CuPy adds the include directory of the CUDA toolkit it found; without a toolkit (pip-only
+    # installs) the 16-bit headers come from the nvidia pip packages.
+    if cupy.cuda.get_cuda_path():
+        return NVRTC_OPTIONS
+    return NVRTC_OPTIONS + tuple(f"-I{d}" for d in cuda_header_dirs()[:1])
+
+
+@functools.lru_cache(maxsize=None)
 def compiled_kernels(code_id: int, dtype_name: str, device_index: int) -> dict:
     """The compiled kernels of one surrogate and dtype on one device, by name."""
     source = cuda_source(surrogate_code_by_id(code_id), dtype_name)
     with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+        module = cupy.RawModule(code=source, options=_compile_options())
         names = ["saf_forward", "saf_backward"]
         if dtype_name != "float32":
             names += ["saf_forward_pairs", "saf_backward_pairs"]

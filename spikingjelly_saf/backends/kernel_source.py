@@ -21,9 +21,12 @@ arithmetic: so the forward matches the torch backend bitwise.
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 from .surrogate_codes import REPRESENTATION_LEVEL, SurrogateKernelCode
 
-__all__ = ["CUDA_DTYPES", "kernel_names", "cuda_source", "NVRTC_OPTIONS"]
+__all__ = ["CUDA_DTYPES", "kernel_names", "cuda_source", "NVRTC_OPTIONS", "cuda_header_dirs"]
 
 #: torch dtype name -> (C scalar type, C pair type, header, to-float, from-float, pair to float2, float2 to pair)
 CUDA_DTYPES = {
@@ -38,6 +41,32 @@ CUDA_DTYPES = {
 #: Options for NVRTC/nvcc: the explicit ``__f*_rn`` intrinsics already forbid FMA contraction in the
 #: neuron arithmetic; ``--fmad=false`` keeps surrogate code given as text from being contracted too.
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
+
+
+_HALF_HEADERS = ("cuda_fp16.h", "cuda_bf16.h")
+
+
+def cuda_header_dirs(cuda_path: Optional[str] = None) -> list[str]:
+    """Include directories that hold ``cuda_fp16.h`` and ``cuda_bf16.h``, most specific first.
+
+    NVRTC has no default include path, so 16-bit kernels need one. Candidates: ``cuda_path``,
+    ``$CUDA_PATH``/``$CUDA_HOME``, ``/usr/local/cuda``, and the ``nvidia`` pip packages that
+    PyTorch's CUDA wheels install (``nvidia/cu13/include``, ``nvidia/cuda_runtime/include``, ...).
+    """
+    roots = [cuda_path, os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
+    candidates = [os.path.join(root, "include") for root in roots if root]
+    try:
+        import nvidia
+
+        for base in nvidia.__path__:
+            candidates += [os.path.join(base, sub, "include") for sub in sorted(os.listdir(base))]
+    except ImportError:
+        pass
+    found = []
+    for directory in candidates:
+        if directory not in found and all(os.path.isfile(os.path.join(directory, h)) for h in _HALF_HEADERS):
+            found.append(directory)
+    return found
 
 
 def kernel_names(dtype: str) -> tuple[str, ...]:
