@@ -1,0 +1,211 @@
+"""
+The main job: SAF-E, SAF-E-acc and SAF-F next to SpikingJelly's OTTT on scikit-learn's digits.
+
+    python -m spikingjelly_saf.digits [--epochs 8] [-T 4] [--methods saf-e,saf-f,...]
+
+The 8x8 digits ship inside scikit-learn, so nothing is downloaded. Every method trains the same
+small CNN (conv-neuron-avgpool twice and a linear readout, built from ``OTTTSequential`` so that
+OTTT runs on it) with the same data order, schedule and seed. Each method runs in a fresh process so
+that its peak memory (maximum resident set growth during training) is its own. SAF models are also
+converted with :func:`spikingjelly_saf.to_lif` and evaluated as LIF networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import multiprocessing
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer
+
+from .methods import METHOD_NAMES, Method, evaluate_sequence, get_method
+
+__all__ = [
+    "load_digits_tensors", "digits_cnn", "build_digits_model", "repeat_in_time", "evaluate",
+    "weighted_average_scores", "deployment_accuracy", "train", "main",
+]
+
+DEFAULT_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a")
+
+
+def load_digits_tensors(seed: int = 0):
+    """A fixed stratified 80/20 split of the digits, scaled to [0, 1], images ``[N, 1, 8, 8]``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(range(len(y)), test_size=0.2, random_state=seed,
+                                           stratify=digits.target)
+    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
+
+
+def digits_cnn(neuron_factory, neuron_kwargs: dict, width: int = 16) -> nn.Module:
+    """conv-neuron-avgpool twice, then a linear readout: every module between neurons is affine."""
+    return layer.OTTTSequential(
+        layer.Conv2d(1, width, 3, padding=1), neuron_factory(**copy.deepcopy(neuron_kwargs)),
+        layer.AvgPool2d(2),
+        layer.Conv2d(width, 2 * width, 3, padding=1), neuron_factory(**copy.deepcopy(neuron_kwargs)),
+        layer.AvgPool2d(2),
+        layer.Flatten(1),
+        layer.Linear(2 * width * 4, 10),
+    )
+
+
+def build_digits_model(method_name: str, tau: float = 2.0, width: int = 16):
+    method = get_method(method_name)
+    model = digits_cnn(method.neuron_type, method.neuron_kwargs(tau=tau), width)
+    return method.prepare(model), method
+
+
+def repeat_in_time(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Direct encoding: the static image at every step, ``[B, T, *]``."""
+    return x.unsqueeze(1).expand(x.shape[0], steps, *x.shape[1:])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 512,
+             scores_fn=None) -> float:
+    """Test accuracy; ``scores_fn(y_seq)`` defaults to the method's own prediction scores."""
+    model.eval()
+    step_mode = next((m.step_mode for m in model.modules() if hasattr(m, "step_mode")), "s")
+    correct = 0
+    for i in range(0, len(y), batch):
+        functional.reset_net(model)
+        y_seq = evaluate_sequence(model, repeat_in_time(x[i:i + batch], steps), step_mode)
+        scores = (scores_fn or method.prediction_scores)(y_seq)
+        correct += (scores.argmax(1) == y[i:i + batch]).sum().item()
+    functional.reset_net(model)
+    model.train()
+    return correct / len(y)
+
+
+def weighted_average_scores(decay: float):
+    """The prediction of a deployed LIF network: the weighted average of its per-step outputs with
+    the weights lam^(T-t) of SAF's readout Obar[T], so that it predicts what the SAF model predicts."""
+
+    def scores(y_seq: torch.Tensor) -> torch.Tensor:
+        steps = y_seq.shape[1]
+        weights = torch.tensor([decay ** (steps - 1 - t) for t in range(steps)], dtype=y_seq.dtype)
+        shape = (1, steps) + (1,) * (y_seq.dim() - 2)
+        return (y_seq * weights.view(shape)).sum(1) / weights.sum()
+
+    return scores
+
+
+def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float) -> float:
+    """Accuracy of ``to_lif(model)``, the SAF-trained weights in an ordinary LIF network."""
+    from .conversion import to_lif
+
+    lif_model = to_lif(copy.deepcopy(model), memoryless="keep")
+    functional.set_step_mode(lif_model, "s")
+    decay = 1.0 - 1.0 / tau if math.isfinite(tau) else 1.0
+    return evaluate(lif_model, None, x_test, y_test, steps, scores_fn=weighted_average_scores(decay))
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, tau: float = 2.0,
+          batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None) -> dict:
+    """Train one method from one seed with Adam and a cosine schedule; returns its measurements."""
+    torch.manual_seed(seed)
+    x_train, y_train, x_test, y_test = data
+    model, method = build_digits_model(method_name, tau, width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    batches_per_epoch = math.ceil(len(y_train) / batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    rss_before = _max_rss_bytes()
+    epoch_seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(y_train), generator=generator)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            functional.reset_net(model)
+            method.train_step(model, optimizer, repeat_in_time(x_train[idx], steps), y_train[idx],
+                              F.cross_entropy)
+            scheduler.step()
+        epoch_seconds.append(time.perf_counter() - start)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+    functional.reset_net(model)
+    result = {
+        "method": method_name,
+        "accuracy": evaluate(model, method, x_test, y_test, steps),
+        "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds),
+        "peak_memory_growth_bytes": max(_max_rss_bytes() - rss_before, 0),
+    }
+    if method_name.startswith("saf-"):
+        result["to_lif_accuracy"] = deployment_accuracy(model, x_test, y_test, steps, tau)
+    return result
+
+
+def _train_in_child(queue, kwargs):
+    torch.set_num_threads(kwargs.pop("threads"))
+    try:
+        queue.put(train(data=load_digits_tensors(), **kwargs))
+    except BaseException as error:  # the parent reports it with the method's name
+        queue.put({"method": kwargs["method_name"], "error": repr(error)})
+
+
+def train_in_fresh_process(**kwargs) -> dict:
+    """:func:`train` in a new process, so that its peak memory is not shared with other methods."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    kwargs.setdefault("threads", torch.get_num_threads())
+    process = context.Process(target=_train_in_child, args=(queue, kwargs))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def _format_row(result: dict) -> str:
+    if "error" in result:
+        return f"{result['method']:<10} failed: {result['error']}"
+    deploy = result.get("to_lif_accuracy")
+    return (f"{result['method']:<10} {100 * result['accuracy']:>8.2f}% "
+            f"{'' if deploy is None else f'{100 * deploy:.2f}%':>10} "
+            f"{result['epoch_seconds']:>9.2f} s {result['peak_memory_growth_bytes'] / 2**20:>9.1f} MiB")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+    parser.add_argument("-T", type=int, default=4, help="time steps")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tau", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in methods:
+        if name not in METHOD_NAMES:
+            parser.error(f"--methods: {name!r} is unknown; choose from {', '.join(METHOD_NAMES)}")
+
+    print(f"digits (scikit-learn), T={args.T}, tau={args.tau}, {args.epochs} epochs, seed {args.seed}, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"{'method':<10} {'test acc':>9} {'to_lif acc':>10} {'epoch time':>11} {'peak memory':>13}")
+    failed = False
+    for name in methods:
+        result = train_in_fresh_process(method_name=name, seed=args.seed, steps=args.T,
+                                        epochs=args.epochs, tau=args.tau)
+        failed |= "error" in result
+        print(_format_row(result), flush=True)
+    print("peak memory: growth of the process's maximum resident set during training.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
