@@ -3,7 +3,7 @@
 Train spiking networks online with half of OTTT's forward work and memory that does not grow with
 the number of time steps; deploy the weights unchanged in an ordinary LIF network.
 """
-from . import functional, surrogate
+from . import functional, methods, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
@@ -20,7 +20,9 @@ __all__ = [
     "saf_online_training",
     "METHODS",
     "functional",
+    "methods",
     "surrogate",
+    "zoo",
     "to_saf",
     "to_lif",
     "check_exactness",
