@@ -15,7 +15,7 @@ The achieved bandwidth counts the minimum bytes each phase must move (read the i
 output, write/read the saved tensor) divided by the time; it is reported as a fraction of the
 device's measured copy bandwidth (``dst.copy_(src)`` on a large buffer). SpikingJelly's LIF
 (``functional.lif_multi_step``, soft reset, the same surrogate) is charged the same byte count, so the
-fractions compare like for like. Results: ``benchmarks/results/neuron_kernel.json`` and
+fractions compare like for like. Results: ``benchmarks/results/neuron_kernel_results.json`` and
 ``neuron_kernel_bandwidth.png`` / ``neuron_kernel_time.png``.
 """
 
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         "skipped_backends": skipped,
         "rows": rows,
     }
-    path = common.write_json(args.results_dir, "neuron_kernel", payload)
+    path = common.write_json(args.results_dir, "neuron_kernel_results", payload)
     note = f"{payload['metadata'].get('cuda_device', '')}, T={args.steps}, {payload['metadata']['date_utc']}"
     for metric, ylabel, file_name, logy in (
         ("fraction_of_copy_bandwidth", "achieved / copy bandwidth", "neuron_kernel_bandwidth.png", False),

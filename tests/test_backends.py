@@ -99,7 +99,7 @@ def compare_with_torch(backend, surrogate_function, dtype, tau, decay_input, ste
     recorder = OpRecorder()
     with recorder:
         y_fused, c_fused = backends.get_multi_step(backend)(x_fused, abar_prev, *args)
-    assert recorder.count(f"spikingjelly_saf.{backend}_forward") == 1, recorder.names
+    assert recorder.count(f"spikingjelly_saf.{backend}_forward.default") == 1, recorder.names
     assert c_fused == c_ref
     assert y_fused.dtype == y_ref.dtype and y_fused.shape == y_ref.shape
     assert torch.equal(y_fused, y_ref), (y_fused - y_ref).abs().max()
@@ -337,6 +337,20 @@ def test_interpreted_safnode_state_and_chunks_match_torch():
     with recorder:
         fused(x.clone().requires_grad_()).sum().backward()
     assert recorder.count("triton_forward.default") == 1 and recorder.count("triton_backward") == 1
+
+
+@interpreted
+def test_interpreted_autocast_keeps_float32_state_like_torch():
+    x, _ = make_inputs(4, (3, 5), torch.bfloat16, seed=11)
+    outputs = []
+    for backend in ("triton", "torch"):
+        node = saf.SAFNode(step_mode="m", backend=backend)
+        recorder = OpRecorder()
+        with recorder, torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(node(x))
+        assert node.abar.dtype == torch.float32
+        assert recorder.count("triton_forward") == (backend == "triton")
+    assert outputs[0].dtype == torch.float32 and torch.equal(outputs[0], outputs[1])
 
 
 @interpreted
