@@ -115,12 +115,46 @@ def test_other_datasets_and_default_models(data, tmp_path, dataset, flags):
     _check_run(tmp_path, dataset, flags)
 
 
-def test_deploy_lif_matches_saf_predictions(data, tmp_path):
+def test_deploy_lif_run_reports_the_lif_accuracy(data, tmp_path):
     flags = ["-method", "saf-e", "-epochs", "1", "-channels", "8", "-deploy-lif"]
     assert _train("cifar10", data["cifar10"], tmp_path, *flags) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     # The LIF network reads its outputs with SAF's weighted average: same spikes, same prediction.
     assert summary["deployed_lif_test_acc"] == summary["last"]["test_acc"]
+    assert "LIF deployment acc" in summary["line"]
+
+
+@pytest.mark.parametrize("method, sequence", [("saf-e", False), ("saf-e-acc", False),
+                                              ("saf-f", True), ("saf-e-acc", True)])
+def test_weighted_lif_readout_equals_saf_scores(method, sequence):
+    """The deployed LIF network's outputs, read as SAF reads its own, give SAF's scores (float64)."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly_saf.conversion import to_lif
+    from spikingjelly_saf.methods import evaluate_sequence
+    from spikingjelly_saf.trainer.run import _WeightedLIFReadout
+    from spikingjelly_saf.training import saf_nodes
+
+    args = build_parser(CIFAR).parse_args(["-data-dir", "unused", "-method", method, "-channels", "8"])
+    args.model = "ottt_spiking_vggws"
+    torch.manual_seed(0)
+    channels = 2 if sequence else 3
+    model = build_model(args, get_method(method), 10, channels, sequence).double().eval()
+    with torch.no_grad():  # livelier than the zoo's init, so spikes reach the classifier
+        for parameter in model.parameters():
+            parameter.normal_(0.5, 0.5)
+    if sequence:  # event frames: the SAF model starts with InputAverage, the LIF twin without it
+        x_seq = 3.0 * torch.rand(2, 4, channels, 16, 16, dtype=torch.float64)
+    else:  # static images, repeated at every step as the CIFAR script feeds them
+        x_seq = (3.0 * torch.rand(2, 1, 3, 16, 16, dtype=torch.float64)).expand(2, 4, 3, 16, 16)
+    with torch.no_grad():
+        model_mode = get_method(method).step_mode
+        saf_scores = get_method(method).prediction_scores(evaluate_sequence(model, x_seq, model_mode))
+        functional.reset_net(model)
+        lif = to_lif(model).eval()
+        lif_outputs = evaluate_sequence(lif, x_seq, model_mode)
+    readout = _WeightedLIFReadout(model_mode, saf_nodes(model)[-1].decay)
+    assert saf_scores.abs().max() > 0
+    torch.testing.assert_close(readout.prediction_scores(lif_outputs), saf_scores, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["saf-e", "bptt"])

@@ -170,6 +170,26 @@ def _deployed_accuracy(module, method, args, test_loader, f_loss, info, ddp) -> 
     return correct / samples
 
 
+def _check_arguments(args, method) -> None:
+    if args.T < 1 or args.b < 1 or args.epochs < 1 or args.j < 0:
+        raise ModelChoiceError("-T, -b and -epochs must be positive integers and -j >= 0.")
+    if method.name.startswith("saf-") and not args.tau >= 1.0:
+        raise ModelChoiceError(f"-tau {args.tau}: SAF needs tau >= 1 (tau=1 is memoryless).")
+    if not method.name.startswith("saf-") and not args.tau > 1.0:
+        raise ModelChoiceError(f"-tau {args.tau}: SpikingJelly's LIF neurons need tau > 1.")
+    if not args.v_threshold > 0.0:
+        raise ModelChoiceError(f"-v-threshold {args.v_threshold}: the threshold must be positive.")
+    if not 0.0 < args.train_split < 1.0:
+        raise ModelChoiceError(f"-train-split {args.train_split} must lie strictly between 0 and 1.")
+    if args.cutout < 0 or not 0.0 <= args.loss_lambda <= 1.0:
+        raise ModelChoiceError("-cutout must be >= 0 and -loss-lambda in [0, 1].")
+    if args.amp and method.name in ("ottt-o", "ottt-a", "sltt"):
+        raise ModelChoiceError(f"-amp is not available with {method.name}: SpikingJelly's "
+                               "ottt_online_training takes no gradient scaler.")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ModelChoiceError("-stop-after must be a positive number of epochs.")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train as ``args`` says; returns the summary dict (also written to ``summary.json``)."""
     args.model = args.model or DEFAULT_MODELS[args.dataset]
@@ -177,8 +197,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.deploy_lif and not method.name.startswith("saf-"):
         raise ModelChoiceError(f"-deploy-lif converts a SAF network to LIF; method {method.name} "
                                "already trains LIF-type neurons. Drop -deploy-lif.")
-    if args.T < 1 or args.b < 1 or args.epochs < 1:
-        raise ModelChoiceError("-T, -b and -epochs must be positive integers.")
+    _check_arguments(args, method)
     ddp = _Distributed(args.device)
     try:
         return _run(args, method, ddp)
