@@ -247,19 +247,25 @@ def _torchrun(args, out_dir):
 
 
 def test_ddp_two_processes_gloo_syncs_once_per_minibatch(data, tmp_path):
-    """Under DDP, SAF-F and SAF-E-acc all-reduce gradients once per minibatch, SAF-E at every step."""
+    """Under DDP, SAF-F all-reduces gradients once per minibatch and SAF-E at every step; a NaN on
+    one process stops both (no hang) and keeps the last good checkpoint."""
     steps = 3
     syncs = {}
-    for method in ("saf-f", "saf-e"):
+    for method, extra in (("saf-f", ["-epochs", "2", "-inject-nan-epoch", "1"]),
+                          ("saf-e", ["-epochs", "1"])):
         out = tmp_path / method
         result = _torchrun(["-data-dir", str(data["cifar10"]), "-device", "cpu", "-T", str(steps),
-                            "-b", "2", "-j", "0", "-epochs", "1", "-channels", "4", "-method", method,
-                            "-no-progress", "-count-grad-syncs"], out)
-        assert result.returncode == 0, result.stderr[-3000:]
-        row = json.loads((out / "history.json").read_text())[0]
-        syncs[method] = row["grad_syncs_per_batch"]
-        # 20 training images over 2 processes, every test image counted once.
-        assert math.isfinite(row["train_loss"])
+                            "-b", "2", "-j", "0", "-channels", "4", "-method", method,
+                            "-no-progress", "-count-grad-syncs", *extra], out)
+        history = json.loads((out / "history.json").read_text())
+        assert [row["epoch"] for row in history] == [0]
+        syncs[method] = history[0]["grad_syncs_per_batch"]
+        assert math.isfinite(history[0]["train_loss"])
+        if method == "saf-f":
+            assert result.returncode != 0 and "the training loss became nan at epoch 1" in result.stderr
+            assert _checkpoint(out)["epoch"] == 0
+        else:
+            assert result.returncode == 0, result.stderr[-3000:]
     assert syncs["saf-f"] >= 1
     assert syncs["saf-e"] == steps * syncs["saf-f"]
 

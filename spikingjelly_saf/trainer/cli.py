@@ -86,6 +86,6 @@ def build_parser(datasets: Sequence[str], description: str = "") -> argparse.Arg
     train.add_argument("-no-progress", action="store_true", help="no tqdm progress bars")
     train.add_argument("-count-grad-syncs", action="store_true",
                        help="record how many gradient all-reduces DDP runs per minibatch")
-    # Exercises the non-finite-loss guard: the loss of this epoch (0-based) becomes NaN.
+    # Exercises the non-finite-loss guard: the first process's loss in this epoch (0-based) becomes NaN.
     train.add_argument("-inject-nan-epoch", type=int, default=None, help=argparse.SUPPRESS)
     return parser

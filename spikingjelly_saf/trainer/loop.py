@@ -87,10 +87,11 @@ def _autocast(device: torch.device, enabled: bool):
 
 def train_one_epoch(model, method: Method, optimizer, loader, f_loss, *, epoch: int, steps: int,
                     sequence: bool, device: torch.device, grad_scaler=None, amp: bool = False,
-                    progress=None, inject_nan: bool = False):
+                    progress=None, inject_nan: bool = False, all_finite=bool):
     """Train ``model`` for one pass over ``loader``; returns ``(loss_sum, correct, samples, seconds)``.
 
-    Raises :class:`NonFiniteLossError` as soon as a minibatch's loss is NaN or infinite.
+    Raises :class:`NonFiniteLossError` as soon as a minibatch's loss is NaN or infinite;
+    ``all_finite(local_flag)`` turns the local check into the decision of every process.
     """
     model.train()
     loss_sum, correct, samples = 0.0, 0, 0
@@ -107,7 +108,9 @@ def train_one_epoch(model, method: Method, optimizer, loader, f_loss, *, epoch: 
             loss, y_seq = method.train_step(model, optimizer, x_seq, label, loss_fn, grad_scaler)
         functional.reset_net(model)
         value = float(loss)
-        if not math.isfinite(value):
+        # Under DDP every process stops together: one that kept going would wait forever for the
+        # gradient all-reduce of a process that already stopped.
+        if not all_finite(math.isfinite(value)):
             raise NonFiniteLossError(epoch, batch, value)
         scores = method.prediction_scores(y_seq)
         loss_sum += value * label.numel()

@@ -13,6 +13,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import layer, surrogate
 from spikingjelly.activation_based.model import parametric_lif_net, spiking_vggws_ottt
 
+from .. import zoo
 from ..layer import InputAverage
 from ..methods import Method
 from ..neuron import SAFNode
@@ -140,6 +141,10 @@ def build_model(args: argparse.Namespace, method: Method, num_classes: int, in_c
             raise ModelChoiceError(
                 f"-model {name} takes 3-channel images at the zoo's widths; for "
                 f"{in_channels}-channel input or -channels use -model ottt_spiking_vggws.")
+        elif name == "ottt_spiking_vggws":
+            # The project's adapter builds the zoo network without the 2.0.0 factory's defects.
+            model = zoo.ottt_spiking_vggws(spiking_neuron=method.neuron_type,
+                                           num_classes=num_classes, **kwargs)
         else:
             model = _OTTT_VGG_FACTORIES[name](spiking_neuron=method.neuron_type,
                                               num_classes=num_classes, **kwargs)

@@ -67,9 +67,16 @@ class _Distributed:
     def sum(self, *values: float) -> list:
         if not self.enabled:
             return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def all_true(self, flag: bool) -> bool:
+        if not self.enabled:
+            return bool(flag)
+        tensor = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item() == 0.0
 
     def gather(self, obj) -> list:
         if not self.enabled:
@@ -280,7 +287,8 @@ def _run(args, method, ddp: _Distributed) -> dict:
             loss_sum, correct, samples, seconds = train_one_epoch(
                 model, method, optimizer, train_loader, f_loss, epoch=epoch, steps=args.T,
                 sequence=info.sequence, device=device, grad_scaler=grad_scaler, amp=args.amp,
-                progress=progress, inject_nan=args.inject_nan_epoch == epoch)
+                progress=progress, inject_nan=args.inject_nan_epoch == epoch and ddp.main,
+                all_finite=ddp.all_true)
         finally:
             if progress is not None:
                 progress.close()
