@@ -1,0 +1,279 @@
+"""Shared pieces of the benchmarks: metadata, JSON and plots, models, fresh-process measurement."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based.model import spiking_resnet, spiking_vggws_ottt
+
+from spikingjelly_saf.methods import Method, ReLUNode, get_method
+from spikingjelly_saf.surrogate import SpikeRepresentation
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_START = "<!-- BENCHMARK-TABLE:START -->"
+TABLE_END = "<!-- BENCHMARK-TABLE:END -->"
+
+
+# ----------------------------------------------------------------------------------------------
+# metadata and output
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def metadata(device: str) -> dict:
+    import spikingjelly
+
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "spikingjelly": getattr(spikingjelly, "__version__", _dist_version("spikingjelly")),
+        "spikingjelly_saf": _dist_version("spikingjelly-saf"),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _dist_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        if name == "spikingjelly-saf":
+            import spikingjelly_saf
+
+            return spikingjelly_saf.__version__
+        return "unknown"
+
+
+def write_json(results_dir: Path, name: str, payload: dict) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+    return path
+
+
+def read_json(results_dir: Path, name: str) -> Optional[dict]:
+    path = results_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return str(value)
+
+
+def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
+               title: str, logx: bool = False, logy: bool = False, note: str = "") -> Path:
+    """One line per series name: ``series[name] = (xs, ys)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in series.items():
+        if xs:
+            ax.plot(xs, ys, marker="o", markersize=3, label=name,
+                    linestyle="--" if name.startswith("ideal") else "-")
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=6)
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# neurons and models
+
+
+def neuron_kwargs(method: Method, tau: float = 2.0) -> dict:
+    """The OTTT setting (tau=2, V_th=1, soft reset, detach_reset); SAF-F uses the representation surrogate."""
+    sg = SpikeRepresentation() if method.name == "saf-f" else None
+    return method.neuron_kwargs(tau=tau, surrogate_function=sg)
+
+
+class DSRFactory:
+    """Builds SpikingJelly's ``DSRIFNode(T)``: its constructor takes none of the LIF keyword arguments."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, **_ignored) -> nn.Module:
+        return neuron.DSRIFNode(T=self.steps)
+
+
+VGG_CFG = spiking_vggws_ottt.cfgs["S"]
+
+
+def build_vgg(neuron_type: Callable, kwargs: dict, width_divisor: int = 1,
+              num_classes: int = 10) -> nn.Module:
+    """``ottt_spiking_vggws`` (cfg "S": WS-conv, neuron, Scale(2.74), AvgPool), optionally narrower.
+
+    ``width_divisor > 1`` divides every conv width and rebuilds the light classifier for the
+    narrower last layer (the zoo hard-codes 512 inputs); the structure is unchanged.
+    """
+    if width_divisor == 1:
+        return spiking_vggws_ottt.ottt_spiking_vggws(spiking_neuron=neuron_type,
+                                                     num_classes=num_classes, **kwargs)
+    cfg = [v if isinstance(v, str) else max(1, v // width_divisor) for v in VGG_CFG]
+    model = spiking_vggws_ottt.OTTTSpikingVGG(cfg, weight_standardization=True,
+                                              num_classes=num_classes, spiking_neuron=neuron_type,
+                                              light_classifier=True, **kwargs)
+    model.classifier = layer.OTTTSequential(
+        layer.AdaptiveAvgPool2d((1, 1)), layer.Flatten(1), layer.Linear(cfg[-1], num_classes))
+    nn.init.normal_(model.classifier[2].weight, 0, 0.01)
+    nn.init.zeros_(model.classifier[2].bias)
+    return model
+
+
+def build_resnet18(neuron_type: Callable, kwargs: dict, width_divisor: int = 1,
+                   num_classes: int = 10) -> nn.Module:
+    """SpikingJelly's ``spiking_resnet18`` (zoo stem: 7x7 stride-2 conv, MaxPool)."""
+    model = spiking_resnet.spiking_resnet18(spiking_neuron=neuron_type, num_classes=num_classes,
+                                            **kwargs)
+    return model
+
+
+ARCHS = {"vggws": build_vgg, "resnet18": build_resnet18}
+
+
+def build(arch: str, method_name: str, steps: int, width_divisor: int = 1,
+          num_classes: int = 10, tau: float = 2.0) -> tuple[nn.Module, Method]:
+    """The model of ``arch`` built for ``method_name`` (a methods-table name, or ``dsr``)."""
+    if method_name == "dsr":
+        # DSR trains like BPTT (whole sequence, loss on the mean output), with DSRIFNode.
+        method = get_method("bptt")
+        model = ARCHS[arch](DSRFactory(steps), {}, width_divisor, num_classes)
+        functional.set_step_mode(model, "m")
+        return model, method
+    method = get_method(method_name)
+    model = ARCHS[arch](method.neuron_type, neuron_kwargs(method, tau), width_divisor, num_classes)
+    method.prepare(model)
+    return model, method
+
+
+def set_saf_backend(model: nn.Module, backend: str) -> None:
+    from spikingjelly_saf.neuron import SAFNode
+
+    for m in model.modules():
+        if isinstance(m, SAFNode):
+            m.backend = backend
+
+
+# ----------------------------------------------------------------------------------------------
+# device helpers
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def max_rss_bytes() -> int:
+    """The process's maximum resident set so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _child_entry(function: Callable, args: tuple, sender) -> None:
+    try:
+        result = function(*args)
+    except Exception as error:  # reported, not raised: a configuration that cannot run is a result
+        result = {"error": f"{type(error).__name__}: {error}",
+                  "traceback": traceback.format_exc(limit=3)}
+    sender.send(result)
+    sender.close()
+
+
+_FORKSERVER_READY = False
+
+
+def run_in_fresh_process(function: Callable, *args, timeout: float = 900.0):
+    """Run ``function(*args)`` (a module-level function) in a fresh child; its result or ``{'error'}``.
+
+    Children come from a fork server that imported torch, SpikingJelly and the benchmarks but never
+    ran an operator: each configuration starts from the same small heap without paying the imports
+    again, and the peak resident set measured in the child belongs to that configuration alone.
+    (Forking the main process instead would deadlock once it has used OpenMP threads.)
+    """
+    global _FORKSERVER_READY
+    context = multiprocessing.get_context("forkserver")
+    if not _FORKSERVER_READY:
+        context.set_forkserver_preload(["torch", "spikingjelly.activation_based.model.spiking_resnet",
+                                        "spikingjelly_saf", __name__, function.__module__])
+        _FORKSERVER_READY = True
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child_entry, args=(function, args, sender))
+    process.start()
+    sender.close()
+    if receiver.poll(timeout):
+        result = receiver.recv()
+    else:
+        result = {"error": f"timed out after {timeout:.0f} s"}
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    return result
+
+
+def update_readme_table(markdown: str, readme_path: Path = README_PATH) -> bool:
+    """Replace the text between the BENCHMARK-TABLE markers of the README; False if they are missing."""
+    if not readme_path.exists():
+        print(f"warning: {readme_path} does not exist; README table not updated.")
+        return False
+    text = readme_path.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < 0 or end < start:
+        print(f"warning: {readme_path} has no {TABLE_START} ... {TABLE_END} region; "
+              "README table not updated.")
+        return False
+    new_text = text[:start + len(TABLE_START)] + "\n" + markdown.strip() + "\n" + text[end:]
+    readme_path.write_text(new_text)
+    return True

@@ -1,0 +1,213 @@
+"""Markdown tables from the JSON results: the README summary and ``results/RESULTS.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .common import read_json
+
+TARGET_T = 6
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _verdict(value: Optional[float], limit: float, below: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    ok = value <= limit if below else value >= limit
+    return "met" if ok else "**missed**"
+
+
+def _time_ratio(time_result: dict, arch: str, key: str, steps: int = TARGET_T):
+    return time_result["summary"].get(arch, {}).get("per_T", {}).get(str(steps), {}).get(key)
+
+
+def _machine_line(payload: dict) -> str:
+    meta = payload["meta"]
+    return (f"{meta['device']}, {meta['cpu_model']} ({meta['cpu_count']} cores), "
+            f"torch {meta['torch']}, spikingjelly {meta['spikingjelly']}, {meta['date_utc']}")
+
+
+def claims_rows(results_dir: Path) -> list[str]:
+    rows = ["| Claim | Target | Measured | Verdict |", "|---|---|---|---|"]
+    ops = read_json(results_dir, "ops")
+    if ops:
+        for arch, entry in ops["models"].items():
+            r = entry["ratios"]
+            source = " (OTTT analytical)" if entry["ottt_source"] == "analytical" else ""
+            rows.append(f"| forward synaptic FLOPs SAF / OTTT, {arch}{source} | ~0.50 | "
+                        f"{_fmt(r['saf_over_ottt_synaptic_flops'], 3)} | "
+                        f"{_verdict(r['saf_over_ottt_synaptic_flops'], 0.51)} |")
+            rows.append(f"| forward synaptic FLOPs SAF / LIF, {arch} | 1.00 | "
+                        f"{_fmt(r['saf_over_lif_synaptic_flops'], 3)} | "
+                        f"{_verdict(abs(r['saf_over_lif_synaptic_flops'] - 1.0), 1e-9)} |")
+    timing = read_json(results_dir, "time_memory")
+    if timing:
+        for arch in timing["models"]:
+            summary = timing["summary"][arch]
+            steps = TARGET_T if str(TARGET_T) in summary["per_T"] else max(int(s) for s in summary["per_T"])
+            get = lambda key: _time_ratio(timing, arch, key, steps)  # noqa: E731
+            for saf, ideal in (("saf-e", "ideal-e"), ("saf-e-acc", "ideal-e-acc"), ("saf-f", "ideal-f")):
+                v = get(f"{saf}/{ideal} time")
+                rows.append(f"| time {saf} / {ideal}, {arch}, T={steps} | <= 1.05 | {_fmt(v)} | "
+                            f"{_verdict(v, 1.05)} |")
+            for key, target, limit in (("saf-e/ottt-o time", "~0.75 (CPU)", 0.80),
+                                       ("saf-f/ottt-a time", "~0.33 (CPU)", 0.40),
+                                       ("saf-e/ottt-o memory", "<= 0.6", 0.6),
+                                       ("saf-f/ottt-a memory", "<= 0.6", 0.6),
+                                       ("saf-e-acc/saf-e-acc-loop time", "< 1", 1.0)):
+                v = get(key)
+                verdict = _verdict(v, limit) if v is not None else "not measured (OTTT cannot run)"
+                rows.append(f"| {key}, {arch}, T={steps} | {target} | {_fmt(v)} | {verdict} |")
+            flat = summary.get("memory_Tmax_over_T4", {})
+            top = summary.get("T_max")
+            for variant in ("saf-e", "saf-f", "ottt-o", "bptt"):
+                if variant in flat:
+                    target = "<= 1.10 (flat)" if variant.startswith("saf") else "grows"
+                    v = flat[variant]
+                    verdict = (_verdict(v, 1.10) if variant.startswith("saf")
+                               else ("grows" if v > 1.10 else "flat"))
+                    rows.append(f"| peak memory T={top} / T=4, {variant}, {arch} | {target} | "
+                                f"{_fmt(v)} | {verdict} |")
+    return rows
+
+
+def accuracy_rows(results_dir: Path) -> list[str]:
+    accuracy = read_json(results_dir, "accuracy")
+    if not accuracy:
+        return []
+    s = accuracy["settings"]
+    rows = [f"Digits (scikit-learn), T={s['T']}, {s['epochs']} epochs, {len(s['seeds'])} seeds:", "",
+            "| Method | test accuracy (mean ± std) | to_lif deployment |", "|---|---|---|"]
+    for name, row in accuracy["methods"].items():
+        lif = (f"{row['to_lif_mean'] * 100:.2f} ± {row['to_lif_std'] * 100:.2f} %"
+               if row.get("to_lif_mean") is not None else
+               ("unavailable" if name.startswith("saf-") else "-"))
+        rows.append(f"| {name} | {row['mean'] * 100:.2f} ± {row['std'] * 100:.2f} % | {lif} |")
+    return rows
+
+
+def readme_markdown(results_dir: Path) -> str:
+    lines = []
+    timing = read_json(results_dir, "time_memory")
+    reference = timing or read_json(results_dir, "ops")
+    if reference:
+        lines.append(f"Measured on {_machine_line(reference)}. GPU numbers are not measured.")
+    if timing:
+        cfg = timing["settings"]["config"]
+        lines.append("Time/memory configuration: " + "; ".join(
+            f"{arch} batch {c['batch']}, {c['image']}x{c['image']}, width/{c['width_divisor']}, "
+            f"T in {c['T']}" for arch, c in cfg.items()) + ".")
+    lines.append("")
+    lines += claims_rows(results_dir)
+    lines.append("")
+    lines += accuracy_rows(results_dir)
+    lines += ["", "Details, plots and the profile of missed targets: "
+              "[docs/benchmarks.md](docs/benchmarks.md), "
+              "[benchmarks/results/RESULTS.md](benchmarks/results/RESULTS.md)."]
+    return "\n".join(lines)
+
+
+def _time_memory_tables(timing: dict) -> list[str]:
+    lines = []
+    for arch, rows in timing["models"].items():
+        cfg = timing["settings"]["config"][arch]
+        steps = cfg["T"]
+        for key, title, scale, digits in (("time_s", "seconds per minibatch", 1.0, 3),
+                                          ("train_peak_bytes", "training peak memory (MiB)", 2 ** -20, 1)):
+            lines += [f"### {arch}: {title}", "",
+                      "| method | " + " | ".join(f"T={t}" for t in steps) + " |",
+                      "|---|" + "---|" * len(steps)]
+            for variant, cells in rows.items():
+                values = []
+                for t in steps:
+                    cell = cells.get(str(t))
+                    if cell is None:
+                        values.append("")
+                    elif "error" in cell:
+                        values.append("cannot run")
+                    else:
+                        values.append(f"{cell[key] * scale:.{digits}f}")
+                lines.append(f"| {variant} | " + " | ".join(values) + " |")
+            lines.append("")
+        errors = {v: next(c["error"] for c in cells.values() if "error" in c)
+                  for v, cells in rows.items() if any("error" in c for c in cells.values())}
+        for variant, error in errors.items():
+            lines.append(f"- {arch} {variant} cannot run: `{error}`")
+        lines += ["", f"### {arch}: ratios per T", "",
+                  "| ratio | " + " | ".join(f"T={t}" for t in steps) + " |",
+                  "|---|" + "---|" * len(steps)]
+        per_t = timing["summary"][arch]["per_T"]
+        keys = list(next(iter(per_t.values())).keys()) if per_t else []
+        for key in keys:
+            lines.append(f"| {key} | " + " | ".join(_fmt(per_t.get(str(t), {}).get(key))
+                                                    for t in steps) + " |")
+        lines.append("")
+    skipped = timing["settings"].get("skipped_backends")
+    if skipped:
+        lines += ["Fused SAF backends not measured: "
+                  + "; ".join(f"`{b}`: {why}" for b, why in skipped.items()), ""]
+    return lines
+
+
+def results_markdown(results_dir: Path) -> str:
+    lines = ["# Benchmark results", "",
+             "Generated by `python -m benchmarks` from the JSON files in this folder.", "",
+             "## Claims", ""]
+    lines += claims_rows(results_dir)
+    ops = read_json(results_dir, "ops")
+    if ops:
+        lines += ["", "## Forward operations (one training-mode step at t=2)", "",
+                  f"Machine: {_machine_line(ops)}. Input {ops['settings']['input']}.", "",
+                  "| model | variant | synaptic FLOPs | MACs | ACs | neuron-state ops |",
+                  "|---|---|---|---|---|---|"]
+        for arch, entry in ops["models"].items():
+            for variant in ("saf", "ottt", "lif"):
+                c = entry[variant]
+                if "error" in c:
+                    lines.append(f"| {arch} | {variant} | analytical "
+                                 f"{entry['ottt_analytical_synaptic_flops']:,} | - | - | - |")
+                else:
+                    lines.append(f"| {arch} | {variant} | {c['synaptic_flops']:,} | "
+                                 f"{c['synaptic_macs']:,} | {c['synaptic_acs']:,} | "
+                                 f"{c['neuron_state_ops']:,} |")
+            if entry.get("ottt_note"):
+                lines.append(f"\n{arch}: {entry['ottt_note']}\n")
+    timing = read_json(results_dir, "time_memory")
+    if timing:
+        lines += ["", "## Time and peak memory per minibatch", "",
+                  f"Machine: {_machine_line(timing)}.", ""]
+        lines += _time_memory_tables(timing)
+    accuracy = accuracy_rows(results_dir)
+    if accuracy:
+        lines += ["", "## Accuracy parity", ""] + accuracy
+    reviewers = read_json(results_dir, "reviewers")
+    if reviewers:
+        part_a = reviewers["a_representation_error"]
+        steps = list(next(iter(part_a.values()))["mean"].keys())
+        lines += ["", "## Reviewers' questions", "",
+                  "(a) mean |Abar[T] - clamp(I/V_th, 0, 1)| over constant inputs:", "",
+                  "| lam | " + " | ".join(f"T={t}" for t in steps) + " |",
+                  "|---|" + "---|" * len(steps)]
+        for lam, v in part_a.items():
+            lines.append(f"| {lam} | " + " | ".join(f"{v['mean'][t]:.4f}" for t in steps) + " |")
+        lines += ["", "(b) SAF-E test accuracy on digits:", "", "| tau | T | accuracy |", "|---|---|---|"]
+        for cell in reviewers["b_accuracy_vs_T_tau"].values():
+            lines.append(f"| {cell['tau']} | {cell['T']} | {cell['mean'] * 100:.2f} % |")
+        c = reviewers["c_firing_rates"]
+        lines += ["", "(c) firing rates per layer (test set, eval mode), per epoch:", ""]
+        for name in ("saf-e", "ottt-o"):
+            rates = "; ".join("[" + ", ".join(f"{r:.3f}" for r in h) + "]"
+                              for h in c[name]["firing_rates_per_epoch"])
+            lines.append(f"- {name} (final accuracy {c[name]['accuracy'] * 100:.2f} %): {rates}")
+        lines.append("- relative weight distance SAF-E vs OTTT_O per epoch: "
+                     + ", ".join(f"{d:.3f}" for d in c["relative_weight_distance_per_epoch"]))
+    lines += ["", "Plots: `*.png` in this folder."]
+    return "\n".join(lines) + "\n"
