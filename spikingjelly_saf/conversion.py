@@ -235,7 +235,7 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     return model
 
 
-def _lif_node_from(node: SAFNode, name: str) -> nn.Module:
+def _lif_node_from(node: SAFNode) -> nn.Module:
     common = dict(v_threshold=node.v_threshold, v_reset=None,
                   surrogate_function=node.surrogate_function, detach_reset=node.detach_reset,
                   step_mode=node.step_mode, store_v_seq=node.store_v_seq)
@@ -300,7 +300,7 @@ def to_lif(model: nn.Module, memoryless: str = "error", inplace: bool = False) -
 
     def replacement_for(name: str, module: nn.Module) -> Optional[nn.Module]:
         if isinstance(module, SAFNode) and module.tau != 1.0:
-            return _lif_node_from(module, name)
+            return _lif_node_from(module)
         if isinstance(module, InputAverage):
             return nn.Identity()
         return None
