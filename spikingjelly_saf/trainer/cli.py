@@ -24,7 +24,28 @@ DEFAULT_MODELS = {
 
 
 def build_parser(datasets: Sequence[str], description: str = "") -> argparse.ArgumentParser:
-    """The argument parser of a training script that offers ``datasets`` for ``-dataset``."""
+    r"""
+    **API Language** - :ref:`中文 <trainer.build_parser-cn>` | :ref:`English <trainer.build_parser-en>`
+
+    ----
+
+    .. _trainer.build_parser-cn:
+
+    * **中文**
+
+    训练脚本的参数解析器：SpikingJelly 示例参数（``-T -device -b -epochs -j -data-dir -out-dir -resume -amp
+    -opt -momentum -lr``）以及方法、神经元与记录相关的参数；``datasets`` 为 ``-dataset`` 的可选值。
+
+    ----
+
+    .. _trainer.build_parser-en:
+
+    * **English**
+
+    The argument parser of a training script: SpikingJelly's example flags (``-T -device -b -epochs
+    -j -data-dir -out-dir -resume -amp -opt -momentum -lr``) plus the method, neuron and
+    bookkeeping flags; ``datasets`` are the ``-dataset`` choices, the first being the default.
+    """
     parser = argparse.ArgumentParser(description=description)
     sj = parser.add_argument_group("SpikingJelly example flags")
     sj.add_argument("-T", type=int, default=6, help="time steps (frames per sample for DVS data)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch.utils.data import Dataset, Subset
 
 __all__ = ["DataMissingError", "Cutout", "DatasetInfo", "DATASETS", "build_datasets", "to_sequence"]
@@ -79,25 +80,33 @@ _CIFAR_FILES = {
 }
 
 
+class _PresenceChecked:
+    # torchvision's check hashes every file and, on failure, only says "not found or corrupted";
+    # the files were checked one by one (with their names in the message) before this is built,
+    # and -download still goes through torchvision's hash check.
+    def _check_integrity(self) -> bool:
+        return True
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
+            data = pickle.load(file, encoding="latin1")
+        self.classes = data[self.meta["key"]]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+
+# Module-level classes, so data-loading workers started with "spawn" can pickle them.
+class PresenceCheckedCIFAR10(_PresenceChecked, torchvision.datasets.CIFAR10):
+    pass
+
+
+class PresenceCheckedCIFAR100(_PresenceChecked, torchvision.datasets.CIFAR100):
+    pass
+
+
 def _cifar_classes(name: str):
-    import torchvision
-
-    base = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-
-    class PresenceCheckedCIFAR(base):
-        # torchvision's check hashes every file and, on failure, only says "not found or corrupted";
-        # the files were checked one by one (with their names in the message) before this is built,
-        # and -download still goes through torchvision's hash check.
-        def _check_integrity(self) -> bool:
-            return True
-
-        def _load_meta(self) -> None:
-            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
-                data = pickle.load(file, encoding="latin1")
-            self.classes = data[self.meta["key"]]
-            self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-
-    return base, PresenceCheckedCIFAR
+    if name == "cifar10":
+        return torchvision.datasets.CIFAR10, PresenceCheckedCIFAR10
+    return torchvision.datasets.CIFAR100, PresenceCheckedCIFAR100
 
 
 def _missing_cifar_message(name: str, root: Path, missing) -> str:

@@ -358,7 +358,34 @@ def _run(args, method, ddp: _Distributed) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar10", "cifar100"),
          description: str = "") -> int:
-    """Entry point of the example scripts; returns the process exit code."""
+    r"""
+    **API Language** - :ref:`中文 <trainer.main-cn>` | :ref:`English <trainer.main-en>`
+
+    ----
+
+    .. _trainer.main-cn:
+
+    * **中文**
+
+    示例脚本的入口：解析 ``argv`` （SpikingJelly 示例的参数加上 ``-method`` 等），训练并返回进程退出码：
+    0 成功；2 数据缺失或参数组合无效（只打印一条说明，不打印 traceback）；3 损失出现 NaN/inf（保留上一个完好的检查点）。
+    在 ``torchrun`` 下以 DistributedDataParallel 训练。
+
+    ----
+
+    .. _trainer.main-en:
+
+    * **English**
+
+    Entry point of the example scripts: parse ``argv`` (SpikingJelly's example flags plus
+    ``-method`` and the rest), train, and return the exit code: 0 done; 2 missing data or flags that
+    do not fit together (one message, no traceback); 3 the loss became NaN or infinite (the last good
+    checkpoint is kept). Under ``torchrun`` it trains with DistributedDataParallel.
+
+    :param argv: the arguments; ``None`` reads ``sys.argv``
+    :param datasets: the ``-dataset`` choices, the first being the default
+    :param description: the ``-h`` description
+    """
     args = build_parser(datasets, description).parse_args(argv)
     try:
         run(args)
