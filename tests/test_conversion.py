@@ -125,15 +125,21 @@ def test_to_saf_keeps_shared_neurons_shared():
 
 
 def test_reset_net_resets_the_new_neurons_despite_the_reset_cache():
-    net = conv_net()
-    functional.reset_net(net)      # fills SpikingJelly's reset cache with the LIF neurons
-    functional.reset_net(net[2:])  # and a cache for a sub-container
+    net = nn.Sequential(conv_net())
+    inner = net[0]
+    functional.reset_net(net)    # fills SpikingJelly's reset cache with the LIF neurons
+    functional.reset_net(inner)  # and a cache for the sub-container
+    # While the old neurons live on (here: referenced by the caller), those caches stay valid.
+    old_neurons = [m for m in net.modules() if isinstance(m, neuron.BaseNode)]
     to_saf(net, inplace=True)
-    net(torch.rand(2, 3, 8, 8))
     nodes = [m for m in net.modules() if isinstance(m, SAFNode)]
-    assert all(node.weight_sum == 1.0 for node in nodes)
-    functional.reset_net(net)
-    assert all(node.weight_sum == 0.0 and not isinstance(node.abar, torch.Tensor) for node in nodes)
+    assert len(nodes) == len(old_neurons) == 3
+    for container in (net, inner):
+        net(torch.rand(2, 3, 8, 8))
+        assert all(node.weight_sum == 1.0 for node in nodes)
+        functional.reset_net(container)
+        assert all(node.weight_sum == 0.0 and not isinstance(node.abar, torch.Tensor)
+                   for node in nodes)
 
 
 def test_ottt_sequential_keeps_working_after_to_saf():
