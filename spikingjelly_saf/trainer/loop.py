@@ -128,7 +128,7 @@ def train_one_epoch(model, method: Method, optimizer, loader, f_loss, *, epoch: 
 
 @torch.no_grad()
 def evaluate(model, method: Method, loader, f_loss, *, steps: int, sequence: bool,
-             device: torch.device, amp: bool = False, recorder: FiringRateRecorder = None):
+             device: torch.device, amp: bool = False):
     """``(loss_sum, correct, samples)`` of ``model`` on ``loader`` (eval mode, reset per minibatch)."""
     model.eval()
     loss_sum, correct, samples = 0.0, 0, 0

@@ -6,7 +6,6 @@ Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -296,7 +295,7 @@ def _run(args, method, ddp: _Distributed) -> dict:
         recorder = FiringRateRecorder(module)
         test_loss, test_correct, test_samples = evaluate(
             module, method, test_loader, f_loss, steps=args.T, sequence=info.sequence,
-            device=device, amp=args.amp, recorder=recorder)
+            device=device, amp=args.amp)
         recorder.remove()
         test_loss, test_correct, test_samples = ddp.sum(test_loss, test_correct, test_samples)
         rate_sums = ddp.sum(*recorder.sums.values(), *recorder.counts.values())
