@@ -68,7 +68,8 @@ _SCOPE_NOTE = (
 class ExactnessReport:
     r"""The findings of :func:`check_exactness`, readable as text (``str``/``print``) and as data.
 
-    It is a sequence of :class:`Finding`; ``report.exact`` is ``True`` when there is none.
+    It is a sequence of :class:`Finding` (empty, hence falsy, when the model is exact);
+    ``report.exact`` is ``True`` when there is none.
     ``report.modules(kind)`` lists the module names, ``report.to_dicts()`` gives plain dicts.
     """
 
@@ -97,9 +98,6 @@ class ExactnessReport:
 
     def __getitem__(self, index: int) -> Finding:
         return self.findings[index]
-
-    def __bool__(self) -> bool:
-        return True
 
     def __str__(self) -> str:
         title = f"SAF exactness report for {self.model_type or 'the model'}: "
