@@ -21,7 +21,7 @@ update schedules: SAF-E-acc's minibatch update equals OTTT_A's.
 import pytest
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer
+from spikingjelly.activation_based import functional, layer, surrogate
 from spikingjelly.activation_based.learning import online_learning
 
 from spikingjelly_saf import OutputRecovery
@@ -40,12 +40,17 @@ def _threshold(tau, decay_input):
     return 1.0 / tau if decay_input else 1.0
 
 
-def _build_pair(tau, decay_input):
+def _build_pair(tau, decay_input, surrogate_function=None):
     v_threshold = _threshold(tau, decay_input)
     ottt = conv_net(lif_factory(tau, decay_input, v_threshold, online=True),
                     container=layer.OTTTSequential).double()
     randomise(ottt, seed=21)
     saf = conv_net(saf_factory(tau, decay_input, v_threshold)).double()
+    if surrogate_function is not None:
+        for net in (ottt, saf):
+            for m in net.modules():
+                if hasattr(m, "surrogate_function"):
+                    m.surrogate_function = surrogate_function
     saf.load_state_dict(ottt.state_dict())
     for net in (ottt, saf):
         freeze_batchnorm(net)
@@ -90,11 +95,21 @@ def _per_step_gradients_saf(net, x, target, T):
 SCALED = {"0.weight", "0.bias", "4.branch.bias", "8.bias", "10.bias"}  # first layer and biases
 
 
+SURROGATES = [
+    surrogate.ATan(), surrogate.PiecewiseQuadratic(), surrogate.PiecewiseExp(), surrogate.SoftSign(),
+    surrogate.SuperSpike(), surrogate.Erf(), surrogate.Sigmoid(alpha=2.0),
+]
+
+
+@pytest.mark.parametrize("surrogate_function", SURROGATES, ids=lambda s: type(s).__name__)
+def test_any_spikingjelly_surrogate_acts_at_spike_level(surrogate_function):
+    test_saf_e_step_gradients_equal_ottt(2.0, False, surrogate_function, T=4)
+
+
 @pytest.mark.parametrize("decay_input", [False, True])
 @pytest.mark.parametrize("tau", [1.0, 2.0, 4.0, 1e6])
-def test_saf_e_step_gradients_equal_ottt(tau, decay_input):
-    T = 16
-    ottt, saf = _build_pair(tau, decay_input)
+def test_saf_e_step_gradients_equal_ottt(tau, decay_input, surrogate_function=None, T=16):
+    ottt, saf = _build_pair(tau, decay_input, surrogate_function)
     g = torch.Generator().manual_seed(2)
     x = torch.rand(4, 2, 8, 8, dtype=torch.float64, generator=g) * 2
     target = torch.randint(0, 3, (4,), generator=g)
