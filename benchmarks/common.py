@@ -107,9 +107,10 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (xs, ys) in series.items():
+    colors = plt.get_cmap("tab20").colors
+    for index, (name, (xs, ys)) in enumerate(series.items()):
         if xs:
-            ax.plot(xs, ys, marker="o", markersize=3, label=name,
+            ax.plot(xs, ys, marker="o", markersize=3, label=name, color=colors[index % len(colors)],
                     linestyle="--" if name.startswith("ideal") else "-")
     if logx:
         ax.set_xscale("log", base=2)
