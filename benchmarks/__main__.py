@@ -1,6 +1,6 @@
 """``python -m benchmarks``: the CPU suite (ops, time/memory, accuracy, reviewers), then the tables.
 
-    python -m benchmarks                     # everything, about 20-30 minutes on 2 CPU cores
+    python -m benchmarks                     # everything, under 30 minutes on 2 CPU cores (8.5 measured)
     python -m benchmarks --quick             # a smoke run in well under a minute
     python -m benchmarks --only ops,accuracy # a subset; the tables are rebuilt from all results
     python -m benchmarks --only tables       # rebuild RESULTS.md and the README table from the JSON
