@@ -36,6 +36,12 @@ __all__ = [
     "running_average",
     "representation_mapping",
     "saf_step_representation",
+    "saf_step_spike_level",
+    "saf_step_representation_traceable",
+    "fire_and_average",
+    "heaviside",
+    "spike_level_input_gradient",
+    "has_explicit_backward",
 ]
 
 
@@ -78,9 +84,10 @@ def membrane_before_fire(
     :math:`H[t] = c[t]\, s\, I[t] - V_{th} \lambda c[t-1] \bar A[t-1]`, with :math:`s` the input scale.
     It equals SpikingJelly ``LIFNode``'s :math:`H[t]` (SAF_SPEC section 2).
     """
-    return (weight_sum * input_scale) * input_current - (
-        v_threshold * decay * weight_sum_prev
-    ) * abar_prev
+    driven = (weight_sum * input_scale) * input_current
+    if weight_sum_prev == 0.0:  # first step: nothing carried, and this saves two tensor ops
+        return driven.to(torch.promote_types(driven.dtype, abar_prev.dtype))
+    return driven - (v_threshold * decay * weight_sum_prev) * abar_prev
 
 
 def average_update(
@@ -91,7 +98,90 @@ def average_update(
     decay: float,
 ) -> torch.Tensor:
     r""":math:`\bar A[t] = (\lambda c[t-1] \bar A[t-1] + S[t]) / c[t]`."""
+    if weight_sum_prev == 0.0:
+        return (spike * (1.0 / weight_sum)).to(torch.promote_types(spike.dtype, abar_prev.dtype))
     return (spike + (decay * weight_sum_prev) * abar_prev) * (1.0 / weight_sum)
+
+
+def heaviside(x: torch.Tensor) -> torch.Tensor:
+    """SpikingJelly's spike: ``1`` where ``x >= 0``, in ``x``'s dtype."""
+    return (x >= 0).to(x.dtype)
+
+
+def fire_and_average(
+    input_current: torch.Tensor,
+    abar_prev: torch.Tensor,
+    weight_sum: float,
+    weight_sum_prev: float,
+    decay: float,
+    v_threshold: float,
+    input_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The exact SAF step without a graph: ``(abar, x)`` with :math:`x = H[t] - V_{th}`, the argument of
+    every spike-level surrogate, and :math:`S[t] = \mathrm{heaviside}(x)`."""
+    x = membrane_before_fire(
+        input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold, input_scale
+    ) - v_threshold
+    return average_update(heaviside(x), abar_prev, weight_sum, weight_sum_prev, decay), x
+
+
+def spike_level_input_gradient(grad_abar: torch.Tensor, x: torch.Tensor, surrogate_function,
+                               input_scale: float) -> torch.Tensor:
+    r""":math:`\partial L/\partial I[t] = \partial L/\partial \bar A[t]\; \sigma'(x)\, s`: the factor
+    :math:`c[t]` of the membrane cancels against the :math:`1/c[t]` of the average."""
+    grad = type(surrogate_function).backward(grad_abar, x, **surrogate_function._sg_params)
+    return grad if input_scale == 1.0 else grad * input_scale
+
+
+def has_explicit_backward(surrogate_function) -> bool:
+    """A SpikingJelly surrogate in spiking mode with a static ``backward(grad, x, **params)``."""
+    return (
+        getattr(surrogate_function, "spiking", False) is True
+        and callable(getattr(type(surrogate_function), "backward", None))
+        and hasattr(surrogate_function, "_sg_params")
+    )
+
+
+class _SpikeLevelStep(torch.autograd.Function):
+    """The exact step as one autograd node that saves only ``x = H - V_th``."""
+
+    @staticmethod
+    def forward(ctx, input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
+                surrogate_function):
+        weight_sum = next_weight_sum(weight_sum_prev, decay)
+        abar, x = fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
+                                   v_threshold, input_scale)
+        ctx.save_for_backward(x)
+        ctx.surrogate_function = surrogate_function
+        ctx.input_scale = input_scale
+        ctx.input_dtype = input_current.dtype
+        return abar
+
+    @staticmethod
+    def backward(ctx, grad_abar):
+        (x,) = ctx.saved_tensors
+        grad_input = spike_level_input_gradient(grad_abar, x, ctx.surrogate_function, ctx.input_scale)
+        return grad_input.to(ctx.input_dtype), None, None, None, None, None, None
+
+
+def saf_step_spike_level(
+    input_current: torch.Tensor,
+    abar_prev: torch.Tensor,
+    weight_sum_prev: float,
+    decay: float,
+    v_threshold: float,
+    input_scale: float,
+    surrogate_function,
+) -> tuple[torch.Tensor, float]:
+    """:func:`saf_step` for surrogates with an explicit backward: one autograd node per step, and no
+    node at all without a graph (SAF-F's first T-1 steps)."""
+    if torch.is_grad_enabled() and input_current.requires_grad:
+        abar = _SpikeLevelStep.apply(input_current, abar_prev, weight_sum_prev, decay, v_threshold,
+                                     input_scale, surrogate_function)
+        return abar, next_weight_sum(weight_sum_prev, decay)
+    weight_sum = next_weight_sum(weight_sum_prev, decay)
+    return fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
+                            v_threshold, input_scale)[0], weight_sum
 
 
 def saf_step(
@@ -211,25 +301,25 @@ def representation_mapping(
     return torch.clamp(input_current * (input_scale / v_threshold), 0.0, 1.0)
 
 
+def _representation_forward(input_current, abar_prev, weight_sum_prev, decay, v_threshold,
+                            input_scale, representation_surrogate) -> torch.Tensor:
+    if representation_surrogate.spiking:
+        weight_sum = next_weight_sum(weight_sum_prev, decay)
+        return fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
+                                v_threshold, input_scale)[0]
+    # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
+    return representation_surrogate.primitive_function(input_current * (input_scale / v_threshold))
+
+
 class _RepresentationStep(torch.autograd.Function):
     """Forward: the exact SAF step. Backward: a representation-level surrogate of the map I -> Abar."""
 
     @staticmethod
     def forward(ctx, input_current, abar_prev, weight_sum_prev, decay, v_threshold,
                 input_scale, representation_surrogate):
-        normalised_input = input_current * (input_scale / v_threshold)
-        if representation_surrogate.spiking:
-            weight_sum = next_weight_sum(weight_sum_prev, decay)
-            h = membrane_before_fire(
-                input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold,
-                input_scale,
-            )
-            spike = (h >= v_threshold).to(h.dtype)
-            abar = average_update(spike, abar_prev, weight_sum, weight_sum_prev, decay)
-        else:
-            # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
-            abar = representation_surrogate.primitive_function(normalised_input)
-        slope = representation_surrogate.derivative(normalised_input)
+        abar = _representation_forward(input_current, abar_prev, weight_sum_prev, decay,
+                                       v_threshold, input_scale, representation_surrogate)
+        slope = representation_surrogate.derivative(input_current * (input_scale / v_threshold))
         # A 0/1 slope (the clamp's) is stored as bool: a quarter of float32's bytes, still exact.
         ctx.save_for_backward(slope.to(representation_surrogate.derivative_storage_dtype or slope.dtype))
         ctx.gain = input_scale / v_threshold
@@ -241,6 +331,28 @@ class _RepresentationStep(torch.autograd.Function):
         (slope,) = ctx.saved_tensors
         grad_input = grad_abar * slope.to(ctx.grad_dtype) * ctx.gain
         return grad_input, None, None, None, None, None, None
+
+
+def saf_step_representation_traceable(
+    input_current: torch.Tensor,
+    abar_prev: torch.Tensor,
+    weight_sum_prev: float,
+    decay: float,
+    v_threshold: float,
+    input_scale: float,
+    representation_surrogate,
+) -> tuple[torch.Tensor, float]:
+    """:func:`saf_step_representation` in plain tensor operations, for ``torch.compile``.
+
+    The value is the exact step; ``path - path.detach()`` is zero in the forward and carries the
+    surrogate slope in the backward.
+    """
+    gain = input_scale / v_threshold
+    abar = _representation_forward(input_current.detach(), abar_prev, weight_sum_prev, decay,
+                                   v_threshold, input_scale, representation_surrogate)
+    slope = representation_surrogate.derivative(input_current.detach() * gain).to(input_current.dtype)
+    path = input_current * (slope * gain)
+    return abar + (path - path.detach()), next_weight_sum(weight_sum_prev, decay)
 
 
 def saf_step_representation(
@@ -260,8 +372,12 @@ def saf_step_representation(
     surrogate's primitive; for :class:`~spikingjelly_saf.surrogate.SpikeRepresentation`,
     :math:`g = \mathrm{clamp}(\cdot, 0, 1)`, the Spike Representation mapping.
     """
-    abar = _RepresentationStep.apply(
-        input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-        representation_surrogate,
-    )
+    if torch.is_grad_enabled() and input_current.requires_grad:
+        abar = _RepresentationStep.apply(
+            input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
+            representation_surrogate,
+        )
+    else:  # no graph (SAF-F's first T-1 steps): the slope would never be used
+        abar = _representation_forward(input_current, abar_prev, weight_sum_prev, decay,
+                                       v_threshold, input_scale, representation_surrogate)
     return abar, next_weight_sum(weight_sum_prev, decay)

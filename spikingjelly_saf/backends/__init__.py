@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import torch
+
 from .. import functional as F
 from ..surrogate import is_representation_level
 
@@ -40,8 +42,17 @@ _AVAILABILITY_CHECKS: dict[str, Callable[[], None]] = {}
 
 def torch_step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
                surrogate_function):
-    """The torch single step: spike-level or representation-level, by the surrogate's kind."""
-    step = F.saf_step_representation if is_representation_level(surrogate_function) else F.saf_step
+    """The torch single step: representation-level, spike-level with SpikingJelly's explicit surrogate
+    backward (one autograd node), or plain autograd for any other callable surrogate."""
+    # Dynamo cannot trace an autograd.Function that takes symbolic floats; compiled code needs no
+    # hand-made node anyway, since Inductor fuses the elementwise operations itself.
+    compiling = torch.compiler.is_compiling()
+    if is_representation_level(surrogate_function):
+        step = F.saf_step_representation_traceable if compiling else F.saf_step_representation
+    elif F.has_explicit_backward(surrogate_function) and not compiling:
+        step = F.saf_step_spike_level
+    else:
+        step = F.saf_step
     return step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
                 surrogate_function)
 
