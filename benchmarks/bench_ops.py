@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, neuron, op_counter
+from spikingjelly.activation_based import functional, op_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from spikingjelly_saf.methods import get_method
 
 from . import common
 

@@ -12,15 +12,13 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import functional, neuron
 
-from spikingjelly_saf import SAFNode
+from spikingjelly_saf import SAFNode, digits
 from spikingjelly_saf import functional as saf_functional
 
 from . import bench_accuracy, common
@@ -59,7 +57,7 @@ def accuracy_grid(taus, steps_list, seeds, epochs, data, log=print) -> dict:
             for seed in seeds:
                 result = bench_accuracy.train_one("saf-e", seed, data, steps, epochs, tau=tau)
                 accs.append(result["accuracy"])
-                lif.append(result["to_lif"].get("accuracy"))
+                lif.append(result["to_lif_accuracy"])
             grid[f"tau={tau},T={steps}"] = {"tau": tau, "T": steps, "accuracies": accs,
                                             "mean": sum(accs) / len(accs), "to_lif": lif}
             log(f"  reviewers (b) tau={tau} T={steps}: {sum(accs) / len(accs):.4f}")
@@ -134,7 +132,7 @@ def run(results_dir: Path, quick: bool = False, log=print) -> dict:
     steps_a = [1, 2, 4, 8, 16, 32, 64, 128]
     part_a = {str(lam): representation_error(lam, steps_a, samples=2000 if quick else 20000)
               for lam in decays}
-    data = bench_accuracy.load_digits_tensors()
+    data = digits.load_digits_tensors()
     if quick:
         data = (data[0][:128], data[1][:128], data[2][:64], data[3][:64])
     taus = [2.0] if quick else [1.0, 2.0, 4.0, math.inf]
@@ -192,11 +190,7 @@ def plot(results_dir: Path, payload: dict) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    args = parser.parse_args(argv)
-    run(args.results_dir, args.quick)
+    common.suite_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

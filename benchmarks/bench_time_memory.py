@@ -19,7 +19,6 @@ The ideals are the same network with ReLU in place of the neurons (``ReLUNode``)
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -47,6 +46,21 @@ CPU_CONFIG = {"vggws": {"batch": 16, "width_divisor": 4, "image": 32, "T": STEPS
 #: The paper's setting.
 CUDA_CONFIG = {"vggws": {"batch": 128, "width_divisor": 1, "image": 32, "T": STEPS},
                "resnet18": {"batch": 128, "width_divisor": 1, "image": 32, "T": STEPS}}
+
+
+
+def _minibatch_runner(name, method, model, optimizer, x_seq, target, dev):
+    """One timed unit: reset, train one minibatch (the method's own step, or the ReLU ideal), sync."""
+
+    def one_minibatch():
+        functional.reset_net(model)
+        if method is None:
+            _ideal_train_step(name, model, optimizer, x_seq, target)
+        else:
+            method.train_step(model, optimizer, x_seq, target, F.cross_entropy)
+        common.synchronize(dev)
+
+    return one_minibatch
 
 
 def _variant_parts(variant: str) -> tuple[str, str]:
@@ -114,13 +128,7 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
         torch.cuda.reset_peak_memory_stats(dev)
         baseline_cuda = torch.cuda.memory_allocated(dev)
 
-    def one_minibatch():
-        functional.reset_net(model)
-        if method is None:
-            _ideal_train_step(name, model, optimizer, x_seq, target)
-        else:
-            method.train_step(model, optimizer, x_seq, target, F.cross_entropy)
-        common.synchronize(dev)
+    one_minibatch = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
 
     one_minibatch()
     times = []
@@ -302,13 +310,7 @@ def profile(results_dir: Path, arch: str, variants: list[str], steps: int, devic
             1, steps, 1, 1, 1)
         target = torch.randint(0, 10, (cfg["batch"],), device=dev)
 
-        def one_minibatch():
-            functional.reset_net(model)
-            if method is None:
-                _ideal_train_step(name, model, optimizer, x_seq, target)
-            else:
-                method.train_step(model, optimizer, x_seq, target, F.cross_entropy)
-            common.synchronize(dev)
+        one_minibatch = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
 
         one_minibatch()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

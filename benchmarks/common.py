@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import math
 import multiprocessing
@@ -16,10 +15,10 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based import functional, layer, neuron
 from spikingjelly.activation_based.model import spiking_resnet, spiking_vggws_ottt
 
-from spikingjelly_saf.methods import Method, ReLUNode, get_method
+from spikingjelly_saf.methods import Method, get_method
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -278,3 +277,14 @@ def update_readme_table(markdown: str, readme_path: Path = README_PATH) -> bool:
     new_text = text[:start + len(TABLE_START)] + "\n" + markdown.strip() + "\n" + text[end:]
     readme_path.write_text(new_text)
     return True
+
+
+def suite_main(run: Callable, description: str, argv=None) -> None:
+    """The command line shared by every ``python -m benchmarks.bench_*`` suite."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    run(args.results_dir, args.quick)

@@ -116,11 +116,16 @@ def _max_rss_bytes() -> int:
 
 
 def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, tau: float = 2.0,
-          batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None) -> dict:
-    """Train one method from one seed with Adam and a cosine schedule; returns its measurements."""
+          batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None,
+          build=build_digits_model) -> dict:
+    """Train one method from one seed with Adam and a cosine schedule; returns its measurements.
+
+    ``build(method_name, tau, width) -> (model, method)`` makes the model (benchmarks pass their
+    own to add methods outside :mod:`spikingjelly_saf.methods`, such as DSR).
+    """
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = data
-    model, method = build_digits_model(method_name, tau, width)
+    model, method = build(method_name, tau, width)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches_per_epoch = math.ceil(len(y_train) / batch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)

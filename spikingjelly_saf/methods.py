@@ -10,7 +10,7 @@ The examples, the digits job and the benchmarks all go through this one table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from spikingjelly.activation_based import layer, neuron
+from spikingjelly.activation_based import layer
 
 from benchmarks import bench_ops, bench_reviewers, common
-from spikingjelly_saf import SAFNode
 from spikingjelly_saf.methods import get_method
 
 REPO = Path(__file__).resolve().parent.parent

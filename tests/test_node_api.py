@@ -92,9 +92,11 @@ def test_to_functional_forward_is_pure():
     functional.reset_net(net)
     f = base.to_functional_forward(net)
     states = tuple(base.extract_memories(net))
-    out, new_states = f((x,), states)[0], None
-    out = out[0] if isinstance(out, tuple) else out
+    outputs, new_states = f((x,), states)
+    out = outputs[0] if isinstance(outputs, tuple) else outputs
     torch.testing.assert_close(out, expected)
+    # States come back in module order: (abar, weight_sum) per SAFNode; c[4] = 1.875 for tau = 2.
+    assert len(new_states) == 4 and new_states[1] == new_states[3] == 1.875
     assert net[1].weight_sum == 0.0, "the functional call must not touch module memories"
 
 

@@ -22,7 +22,6 @@ import pytest
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, surrogate
-from spikingjelly.activation_based.learning import online_learning
 
 from spikingjelly_saf import OutputRecovery
 from spikingjelly_saf import functional as F

@@ -7,7 +7,6 @@ from spikingjelly.activation_based import functional, layer
 from spikingjelly.activation_based.learning import online_learning
 
 from spikingjelly_saf import METHODS, OutputRecovery, SAFNode, saf_online_training
-from spikingjelly_saf import functional as F
 
 from nets import lif_factory, randomise, saf_factory
 

@@ -100,10 +100,11 @@ def train_one_epoch(model, method: Method, optimizer, loader, f_loss, *, epoch: 
         x = x.to(device, non_blocking=True).float()
         label = label.to(device, non_blocking=True)
         x_seq = to_sequence(x, steps, sequence)
-        loss_fn = f_loss
         if inject_nan:
             def loss_fn(output, target):
                 return f_loss(output, target) * float("nan")
+        else:
+            loss_fn = f_loss
         with _autocast(device, amp):
             loss, y_seq = method.train_step(model, optimizer, x_seq, label, loss_fn, grad_scaler)
         functional.reset_net(model)

@@ -212,7 +212,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args, method, ddp: _Distributed) -> dict:
-    from spikingjelly.activation_based import functional
     from tqdm import tqdm
 
     device = ddp.device
