@@ -35,6 +35,7 @@ __all__ = [
     "recover_instantaneous_seq",
     "running_average",
     "representation_mapping",
+    "normalised_input",
     "saf_step_representation",
     "saf_step_spike_level",
     "saf_step_representation_traceable",
@@ -294,11 +295,17 @@ def running_average(
     return average_update(x, average_prev, weight_sum, weight_sum_prev, decay)
 
 
+def normalised_input(input_current: torch.Tensor, v_threshold: float,
+                     input_scale: float) -> torch.Tensor:
+    r""":math:`u = s I / V_{th}`, the argument of every representation-level surrogate."""
+    return input_current * (input_scale / v_threshold)
+
+
 def representation_mapping(
     input_current: torch.Tensor, v_threshold: float, input_scale: float
 ) -> torch.Tensor:
     r"""Spike Representation's mapping :math:`\mathrm{clamp}(s I / V_{th}, 0, 1)`, SAF-F's surrogate primitive."""
-    return torch.clamp(input_current * (input_scale / v_threshold), 0.0, 1.0)
+    return torch.clamp(normalised_input(input_current, v_threshold, input_scale), 0.0, 1.0)
 
 
 def _representation_forward(input_current, abar_prev, weight_sum_prev, decay, v_threshold,
@@ -308,7 +315,8 @@ def _representation_forward(input_current, abar_prev, weight_sum_prev, decay, v_
         return fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
                                 v_threshold, input_scale)[0]
     # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
-    return representation_surrogate.primitive_function(input_current * (input_scale / v_threshold))
+    return representation_surrogate.primitive_function(
+        normalised_input(input_current, v_threshold, input_scale))
 
 
 class _RepresentationStep(torch.autograd.Function):
@@ -319,7 +327,8 @@ class _RepresentationStep(torch.autograd.Function):
                 input_scale, representation_surrogate):
         abar = _representation_forward(input_current, abar_prev, weight_sum_prev, decay,
                                        v_threshold, input_scale, representation_surrogate)
-        slope = representation_surrogate.derivative(input_current * (input_scale / v_threshold))
+        slope = representation_surrogate.derivative(
+            normalised_input(input_current, v_threshold, input_scale))
         # A 0/1 slope (the clamp's) is stored as bool: a quarter of float32's bytes, still exact.
         ctx.save_for_backward(slope.to(representation_surrogate.derivative_storage_dtype or slope.dtype))
         ctx.gain = input_scale / v_threshold
@@ -350,7 +359,8 @@ def saf_step_representation_traceable(
     gain = input_scale / v_threshold
     abar = _representation_forward(input_current.detach(), abar_prev, weight_sum_prev, decay,
                                    v_threshold, input_scale, representation_surrogate)
-    slope = representation_surrogate.derivative(input_current.detach() * gain).to(input_current.dtype)
+    slope = representation_surrogate.derivative(
+        normalised_input(input_current.detach(), v_threshold, input_scale)).to(input_current.dtype)
     path = input_current * (slope * gain)
     return abar + (path - path.detach()), next_weight_sum(weight_sum_prev, decay)
 
