@@ -496,3 +496,32 @@ def test_cupy_large_odd_n_and_no_grad_entry():
         y = node(x)
     assert recorder.count("cupy_forward_only") == 1
     assert torch.equal(y, saf.SAFNode(step_mode="m")(x))
+
+
+class _ExportedNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 7)
+        self.node = saf.SAFNode(step_mode="m", backend="triton")
+
+    def forward(self, x_seq):
+        sj_functional.reset_net(self)
+        return self.node(self.fc(x_seq))
+
+
+@interpreted
+@pytest.mark.parametrize("strict", [False, True])
+def test_interpreted_torch_export_keeps_the_custom_op(strict):
+    import warnings
+
+    torch.manual_seed(0)
+    net = _ExportedNet()
+    x = torch.rand(4, 3, 5) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's note on module memories assigned while tracing
+        program = torch.export.export(net, (x,), strict=strict)
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert any("triton_forward" in t for t in targets), targets
+    expected = net(x)
+    assert torch.equal(program.module()(x), expected)
+    assert expected.abs().sum() > 0

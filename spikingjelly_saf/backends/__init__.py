@@ -88,6 +88,10 @@ def check_backend(backend: str, step_mode: str) -> None:
     check = _AVAILABILITY_CHECKS.get(backend)
     if check is not None:
         check()
+        # Import the backend now, when it is chosen: a traced call (torch.compile, strict
+        # torch.export) must not import modules.
+        run = _MULTI_STEP[backend]
+        _MULTI_STEP[backend] = getattr(run, "resolve", lambda: run)()
 
 
 def get_multi_step(backend: str) -> Callable:
@@ -143,11 +147,16 @@ def _check_triton() -> None:
 
 
 def _lazy_run(module_name: str) -> Callable:
+    """A stand-in that imports the backend module on first use; ``resolve()`` gives its real ``run``."""
+
+    def resolve() -> Callable:
+        return importlib.import_module(f"{__name__}.{module_name}").run
+
     def run(*args):
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        return module.run(*args)
+        return resolve()(*args)
 
     run.__name__ = f"{module_name}_run"
+    run.resolve = resolve
     return run
 
 

@@ -117,10 +117,15 @@ def make_run(backend: str, ops: BackendOps, check_input: Callable) -> Callable:
     """The backend contract ``run(...)`` of :mod:`spikingjelly_saf.backends` around ``ops``."""
     from . import torch_multi_step
 
+    # The id depends only on the surrogate's class, parameters and registrations, never on tensors:
+    # traced code (torch.compile, strict torch.export) takes it as a constant instead of tracing the
+    # code generation and the registry's lock. Applied here, not at import: it loads torch._dynamo.
+    surrogate_code = torch.compiler.assume_constant_result(resolve_surrogate_code)
+
     def run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
             surrogate_function):
         dtype = torch.promote_types(input_seq.dtype, abar_prev.dtype)
-        code_id = resolve_surrogate_code(surrogate_function, backend)
+        code_id = surrogate_code(surrogate_function, backend)
         if code_id is None or dtype not in KERNEL_DTYPES:
             return torch_multi_step(input_seq, abar_prev, weight_sum_prev, decay, v_threshold,
                                     input_scale, surrogate_function)
