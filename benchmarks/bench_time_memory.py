@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from spikingjelly_saf import backends
+from spikingjelly_saf.measure import max_rss_bytes, warm_up_runtime
 from spikingjelly_saf.methods import get_method
 
 from . import common
@@ -90,15 +91,6 @@ def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
     return loss.detach(), None
 
 
-def _initialize_runtime(dev: torch.device) -> None:
-    """One tiny unrelated conv/linear forward and backward, so that the one-time start-up of the
-    operator libraries and the autograd engine (tens of MiB, independent of the model) is part of
-    the baseline, not charged to the first method measured."""
-    probe = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 4 * 4, 2)).to(dev)
-    probe(torch.rand(2, 3, 4, 4, device=dev)).sum().backward()
-
-
 def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int, image: int,
             device: str, repeats: int) -> dict:
     """Runs in a fresh process: build, record the baseline, warm up, time ``repeats`` minibatches."""
@@ -121,9 +113,9 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
     x = torch.rand(batch, 3, image, image, device=dev)
     x_seq = x.unsqueeze(1).repeat(1, steps, 1, 1, 1)  # direct encoding: the image at every step
     target = torch.randint(0, 10, (batch,), device=dev)
-    _initialize_runtime(dev)
+    warm_up_runtime(dev)
     common.synchronize(dev)
-    baseline_rss = common.max_rss_bytes()
+    baseline_rss = max_rss_bytes()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         baseline_cuda = torch.cuda.memory_allocated(dev)
@@ -137,7 +129,7 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
         one_minibatch()
         times.append(time.perf_counter() - start)
     result = {"time_s": min(times), "times_s": times,
-              "peak_rss_bytes": common.max_rss_bytes(), "baseline_rss_bytes": baseline_rss}
+              "peak_rss_bytes": max_rss_bytes(), "baseline_rss_bytes": baseline_rss}
     result["train_peak_bytes"] = result["peak_rss_bytes"] - baseline_rss
     if dev.type == "cuda":
         result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)

@@ -8,7 +8,6 @@ import math
 import multiprocessing
 import os
 import platform
-import resource
 import traceback
 from pathlib import Path
 from typing import Callable, Optional
@@ -214,11 +213,6 @@ def set_saf_backend(model: nn.Module, backend: str) -> None:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def max_rss_bytes() -> int:
-    """The process's maximum resident set so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _child_entry(function: Callable, args: tuple, sender) -> None:

@@ -16,8 +16,6 @@ import argparse
 import copy
 import math
 import multiprocessing
-import resource
-import sys
 import time
 
 import torch
@@ -25,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
+from .measure import max_rss_bytes, warm_up_runtime
 from .methods import METHOD_NAMES, Method, evaluate_sequence, get_method
 
 __all__ = [
@@ -111,10 +110,6 @@ def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float
     return evaluate(lif_model, None, x_test, y_test, steps, scores_fn=weighted_average_scores(decay))
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, tau: float = 2.0,
           batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None,
           build=build_digits_model) -> dict:
@@ -130,7 +125,8 @@ def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, ta
     batches_per_epoch = math.ceil(len(y_train) / batch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)
     generator = torch.Generator().manual_seed(seed)
-    rss_before = _max_rss_bytes()
+    warm_up_runtime()
+    rss_before = max_rss_bytes()
     epoch_seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -144,12 +140,13 @@ def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, ta
         epoch_seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, model)
+    training_peak = max(max_rss_bytes() - rss_before, 0)  # before evaluation's larger batches
     functional.reset_net(model)
     result = {
         "method": method_name,
         "accuracy": evaluate(model, method, x_test, y_test, steps),
         "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds),
-        "peak_memory_growth_bytes": max(_max_rss_bytes() - rss_before, 0),
+        "peak_memory_growth_bytes": training_peak,
     }
     if method_name.startswith("saf-"):
         result["to_lif_accuracy"] = deployment_accuracy(model, x_test, y_test, steps, tau)

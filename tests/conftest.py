@@ -3,8 +3,6 @@
 import os
 import sys
 
-import pytest
-
 # Test helpers (nets.py, fabricate.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import resource
-import sys
 from pathlib import Path
 
 import torch
+
+from ..measure import max_rss_bytes
 
 __all__ = ["peak_memory_mib", "reset_peak_memory", "write_history", "plot_history", "summary_line"]
 
@@ -28,9 +28,7 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
     """CUDA ``max_memory_allocated`` since the last reset, or the process's maximum RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in KiB on Linux, in bytes on macOS.
-    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "process max RSS"
+    return max_rss_bytes() / 2**20, "process max RSS"
 
 
 def write_history(history: list, out_dir: Path) -> None:
