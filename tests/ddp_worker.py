@@ -26,6 +26,9 @@ def main(rank: int, world_size: int, method: str, step_mode: str, out_path: str)
     saf_online_training(model, opt, x[shard], target[shard], nn.functional.cross_entropy, method)
     if rank == 0:
         torch.save({k: v.clone() for k, v in net.state_dict().items()}, out_path)
+    # Both ranks finish their collectives before gloo's threads are torn down; exiting while the
+    # peer still talks can abort the process at shutdown.
+    dist.barrier()
     dist.destroy_process_group()
 
 
