@@ -3,24 +3,33 @@ Thin adapters for SpikingJelly 2.0.0 zoo models that cannot take ``SAFNode`` as 
 
 **API Language** - 中文 | English
 
-* **中文**: 大多数模型直接 ``spiking_neuron=SAFNode`` 即可构建。本模块只处理两类例外：OTTT VGG 工厂的缺陷
-  （``upstream/`` 中有对应补丁），以及把时间维平均掉的模型（MS-ResNet）。
+* **中文**: 大多数模型直接 ``spiking_neuron=SAFNode`` 即可构建。本模块只处理例外：OTTT VGG 工厂的缺陷
+  （``upstream/`` 中有对应补丁）、任意输入通道与宽度的 VGG-WS（``vggws``），以及把时间维平均掉的模型
+  （MS-ResNet）。
 * **English**: most zoo factories take ``spiking_neuron=SAFNode`` directly. This module covers the
-  exceptions: the OTTT VGG factory defects (each workaround names its patch in ``upstream/``) and
-  models whose forward averages over time (MS-ResNet), which SAF training needs step by step.
+  exceptions: the OTTT VGG factory defects (each workaround names its patch in ``upstream/``), the
+  VGG-WS at any input channel count and width (:func:`vggws`, the one VGG builder of the package),
+  and models whose forward averages over time (MS-ResNet), which SAF training needs step by step.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import numbers
+from copy import deepcopy
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from spikingjelly.activation_based import layer
 from spikingjelly.activation_based.model import spiking_vggws_ottt
 
 from .neuron import SAFNode
 
-__all__ = ["ottt_spiking_vggws", "StepwiseOutput"]
+__all__ = ["ottt_spiking_vggws", "vggws", "VGGWS", "VGGWS_CONFIG", "vggws_widths", "StepwiseOutput"]
+
+#: The layout of ``ottt_spiking_vggws`` (SpikingJelly's config ``"S"``): convolution widths, and
+#: ``"A"`` for a 2x2 average pool.
+VGGWS_CONFIG = tuple(spiking_vggws_ottt.cfgs["S"])
 
 
 class _NeuronWithoutKeywords:
@@ -67,6 +76,121 @@ def ottt_spiking_vggws(spiking_neuron: Callable[..., nn.Module] = SAFNode, num_c
         fc_hw=fc_hw,
         **neuron_kwargs,
     )
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def vggws_widths(first_width: Optional[int] = None, width_divisor: Optional[int] = None) -> tuple:
+    r"""The layer widths of :data:`VGGWS_CONFIG`, scaled one of two ways.
+
+    * **中文**: ``first_width`` 按第一层宽度等比缩放（``round(w * first_width / 64)``）；``width_divisor``
+      把每层宽度整除（``w // width_divisor``）。两者至多给一个；宽度至少为 1。
+    * **English**: ``first_width`` scales every width in proportion to the first one
+      (``round(w * first_width / 64)``); ``width_divisor`` divides every width (``w // width_divisor``).
+      Give at most one; no width drops below 1. ``"A"`` entries (average pools) stay.
+    """
+    if first_width is not None and width_divisor is not None:
+        raise ValueError("give first_width or width_divisor, not both: they scale the widths in two "
+                         "different ways.")
+    if first_width is not None:
+        first_width = _positive_int("first_width", first_width)
+        return tuple(w if w == "A" else max(1, round(w * first_width / VGGWS_CONFIG[0]))
+                     for w in VGGWS_CONFIG)
+    if width_divisor is not None:
+        width_divisor = _positive_int("width_divisor", width_divisor)
+        return tuple(w if w == "A" else max(1, w // width_divisor) for w in VGGWS_CONFIG)
+    return VGGWS_CONFIG
+
+
+class VGGWS(nn.Module):
+    r"""SpikingJelly's OTTT VGG with weight standardisation (config ``"S"``) at any input channel
+    count and any widths, with the light classifier.
+
+    * **中文**: 结构、模块名、``OTTTSequential`` 容器、``Scale(2.74)`` 与初始化都与
+      ``spiking_vggws_ottt.ottt_spiking_vggws`` 相同，因此 ``state_dict`` 可以互相加载；不同之处是输入通道数与
+      各层宽度可以选择（DVS 帧有 2 个通道，较窄的网络需要其他宽度）。
+    * **English**: layers, module names, ``OTTTSequential`` containers, ``Scale(2.74)`` after every
+      neuron and the initialisation are those of SpikingJelly's ``ottt_spiking_vggws``, so at the
+      default widths with 3 input channels a ``state_dict`` loads both ways. What differs: the input
+      channel count (DVS frames have 2) and the widths (the classifier takes the last width instead
+      of a fixed 512).
+
+    :param widths: convolution widths, ``"A"`` for a 2x2 average pool (see :func:`vggws_widths`)
+    :param in_channels: input channels
+    :param num_classes: classifier outputs
+    :param spiking_neuron: the neuron class or factory, called with ``neuron_kwargs`` for each layer
+    :param drop_rate: ``layer.Dropout`` after each ``Scale`` when ``> 0`` (its mask lasts until
+        ``reset_net``, so it keeps SAF's LIF equivalence)
+    :param neuron_kwargs: keyword arguments of every neuron (deep-copied per neuron)
+    """
+
+    def __init__(self, widths=VGGWS_CONFIG, in_channels: int = 3, num_classes: int = 10,
+                 spiking_neuron: Callable[..., nn.Module] = SAFNode, drop_rate: float = 0.0,
+                 **neuron_kwargs):
+        super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        num_classes = _positive_int("num_classes", num_classes)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
+        if all(w == "A" for w in widths):
+            raise ValueError(f"widths must contain at least one convolution width, got {widths!r}.")
+        layers, channels = [], in_channels
+        for width in widths:
+            if width == "A":
+                layers.append(layer.AvgPool2d(kernel_size=2, stride=2))
+                continue
+            width = _positive_int("every width", width)
+            layers += [layer.WSConv2d(channels, width, kernel_size=3, padding=1),
+                       spiking_neuron(**deepcopy(neuron_kwargs)), spiking_vggws_ottt.Scale(2.74)]
+            if drop_rate > 0.0:
+                layers.append(layer.Dropout(drop_rate))
+            channels = width
+        self.features = layer.OTTTSequential(*layers)
+        self.classifier = layer.OTTTSequential(layer.AdaptiveAvgPool2d((1, 1)), layer.Flatten(1),
+                                               layer.Linear(channels, num_classes))
+        # The zoo's initialisation, in the zoo's order, so equal seeds give equal weights.
+        for module in self.modules():
+            if isinstance(module, layer.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+            elif isinstance(module, layer.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.constant_(module.bias, 0)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def vggws(spiking_neuron: Callable[..., nn.Module] = SAFNode, num_classes: int = 10,
+          in_channels: int = 3, first_width: Optional[int] = None,
+          width_divisor: Optional[int] = None, drop_rate: float = 0.0, **neuron_kwargs) -> VGGWS:
+    r"""The VGG-WS of OTTT and SAF (SpikingJelly's ``ottt_spiking_vggws`` layout) for any input and width.
+
+    * **中文**: 默认（3 通道、宽度 64..512）时与 ``ottt_spiking_vggws`` 的网络相同（同样的模块名、同样的
+      初始化）。``first_width`` 把第一层宽度设为给定值并等比缩放其余各层；``width_divisor`` 把每层宽度整除。
+    * **English**: at the defaults (3 channels, widths 64 .. 512) this is the network of
+      ``ottt_spiking_vggws`` (same module names, same initialisation, same random draws for a
+      seed). ``first_width`` sets the first width and scales the others in proportion (a trainer's
+      ``-channels``); ``width_divisor`` divides every width (a benchmark's narrower VGG). Every
+      other keyword goes to the neurons, e.g.
+      ``vggws(SAFNode, in_channels=2, first_width=16, **get_method("saf-e").neuron_kwargs())``.
+
+    :param spiking_neuron: the neuron class or factory (``SAFNode``, ``neuron.OTTTLIFNode``, ...)
+    :param num_classes: classifier outputs
+    :param in_channels: input channels (3 for images, 2 for DVS frames)
+    :param first_width: width of the first convolution; the others scale with it
+    :param width_divisor: divide every width by this instead (give at most one of the two)
+    :param drop_rate: dropout after each layer, as in the zoo (``0`` = none)
+    :return: a :class:`VGGWS`
+    """
+    return VGGWS(vggws_widths(first_width, width_divisor), in_channels=in_channels,
+                 num_classes=num_classes, spiking_neuron=spiking_neuron, drop_rate=drop_rate,
+                 **neuron_kwargs)
 
 
 class StepwiseOutput(nn.Module):

@@ -10,14 +10,15 @@ import gc
 import pytest
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional, layer, neuron
 from spikingjelly.activation_based.model import (ms_resnet, parametric_lif_net, sew_resnet,
                                                  spikformer, spiking_resnet, spiking_vgg,
                                                  spiking_vggws_ottt)
 
 from spikingjelly_saf import SAFNode, check_exactness, compare_with_lif, to_lif, to_saf
 from spikingjelly_saf.methods import get_method
-from spikingjelly_saf.zoo import StepwiseOutput, ottt_spiking_vggws
+from spikingjelly_saf.zoo import (VGGWS_CONFIG, StepwiseOutput, ottt_spiking_vggws, vggws,
+                                  vggws_widths)
 
 NEURON_KWARGS = get_method("saf-e").neuron_kwargs(v_threshold=0.3)
 
@@ -247,3 +248,49 @@ def test_ottt_vggws_factory_defects_that_zoo_works_around():
     model = ottt_spiking_vggws(SAFNode, num_classes=10, fc_hw=2, **NEURON_KWARGS)
     assert model.classifier[2].in_features == 512 * 4
     assert model(torch.rand(1, 3, 8, 8)).shape == (1, 10)
+
+
+# ---- zoo.vggws: the one VGG-WS builder --------------------------------------------------------
+def test_vggws_at_default_widths_is_the_zoo_network():
+    torch.manual_seed(0)
+    zoo_model = spiking_vggws_ottt.ottt_spiking_vggws(spiking_neuron=SAFNode, num_classes=10,
+                                                      **NEURON_KWARGS)
+    torch.manual_seed(0)
+    ours = vggws(SAFNode, num_classes=10, **NEURON_KWARGS)
+    expected, got = zoo_model.state_dict(), ours.state_dict()
+    assert list(got) == list(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert isinstance(ours.features, layer.OTTTSequential)
+    assert isinstance(ours.classifier, layer.OTTTSequential)
+    assert sum(isinstance(m, spiking_vggws_ottt.Scale) and m.scale == 2.74
+               for m in ours.modules()) == 8
+
+
+def test_vggws_input_channels_and_both_width_scalings():
+    model = vggws(SAFNode, num_classes=11, in_channels=2, first_width=16, **NEURON_KWARGS)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 2
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64, 128, 128, 128, 128]
+    assert model.classifier[2].in_features == 128 and model.classifier[2].out_features == 11
+    assert model(torch.rand(1, 2, 16, 16)).shape == (1, 11)
+    narrow = vggws(neuron.OTTTLIFNode, width_divisor=8)
+    assert [c.out_channels for c in narrow.modules() if isinstance(c, nn.Conv2d)] == [
+        8, 16, 32, 32, 64, 64, 64, 64]
+    assert vggws_widths(width_divisor=128)[0] == 1, "widths never drop below one channel"
+    assert vggws_widths(first_width=64) == vggws_widths() == VGGWS_CONFIG
+    assert sum(isinstance(m, layer.Dropout) for m in vggws(drop_rate=0.1).modules()) == 8
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(first_width=0), "first_width must be a positive integer, got 0"),
+    (dict(first_width=-4), "first_width"),
+    (dict(width_divisor=0), "width_divisor"),
+    (dict(first_width=2.5), "first_width"),
+    (dict(first_width=16, width_divisor=2), "not both"),
+    (dict(in_channels=0), "in_channels"),
+    (dict(num_classes=True), "num_classes"),
+    (dict(drop_rate=1.0), "drop_rate"),
+])
+def test_vggws_refuses_bad_sizes_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vggws(SAFNode, **kwargs)
