@@ -1,0 +1,814 @@
+#!/usr/bin/env python
+r"""Generate the SAF patch series for SpikingJelly 2.0 from this package's modules.
+
+    python upstream/generate.py                 # writes upstream/saf-series/*.patch
+    python upstream/generate.py --out DIR       # writes the series elsewhere (the staleness check)
+
+The code of the series is not kept twice. Each module of ``spikingjelly_saf`` that the upstream
+classes need (found by following the package's own imports from :data:`ROOTS`) is read from this
+tree and placed where SpikingJelly keeps that kind of code (:data:`MODULE_TARGETS`); imports are
+rewritten for the new location (relative, in SpikingJelly's style), names that would clash with a
+host module's are renamed, and what SpikingJelly 2.0 does not ship (the CuPy backend) is dropped.
+Only glue that exists solely upstream (the ``functional`` entry points in SpikingJelly's calling
+convention, the device dispatch, exports, tests, the tutorial page) comes from
+``upstream/templates/``.
+
+The patches are made with ``git format-patch`` against the installed SpikingJelly (the 2.0.0
+wheel), with a fixed author and date, so that the output depends only on the sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PACKAGE = "spikingjelly_saf"
+PACKAGE_DIR = ROOT / PACKAGE
+TEMPLATES = HERE / "templates"
+DEFAULT_OUT = HERE / "saf-series"
+
+#: Where the upstream code starts; every module they import from this package follows.
+ROOTS = (
+    f"{PACKAGE}.neuron",
+    f"{PACKAGE}.layer",
+    f"{PACKAGE}.surrogate",
+    f"{PACKAGE}.training",
+    f"{PACKAGE}.backends.triton_backend",
+)
+
+#: Modules that stay in the plugin: SpikingJelly 2.0.0 removed CuPy and its kernel-string machinery.
+EXCLUDED = {f"{PACKAGE}.backends.cupy_backend", f"{PACKAGE}.backends.kernel_source"}
+
+#: module -> (file in SpikingJelly's tree, mode). "new" creates the file; "append" adds the module's
+#: code to an existing SpikingJelly module. Modules not listed go under ``spikingjelly/_ops/saf/``
+#: with the package's own layout, so that their relative imports keep working.
+MODULE_TARGETS = {
+    f"{PACKAGE}.neuron": ("spikingjelly/activation_based/neuron/saf.py", "new"),
+    f"{PACKAGE}.layer": ("spikingjelly/activation_based/layer/saf.py", "new"),
+    f"{PACKAGE}.functional": ("spikingjelly/_ops/saf/reference.py", "new"),
+    f"{PACKAGE}.surrogate": ("spikingjelly/activation_based/surrogate.py", "append"),
+    f"{PACKAGE}.training": ("spikingjelly/activation_based/learning/online_learning.py", "append"),
+}
+
+#: Third-party imports the upstream modules may use (SpikingJelly's own dependencies).
+ALLOWED_THIRD_PARTY = {"torch", "triton", "spikingjelly", "numpy"}
+
+#: Plain-text substitutions in the generated files (docstrings, messages, operator names).
+TEXT_SUBSTITUTIONS = (
+    ("spikingjelly_saf::", "sj_saf::"),
+    ("torch.ops.spikingjelly_saf.", "torch.ops.sj_saf."),
+    ("``'torch'``, ``'cupy'`` or ``'triton'``", "``'torch'`` or ``'triton'``"),
+    ("``'torch'``、``'cupy'`` 或 ``'triton'``", "``'torch'`` 或 ``'triton'``"),
+    ("(``'cupy'``, ``'triton'``)", "(``'triton'``)"),
+    ("（``'cupy'``、``'triton'``）", "（``'triton'``）"),
+)
+#: Regular-expression substitutions: the plugin's extras, its notes, what exists only in the plugin.
+REGEX_SUBSTITUTIONS = (
+    (r'"spikingjelly-saf\[(\w+)\]"', r"\1"),                      # pip install "spikingjelly-saf[triton]"
+    (r" ?\(SAF_SPEC[^)]*\)", ""),                                   # citations of the plugin's notes
+    (r"CuPy and Triton kernels implement", "the Triton kernels implement"),
+    (r"never imports CuPy or Triton", "never imports Triton"),
+    (r"neither CuPy nor Triton", "not Triton"),
+    (r",? or convert it with\s+(\"\s*\")?\s*spikingjelly_saf\.to_saf\(model\)", ""),
+)
+
+#: The patches: (file name stem, subject, body, files). A file belongs to the first patch naming it.
+SERIES = (
+    ("surrogate-add-SpikeRepresentation",
+     "surrogate: add SpikeRepresentation, a representation-level surrogate",
+     """\
+Add RepresentationSurrogate and SpikeRepresentation. Every existing
+surrogate acts at spike level, on H[t] - V_th. These act on the whole map
+from a neuron's input current I[t] to its weighted firing rate: with
+spiking=True the forward is the exact spiking step and the backward is
+(s / V_th) * 1{0 < s I / V_th < 1}, the derivative of Spike
+Representation's clamp(s I / V_th, 0, 1); with spiking=False the forward
+is the clamp itself (the rate network). SAF-F (the next patches) is
+stated for this surrogate: its gradients equal the Spike Representation
+gradient (DSR) of the same network.""",
+     ("spikingjelly/activation_based/surrogate.py",)),
+    ("ops-saf-reference-and-triton",
+     "_ops/saf: SAF reference operator and fused Triton operator",
+     """\
+The operators behind SAFNode. reference.py holds every SAF formula as a
+small pure function (the torch reference: one autograd node per step for
+SpikingJelly's explicit-backward surrogates, a traceable form for
+torch.compile). backends/ holds the fused multi-step Triton kernels,
+registered as torch.library custom ops (sj_saf::triton_forward,
+_forward_only, _backward) with fake implementations, so torch.compile
+and torch.export see opaque operators. The Triton kernels reuse
+SpikingJelly's own surrogate derivatives (_ops/triton_surrogate.py).
+
+__init__.py selects the implementation from the input's device, like
+the other neuron operators: the torch reference on CPU, Triton on CUDA
+when it is installed and the surrogate and dtype have a kernel, and the
+torch reference otherwise; SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch
+overrides the choice on CUDA.""",
+     ("spikingjelly/_ops/saf/",)),
+    ("functional-saf_step-and-saf_multi_step",
+     "functional: add saf_step and saf_multi_step",
+     """\
+Explicit-state SAF transitions next to lif_step and lif_multi_step, with
+their argument order (input, state, tau, decay_input, v_threshold,
+surrogate_function) and return convention: saf_step returns
+(abar, (abar, weight_sum)), saf_multi_step returns
+(abar_seq, (abar, weight_sum), v_seq_or_None). The SAF neuron's output is
+its weighted firing rate abar, which is also its state together with the
+Python float weight_sum c[t]. v_seq is the membrane of the LIF neuron with
+the same weights, rebuilt from abar.""",
+     ("spikingjelly/activation_based/functional/neuron.py",)),
+    ("neuron-SAFNode",
+     "neuron: add SAFNode, the Spike Accumulation Forwarding neuron",
+     """\
+SAFNode (Saiin et al., "Spike Accumulation Forwarding for Effective
+Training of Spiking Neural Networks", TMLR 2024) is a drop-in for a
+soft-reset LIFNode. It forwards its weighted firing rate
+abar[t] = (lam c[t-1] abar[t-1] + S[t]) / c[t] instead of spikes, so
+every layer runs once per step (OTTT runs each twice), and its spikes are
+exactly those of the LIF network with the same weights (Theorem 1).
+Trained weights run unchanged in LIFNode.
+
+Also adds layer.InputAverage (the running average of input frames for
+sequence inputs), layer.OutputRecovery and layer.predict.""",
+     ("spikingjelly/activation_based/neuron/", "spikingjelly/activation_based/layer/")),
+    ("learning-saf_online_training",
+     "learning: add saf_online_training next to ottt_online_training",
+     """\
+One minibatch of SAF-E (a loss and an optimizer step at every time step,
+like OTTT_O), SAF-E with accumulated updates (like OTTT_A) or SAF-F (one
+loss on the final weighted-average output; earlier steps run without a
+graph, so memory does not grow with T). The interface follows
+ottt_online_training: x_seq is [B, T, ...], and the function returns the
+summed loss and the stacked outputs [B, T, ...].""",
+     ("spikingjelly/activation_based/learning/online_learning.py",)),
+    ("test-saf",
+     "test: SAF theorems and API",
+     """\
+Theorem 1: SAFNode's spikes equal LIFNode's (soft reset) for the same
+weights, in float64, with bias, average pooling and eval-mode batch norm
+between neurons. Theorem 2: each step's weight gradients of SAF-E equal
+those of OTTTLIFNode + OTTTSequential. Theorem 3: SAF-F with
+SpikeRepresentation gives the Spike Representation gradient of
+DSRIFNode networks. API: argument checks, supported_step_mode,
+extra_repr, reset_net, set_step_mode, functional entry points, and the
+Triton operator against the reference (skipped without Triton).""",
+     ("test/",)),
+    ("docs-saf-tutorial",
+     "docs: SAF tutorial",
+     """\
+A short tutorial page: what SAF is, its three theorems, and how to swap
+LIFNode for SAFNode, train with saf_online_training and deploy the
+weights in LIFNode.""",
+     ("docs/",)),
+)
+
+AUTHOR = "SpikingJelly SAF contributors <saf@users.noreply.github.com>"
+DATE = "2026-01-01T00:00:00+00:00"
+
+
+class GenerateError(RuntimeError):
+    """The package changed in a way the generator cannot follow; the message says where."""
+
+
+# ---- reading the package --------------------------------------------------------------------------
+def module_file(module: str) -> Path:
+    parts = module.split(".")
+    base = ROOT.joinpath(*parts)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    raise GenerateError(f"module {module} has no file under {ROOT}")
+
+
+def is_package(module: str) -> bool:
+    return module_file(module).name == "__init__.py"
+
+
+def resolve_relative(module: str, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package(module) else module.split(".")[:-1]
+    if node.level > 1:
+        base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def module_exists(module: str) -> bool:
+    try:
+        module_file(module)
+        return True
+    except GenerateError:
+        return False
+
+
+def internal_imports(module: str, tree: ast.AST) -> set[str]:
+    """The package modules ``module`` imports (at any depth of its code)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = resolve_relative(module, node)
+            if not (source == PACKAGE or source.startswith(PACKAGE + ".")):
+                continue
+            for alias in node.names:
+                child = f"{source}.{alias.name}"
+                found.add(child if module_exists(child) else source)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    raise GenerateError(f"{module}: write `import {alias.name}` as a relative import")
+    return found
+
+
+def third_party(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n != PACKAGE and n not in sys.stdlib_module_names}
+
+
+def closure() -> list[str]:
+    """The package modules reachable from :data:`ROOTS`, minus :data:`EXCLUDED`."""
+    seen: dict[str, None] = {}
+    todo = list(ROOTS)
+    while todo:
+        module = todo.pop(0)
+        if module in seen or module in EXCLUDED:
+            continue
+        seen[module] = None
+        tree = ast.parse(module_file(module).read_text())
+        foreign = third_party(tree) - ALLOWED_THIRD_PARTY
+        if foreign:
+            raise GenerateError(
+                f"{module} imports {sorted(foreign)}, which SpikingJelly does not depend on; move that "
+                "code out of the modules the upstream classes import, or extend ROOTS/EXCLUDED in "
+                "upstream/generate.py")
+        # A package's __init__ runs whenever a submodule is imported.
+        parts = module.split(".")
+        for i in range(2, len(parts)):
+            parent = ".".join(parts[:i])
+            if is_package(parent):
+                todo.append(parent)
+        todo.extend(sorted(internal_imports(module, tree)))
+    return [m for m in seen if m != PACKAGE]
+
+
+def target_of(module: str) -> tuple[str, str]:
+    """(path in SpikingJelly's tree, mode) of a package module."""
+    if module in MODULE_TARGETS:
+        return MODULE_TARGETS[module]
+    rest = module.split(".")[1:]
+    suffix = "/".join(rest) + ("/__init__.py" if is_package(module) else ".py")
+    return f"spikingjelly/_ops/saf/{suffix}", "new"
+
+
+def dotted(path: str) -> str:
+    name = path[:-3].replace("/", ".")
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+
+def target_module(module: str) -> str:
+    return dotted(target_of(module)[0])
+
+
+# ---- rewriting ------------------------------------------------------------------------------------
+def relative(from_path: str, to_module: str) -> tuple[int, str]:
+    """``(level, module)`` of a relative import of ``to_module`` inside the file ``from_path``."""
+    here = dotted(from_path).split(".")
+    package = here if from_path.endswith("__init__.py") else here[:-1]
+    target = to_module.split(".")
+    common = 0
+    while common < min(len(package), len(target)) and package[common] == target[common]:
+        common += 1
+    return len(package) - common + 1, ".".join(target[common:])
+
+
+def import_line(level: int, module: str, names: list[tuple[str, str | None]]) -> str:
+    rendered = ", ".join(n if a in (None, n) else f"{n} as {a}" for n, a in names)
+    return f"from {'.' * level}{module} import {rendered}"
+
+
+@dataclass
+class Rewritten:
+    body: str
+    imports: list[str] = field(default_factory=list)  # import lines (append mode hoists them)
+    self_aliases: set[str] = field(default_factory=set)  # aliases of the host module itself
+
+
+def rewrite_imports(module: str, source: str, path: str, hoist: bool) -> Rewritten:
+    """Rewrite the package's and SpikingJelly's imports for the file at ``path``."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    host = dotted(path)
+    edits = []  # (first line, last line, replacement text)
+    result = Rewritten("")
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.ImportFrom, ast.Import)):
+            continue
+        top_level = node in tree.body
+        indent = " " * node.col_offset
+        if isinstance(node, ast.Import):
+            if hoist and top_level:
+                result.imports.append(ast.get_source_segment(source, node))
+                edits.append((node.lineno, node.end_lineno, ""))
+            continue
+        absolute = resolve_relative(module, node)
+        root = absolute.split(".")[0]
+        if root not in (PACKAGE, "spikingjelly") and not (hoist and top_level):
+            continue
+        if absolute == "__future__":
+            if hoist:
+                edits.append((node.lineno, node.end_lineno, ""))
+            continue
+        if root not in (PACKAGE, "spikingjelly"):
+            result.imports.append(ast.get_source_segment(source, node))
+            edits.append((node.lineno, node.end_lineno, ""))
+            continue
+        out: dict[tuple[int, str], list] = {}
+        assignments = []
+        for alias in node.names:
+            child = f"{absolute}.{alias.name}"
+            if root == PACKAGE:
+                child_target = target_module(child) if module_exists(child) else None
+                source_target = target_module(absolute) if absolute != PACKAGE else None
+            else:
+                child_target = child if _sj_module_exists(child) else None
+                source_target = absolute
+            if child_target is not None:  # a module imported as a name
+                if child_target == host:
+                    result.self_aliases.add(alias.asname or alias.name)
+                    continue
+                parent, _, last = child_target.rpartition(".")
+                level, rel = relative(path, parent)
+                out.setdefault((level, rel), []).append(
+                    (last, alias.asname or (alias.name if alias.name != last else None)))
+            else:
+                if source_target is None:
+                    raise GenerateError(f"{module}: cannot place `from {absolute} import {alias.name}`")
+                if source_target == host:
+                    if alias.asname not in (None, alias.name):
+                        assignments.append(f"{alias.asname} = {alias.name}")
+                    continue
+                level, rel = relative(path, source_target)
+                out.setdefault((level, rel), []).append((alias.name, alias.asname))
+        out = [import_line(level, rel, names) for (level, rel), names in out.items()] + assignments
+        text = "".join(indent + line + "\n" for line in out)
+        if hoist and top_level:
+            result.imports.extend(out)
+            text = ""
+        edits.append((node.lineno, node.end_lineno, text))
+    for first, last, text in sorted(edits, reverse=True):
+        lines[first - 1:last] = [text] if text else []
+    result.body = "".join(lines)
+    return result
+
+
+def _sj_module_exists(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def rename_names(source: str, renames: dict[str, str], strip: set[str]) -> str:
+    """Rename NAME tokens (never inside strings or comments); ``strip`` drops ``alias.`` prefixes."""
+    if not renames and not strip:
+        return source
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    edits = []
+    for i, tok in enumerate(tokens):
+        if tok.type != tokenize.NAME:
+            continue
+        previous = tokens[i - 1] if i else None
+        if previous is not None and previous.type == tokenize.OP and previous.string == ".":
+            continue  # an attribute, not a global name
+        start = offsets[tok.start[0] - 1] + tok.start[1]
+        end = offsets[tok.end[0] - 1] + tok.end[1]
+        if tok.string in strip and i + 1 < len(tokens) and tokens[i + 1].string == ".":
+            edits.append((start, end + 1, ""))
+        elif tok.string in renames:
+            edits.append((start, end, renames[tok.string]))
+    for start, end, text in sorted(edits, reverse=True):
+        source = source[:start] + text + source[end:]
+    return source
+
+
+def substitute_text(source: str) -> str:
+    for old, new in TEXT_SUBSTITUTIONS:
+        source = source.replace(old, new)
+    for pattern, replacement in REGEX_SUBSTITUTIONS:
+        source = re.sub(pattern, replacement, source)
+
+    def module_reference(match: re.Match) -> str:
+        name = match.group(0)
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            candidate = ".".join(parts[:cut])
+            if candidate != PACKAGE and module_exists(candidate) and candidate not in EXCLUDED:
+                return ".".join([target_module(candidate)] + parts[cut:])
+        # a name the package re-exports: point at the module that defines it
+        owner = defined_in().get(parts[1])
+        if owner is not None:
+            return ".".join([target_module(owner)] + parts[1:])
+        return name
+
+    return re.sub(rf"\b{PACKAGE}(?:\.\w+)+", module_reference, source)
+
+
+_DEFINED_IN: dict[str, str] = {}
+
+
+def defined_in() -> dict[str, str]:
+    """Top-level name -> the upstream-bound module that defines it."""
+    if not _DEFINED_IN:
+        for module in closure():
+            tree = ast.parse(module_file(module).read_text())
+            for name, what in top_level_bindings(tree).items():
+                if what in ("definition", "assignment"):
+                    _DEFINED_IN.setdefault(name, module)
+    return _DEFINED_IN
+
+
+def drop_excluded(module: str, source: str) -> str:
+    """Remove top-level statements that load an excluded module, and private helpers left unused."""
+    excluded_names = {m.rsplit(".", 1)[1] for m in EXCLUDED}
+    tree = ast.parse(source)
+    dropped, referenced = [], set()
+    for node in tree.body:
+        strings = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        imports = set()
+        for n in ast.walk(node):
+            if isinstance(n, ast.ImportFrom):
+                imports.add(resolve_relative(module, n))
+                imports.update(f"{resolve_relative(module, n)}.{a.name}" for a in n.names)
+        if strings & excluded_names or imports & EXCLUDED:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue  # a definition that mentions them is handled as an unused helper below
+            dropped.append(node)
+            referenced |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    remaining = [n for n in tree.body if n not in dropped]
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("_") and node.name in referenced):
+            continue
+        used_elsewhere = {n.id for other in remaining if other is not node
+                          for n in ast.walk(other) if isinstance(n, ast.Name)}
+        if node.name not in used_elsewhere:
+            dropped.append(node)
+    return remove_nodes(source, dropped)
+
+
+def remove_nodes(source: str, nodes: list[ast.stmt]) -> str:
+    lines = source.splitlines(keepends=True)
+    for node in sorted(nodes, key=lambda n: n.lineno, reverse=True):
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        last = node.end_lineno
+        # take the blank lines after a definition with it
+        while last < len(lines) and not lines[last].strip():
+            last += 1
+        del lines[first - 1:last]
+    return "".join(lines)
+
+
+def reuse_spikingjelly_surrogates(source: str, path: str) -> str:
+    """Point the Triton backend's built-in surrogate table at SpikingJelly's own derivatives."""
+    tree = ast.parse(source)
+    table = next((n for n in tree.body if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "BUILTIN_TRITON_SURROGATES" for t in n.targets)),
+                 None)
+    if table is None or not isinstance(table.value, ast.Dict):
+        raise GenerateError(
+            f"{path}: BUILTIN_TRITON_SURROGATES (a dict of surrogate name -> triton.jit derivative) is "
+            "gone; update reuse_spikingjelly_surrogates in upstream/generate.py")
+    from spikingjelly._ops.surrogate import _SURROGATE_IDS
+
+    names = [k.value for k in table.value.keys]
+    missing = [n for n in names if n not in _SURROGATE_IDS]
+    if missing:
+        raise GenerateError(f"{path}: SpikingJelly has no Triton derivative for {missing}")
+    level, rel = relative(path, "spikingjelly._ops.triton_surrogate")
+    wrappers = [
+        "# SpikingJelly's own surrogate derivatives (_ops/triton_surrogate.py), in the signature\n"
+        "# fn(x, p0, p1) of this module's kernels; p0 is alpha.\n"
+    ]
+    entries = []
+    for name in names:
+        function = "_" + re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() + "_derivative"
+        wrappers.append(
+            f"@triton.jit\ndef {function}(x, p0, p1):\n"
+            f"    return _surrogate_gradient(x, p0, {_SURROGATE_IDS[name]})\n\n\n")
+        entries.append(f'    "{name}": {function},\n')
+    replacement = "".join(wrappers) + "BUILTIN_TRITON_SURROGATES = {\n" + "".join(entries) + "}\n"
+    replaced = {n.id for n in ast.walk(table.value) if isinstance(n, ast.Name)}
+    lines = source.splitlines(keepends=True)
+    lines[table.lineno - 1:table.end_lineno] = [replacement]
+    source = "".join(lines)
+    tree = ast.parse(source)
+    used = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            used[n.id] = used.get(n.id, 0) + 1
+    unused = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in replaced
+              and not used.get(n.name)]
+    source = remove_nodes(source, unused)
+    import_text = f"from {'.' * level}{rel} import _surrogate_gradient\n"
+    tree = ast.parse(source)
+    last_import = max(n.end_lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    lines = source.splitlines(keepends=True)
+    lines.insert(last_import, import_text)
+    return "".join(lines)
+
+
+# ---- building files -------------------------------------------------------------------------------
+def top_level_bindings(tree: ast.Module) -> dict[str, str]:
+    """name -> what it is bound to, for the host module's top level."""
+    bound = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                bound[a.asname or a.name.split(".")[0]] = f"import {a.name}"
+        elif isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                bound[a.asname or a.name] = f"from {'.' * node.level}{node.module} import {a.name}"
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound[node.name] = "definition"
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    bound[t.id] = "assignment"
+    return bound
+
+
+def binding_of(line: str) -> dict[str, str]:
+    tree = ast.parse(line)
+    return {k: v for k, v in top_level_bindings(tree).items()}
+
+
+def extend_all(source: str, names: list[str]) -> str:
+    """Add ``names`` to the host's ``__all__`` list literal (kept one name per line)."""
+    tree = ast.parse(source)
+    node = next((n for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)), None)
+    if node is None:
+        return source
+    existing = [e.value for e in node.value.elts]
+    added = [n for n in names if n not in existing]
+    if not added:
+        return source
+    lines = source.splitlines(keepends=True)
+    last = node.value.elts[-1]
+    line = lines[last.end_lineno - 1]
+    indent = re.match(r"\s*", line).group(0)
+    text = line[:last.end_col_offset] + "," + line[last.end_col_offset:].lstrip(" ,")
+    lines[last.end_lineno - 1] = text
+    lines[last.end_lineno:last.end_lineno] = [f'{indent}"{n}",\n' for n in added]
+    return "".join(lines)
+
+
+def module_all(tree: ast.Module) -> list[str]:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return [e.value for e in node.value.elts]
+    return []
+
+
+def append_module(host_source: str, module: str, source: str, path: str) -> str:
+    """The host module with ``module``'s code appended and its imports hoisted."""
+    host_tree = ast.parse(host_source)
+    host_bound = top_level_bindings(host_tree)
+    rewritten = rewrite_imports(module, source, path, hoist=True)
+    body = rewritten.body
+    tree = ast.parse(body)
+    exported = module_all(tree)
+    docstring = ast.get_docstring(tree)
+    remove = [n for n in tree.body if isinstance(n, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]
+    if docstring is not None:
+        remove.append(tree.body[0])
+    body = remove_nodes(body, remove)
+    # Names of ours that the host binds to something else get a saf_ prefix.
+    ours = top_level_bindings(ast.parse(body))
+    imports = []
+    for line in rewritten.imports:
+        for name, what in binding_of(line).items():
+            ours[name] = what
+    renames = {}
+    for name, what in ours.items():
+        if name in host_bound and host_bound[name] != what:
+            renames[name] = ("_saf_" + name.lstrip("_")) if name.startswith("_") else f"saf_{name}"
+    keep_imports = []  # (is relative, line)
+    for line in rewritten.imports:
+        node = ast.parse(line).body[0]
+        if isinstance(node, ast.ImportFrom):
+            names = [a for a in node.names
+                     if host_bound.get(a.asname or a.name) != f"from {'.' * node.level}{node.module} import {a.name}"]
+            if not names:
+                continue  # the host already imports exactly these
+            names = [(a.name, renames.get(a.asname or a.name, a.asname)) for a in names]
+            keep_imports.append((node.level > 0, import_line(node.level, node.module or "", names)))
+        else:
+            alias = node.names[0]
+            bound = alias.asname or alias.name.split(".")[0]
+            if host_bound.get(bound) == f"import {alias.name}":
+                continue
+            if bound in renames:
+                line = f"import {alias.name} as {renames[bound]}"
+            keep_imports.append((False, line))
+    body = rename_names(body, renames, rewritten.self_aliases).strip("\n")
+    exported = [renames.get(n, n) for n in exported]
+    heading = (docstring or module).strip().splitlines()[0].strip()
+    section = f"\n\n# ---- {heading}\n" if heading else "\n\n"
+    result = host_source.rstrip("\n") + "\n" + section + "\n\n" + body + "\n"
+    if keep_imports:
+        lines = result.splitlines(keepends=True)
+        host_imports = [n for n in host_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        last_any = max(n.end_lineno for n in host_imports)
+        absolute = [n.end_lineno for n in host_imports
+                    if not (isinstance(n, ast.ImportFrom) and n.level > 0)]
+        last_absolute = max(absolute) if absolute else last_any
+        for relative_import, at in ((True, last_any), (False, last_absolute)):  # bottom first
+            block = [line + "\n" for is_relative, line in keep_imports if is_relative == relative_import]
+            lines[at:at] = block
+        result = "".join(lines)
+    if exported:
+        result = extend_all(result, exported)
+    return result
+
+
+def new_module(module: str, source: str, path: str) -> str:
+    rewritten = rewrite_imports(module, source, path, hoist=False)
+    body = rename_names(rewritten.body, {}, rewritten.self_aliases)
+    return body
+
+
+def generate_tree(base: Path, work: Path) -> dict[str, list[str]]:
+    """Write the changed and new files under ``work``; returns {path: [package modules]}."""
+    origins: dict[str, list[str]] = {}
+    modules = closure()
+    contents: dict[str, str] = {}
+
+    def host(path: str) -> str:
+        if path in contents:
+            return contents[path]
+        original = base / path
+        if not original.is_file():
+            raise GenerateError(f"{path} is not in SpikingJelly at {base}")
+        return original.read_text()
+
+    for module in modules:
+        path, mode = target_of(module)
+        source = module_file(module).read_text()
+        source = drop_excluded(module, source)
+        if mode == "append":
+            text = append_module(host(path), module, source, path)
+        else:
+            if path in contents:
+                raise GenerateError(f"{module} and another module both map to {path}")
+            text = new_module(module, source, path)
+        if module == f"{PACKAGE}.backends.triton_backend":
+            text = reuse_spikingjelly_surrogates(text, path)
+        contents[path] = substitute_text(text)
+        origins.setdefault(path, []).append(module)
+    for template in sorted(TEMPLATES.rglob("*")):
+        if template.is_dir():
+            continue
+        relative_path = template.relative_to(TEMPLATES).as_posix()
+        if relative_path.endswith(".append"):
+            path = relative_path[: -len(".append")]
+            text = template.read_text()
+            exported = re.findall(r"^#\s*__all__\s*\+=\s*(.*)$", text, flags=re.M)
+            text = re.sub(r"^#\s*__all__\s*\+=.*\n", "", text, flags=re.M)
+            merged = host(path).rstrip("\n") + "\n\n\n" + text.strip("\n") + "\n"
+            if exported:
+                merged = extend_all(merged, exported[0].split())
+            contents[path] = merged
+        elif relative_path.endswith(".insert"):
+            # "<anchor line>\n---\n<lines to insert after it>"
+            path = relative_path[: -len(".insert")]
+            anchor, _, addition = template.read_text().partition("\n---\n")
+            original = host(path)
+            if original.count(anchor + "\n") != 1:
+                raise GenerateError(f"{path}: the line {anchor!r} is not there exactly once")
+            contents[path] = original.replace(anchor + "\n", anchor + "\n" + addition, 1)
+        else:
+            path = relative_path
+            if path in contents:
+                raise GenerateError(f"template {path} would overwrite generated code")
+            contents[path] = template.read_text()
+        origins.setdefault(path, []).append(f"upstream/templates/{relative_path}")
+    for path, text in contents.items():
+        target = work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.rstrip("\n") + "\n")
+    return origins
+
+
+def patch_of(path: str) -> int:
+    for index, (_, _, _, prefixes) in enumerate(SERIES):
+        if any(path == p or (p.endswith("/") and path.startswith(p)) for p in prefixes):
+            return index
+    raise GenerateError(f"{path} belongs to no patch of SERIES in upstream/generate.py")
+
+
+def git(*args: str, cwd: Path, env: dict | None = None) -> str:
+    full_env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", HOME=str(cwd), **(env or {}))
+    return subprocess.run(["git", *args], cwd=cwd, env=full_env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def spikingjelly_dir() -> Path:
+    import spikingjelly
+
+    return Path(spikingjelly.__file__).resolve().parent
+
+
+def generate(out: Path) -> list[Path]:
+    base = spikingjelly_dir().parent
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        work = scratch / "tree"
+        generated = scratch / "generated"
+        origins = generate_tree(base, generated)
+        work.mkdir()
+        name, _, email = AUTHOR.partition(" <")
+        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">"),
+               "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email.rstrip(">"),
+               "GIT_AUTHOR_DATE": DATE, "GIT_COMMITTER_DATE": DATE}
+        git("init", "-q", "-b", "base", cwd=work, env=env)
+        hosts = [p for p in origins if (base / p).is_file()]
+        for path in hosts:
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base / path, work / path)
+        git("add", "-A", cwd=work, env=env)
+        git("commit", "-q", "-m", "SpikingJelly 2.0.0", cwd=work, env=env)
+        start = git("rev-parse", "HEAD", cwd=work).strip()
+        by_patch: dict[int, list[str]] = {}
+        for path in origins:
+            by_patch.setdefault(patch_of(path), []).append(path)
+        for index, (_, subject, body, _) in enumerate(SERIES):
+            paths = sorted(by_patch.get(index, []))
+            if not paths:
+                raise GenerateError(f"patch {index + 1} ({subject}) has no files")
+            for path in paths:
+                (work / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(generated / path, work / path)
+            sources = sorted({o for p in paths for o in origins[p]})
+            message = (f"{subject}\n\n{body}\n\nGenerated from: " + ", ".join(sources) + "\n")
+            git("add", *paths, cwd=work, env=env)
+            git("commit", "-q", "-m", message, cwd=work, env=env)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.patch"):
+            old.unlink()
+        git("format-patch", "-q", "--zero-commit", "--no-signature", "--no-numbered", "--full-index",
+            "-o", str(out), f"{start}..HEAD", cwd=work, env=env)
+        written = sorted(out.glob("*.patch"))
+        # format-patch names files after the subject; use the series' own stems
+        final = []
+        for index, (patch_path, (stem, _, _, _)) in enumerate(zip(written, SERIES), start=1):
+            target = out / f"{index:04d}-{stem}.patch"
+            if patch_path != target:
+                patch_path.rename(target)
+            final.append(target)
+        return final
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder for the .patch files (default: upstream/saf-series)")
+    args = parser.parse_args(argv)
+    try:
+        patches = generate(args.out)
+    except GenerateError as error:
+        print(f"generate.py: {error}", file=sys.stderr)
+        return 2
+    for patch in patches:
+        lines = patch.read_text().count("\n")
+        print(f"{patch.relative_to(args.out.parent) if args.out.parent in patch.parents else patch}  "
+              f"({lines} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
