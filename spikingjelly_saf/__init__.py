@@ -3,11 +3,13 @@
 Train spiking networks online with half of OTTT's forward work and memory that does not grow with
 the number of time steps; deploy the weights unchanged in an ordinary LIF network.
 """
-from . import functional, methods, surrogate, zoo
+from . import functional, methods, recording, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
-from .training import METHODS, saf_online_training
+from .training import (METHODS, ModelContractError, StateCarriedOverWarning, saf_inference,
+                       saf_online_training)
+from .recording import SpikeRecorder
 from .conversion import to_lif, to_saf
 from .exactness import check_exactness, compare_with_lif
 
@@ -18,6 +20,11 @@ __all__ = [
     "OutputRecovery",
     "predict",
     "saf_online_training",
+    "saf_inference",
+    "ModelContractError",
+    "StateCarriedOverWarning",
+    "SpikeRecorder",
+    "recording",
     "METHODS",
     "functional",
     "methods",

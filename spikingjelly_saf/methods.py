@@ -1,16 +1,18 @@
 r"""
-Training methods side by side: SAF-E, SAF-E-acc, SAF-F and SpikingJelly's own OTTT_O, OTTT_A,
-BPTT and SLTT, plus the ReLU "ideal" that benchmarks compare against.
+Training methods side by side: SAF-E, SAF-E-acc and SAF-F next to SpikingJelly's own OTTT_O,
+OTTT_A, BPTT, SLTT and DSR, plus the ReLU "ideal" that benchmarks compare against.
 
-Each :class:`Method` says which neuron a model is built with, in which step mode it runs, how one
-minibatch is trained, how a sequence is evaluated, and which output the prediction is read from.
-The examples, the digits job and the benchmarks all go through this one table.
+Each :class:`Method` is an object that carries everything a script needs: which neuron a model is
+built with and with which keyword arguments, the step mode it runs in (and the one a fused backend
+needs), how one minibatch is trained, which output a prediction is read from, and what it can do
+(mixed precision, deployment as LIF, fused backends). Scripts ask these attributes and never test
+method names. Adding a method is one entry in the table at the end of this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -18,9 +20,10 @@ from spikingjelly.activation_based import functional, neuron, surrogate
 from spikingjelly.activation_based.learning import online_learning
 
 from .neuron import SAFNode
-from .training import saf_online_training
+from .training import run_sequence, saf_online_training
 
-__all__ = ["Method", "METHOD_NAMES", "get_method", "ReLUNode", "evaluate_sequence"]
+__all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
+           "evaluate_sequence", "saf_readout", "mean_readout"]
 
 
 class ReLUNode(nn.Module):
@@ -38,46 +41,208 @@ class ReLUNode(nn.Module):
         return torch.relu(x)
 
 
+def evaluate_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: Optional[str] = None
+                      ) -> torch.Tensor:
+    """Run ``x_seq`` ``[B, T, *]`` through a (reset) model; returns the outputs ``[B, T, *]``.
+
+    The same runner as :func:`spikingjelly_saf.training.run_sequence`.
+    """
+    return run_sequence(model, x_seq, step_mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# readouts and training steps
+
+
+def saf_readout(y_seq: torch.Tensor) -> torch.Tensor:
+    r"""SAF's prediction scores: the last weighted-average output :math:`\bar O[T]`."""
+    return y_seq[:, -1]
+
+
+def mean_readout(y_seq: torch.Tensor) -> torch.Tensor:
+    """OTTT/BPTT/DSR prediction scores: the mean output over the time steps."""
+    return y_seq.mean(dim=1)
+
+
 def _repeat_target(target: torch.Tensor, steps: int) -> torch.Tensor:
     return target.unsqueeze(1).expand(target.shape[0], steps, *target.shape[1:])
 
 
-def evaluate_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: str) -> torch.Tensor:
-    """Run ``x_seq`` ``[B, T, *]`` through a (reset) model; returns the outputs ``[B, T, *]``."""
-    inputs = x_seq.transpose(0, 1)
-    if step_mode == "m":
-        y = model(inputs)
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        return y.transpose(0, 1)
-    outputs = []
-    for x in inputs:
-        y = model(x)
-        outputs.append(y[0] if isinstance(y, (list, tuple)) else y)
-    return torch.stack(outputs, dim=1)
+def _train_saf(method: "Method", model, optimizer, x_seq, target, f_loss, grad_scaler=None):
+    return saf_online_training(model, optimizer, x_seq, target, f_loss, method.name,
+                               grad_scaler=grad_scaler)
+
+
+def _train_ottt(method: "Method", model, optimizer, x_seq, target, f_loss, grad_scaler=None):
+    if grad_scaler is not None:
+        raise ValueError(f"mixed precision is not supported with method {method.name!r}: "
+                         "SpikingJelly's ottt_online_training has no gradient scaler.")
+    return online_learning.ottt_online_training(
+        model, optimizer, x_seq, _repeat_target(target, x_seq.shape[1]), f_loss,
+        online=method.name == "ottt-o")
+
+
+def _train_whole_sequence(method: "Method", model, optimizer, x_seq, target, f_loss,
+                          grad_scaler=None):
+    """BPTT-style: the whole sequence in one graph, one loss on the method's readout."""
+    optimizer.zero_grad()
+    y_seq = run_sequence(model, x_seq, method.step_mode)
+    loss = f_loss(method.readout(y_seq), target)
+    (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
+    if grad_scaler is not None:
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach(), y_seq.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# neuron keyword arguments
+
+
+def _lif_kwargs(method: "Method", tau, v_threshold, surrogate_function, detach_reset, steps) -> dict:
+    kwargs = dict(tau=float(tau), v_threshold=float(v_threshold), v_reset=None,
+                  decay_input=False, detach_reset=detach_reset,
+                  surrogate_function=surrogate_function or surrogate.Sigmoid(alpha=4.0))
+    kwargs.update(method.fixed_neuron_kwargs)
+    return kwargs
+
+
+def _no_kwargs(method, tau, v_threshold, surrogate_function, detach_reset, steps) -> dict:
+    return {}
+
+
+def _dsr_kwargs(method, tau, v_threshold, surrogate_function, detach_reset, steps) -> dict:
+    # DSRIFNode keeps its own threshold (learnable, 6.0) and firing rule; it needs only T.
+    if steps is None:
+        raise ValueError(f"method {method.name!r} builds DSRIFNode(T), which needs the number of time "
+                         "steps: call neuron_kwargs(steps=T).")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}.")
+    return {"T": steps}
+
+
+def _check_saf_tau(method, tau) -> None:
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau >= 1.0):
+        raise ValueError(f"tau={tau!r}: {method.name} needs tau >= 1 (tau=1 is memoryless, "
+                         "tau=inf an IF neuron).")
+
+
+def _check_lif_tau(method, tau) -> None:
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 1.0):
+        raise ValueError(f"tau={tau!r}: {method.name} uses SpikingJelly's "
+                         f"{method.neuron_type.__name__}, which needs tau > 1.")
+
+
+def _tau_unused(method, tau) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the method object
 
 
 @dataclass(frozen=True)
 class Method:
+    r"""One training method: how its network is built, trained and read, and what it supports.
+
+    * **中文**: 一种训练方法：构建网络所用的神经元与参数、步进模式、单个小批量的训练步骤、预测读出，
+      以及它支持的功能（混合精度、部署为 LIF、融合后端）。脚本只查询这些属性，不判断方法名。
+    * **English**: a training method: the neuron its network is built with and the keyword
+      arguments, the step mode, how one minibatch is trained (:meth:`train_step`), which output a
+      prediction is read from (:meth:`prediction_scores`), and its capabilities. Scripts use these
+      attributes and never test method names.
+
+    :ivar name: the name scripts accept (``-method``)
+    :ivar neuron_type: the ``spiking_neuron`` a zoo factory builds the network with
+    :ivar step_mode: the step mode with the default ``'torch'`` backend
+    :ivar description: one line for help texts
+    :ivar deploys_to_lif: the trained weights run unchanged in an ordinary LIF network
+        (:func:`spikingjelly_saf.to_lif`); SAF methods
+    :ivar supports_amp: trains under ``torch.autocast`` with a ``GradScaler``
+    :ivar supports_fused_backends: a fused ``SAFNode`` backend (CuPy, Triton) can run it; such a
+        backend needs multi-step mode (:meth:`step_mode_for`)
+    :ivar needs_ottt_sequential: the network must be built from ``layer.OTTTSequential``
+        (``OTTTLIFNode`` returns ``[spike, trace]`` while training)
+    :ivar uses_saf_readout: predicts from the last weighted-average output :math:`\bar O[T]`
+        rather than the mean output
+    :ivar needs_input_average: frame-sequence inputs need
+        :class:`~spikingjelly_saf.layer.InputAverage` in front of the first layer
+    :ivar representation_level: trains the spike representation (SAF-F), for which
+        :class:`~spikingjelly_saf.surrogate.SpikeRepresentation` is the matching surrogate
+    :ivar needs_steps: the neuron is built for a fixed number of steps (``neuron_kwargs(steps=T)``)
+    """
+
     name: str
     neuron_type: type
     step_mode: str
+    train: Callable = field(repr=False, default=_train_whole_sequence)
+    readout: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, default=mean_readout)
+    description: str = ""
     #: Keyword arguments that make the neuron the OTTT setting's soft-reset LIF.
     fixed_neuron_kwargs: dict = field(default_factory=dict)
-    description: str = ""
+    make_neuron_kwargs: Callable = field(repr=False, default=_lif_kwargs)
+    check_tau: Callable = field(repr=False, default=_check_lif_tau)
+    deploys_to_lif: bool = False
+    supports_amp: bool = True
+    supports_fused_backends: bool = False
+    needs_ottt_sequential: bool = False
+    uses_saf_readout: bool = False
+    needs_input_average: bool = False
+    representation_level: bool = False
+    needs_steps: bool = False
 
     def neuron_kwargs(self, tau: float = 2.0, v_threshold: float = 1.0,
-                      surrogate_function=None, detach_reset: bool = True) -> dict:
-        """Keyword arguments for ``spiking_neuron=self.neuron_type`` in a zoo factory."""
-        if self.neuron_type is ReLUNode:
-            return {}
-        kwargs = dict(tau=float(tau), v_threshold=float(v_threshold), v_reset=None,
-                      decay_input=False, detach_reset=detach_reset,
-                      surrogate_function=surrogate_function or surrogate.Sigmoid(alpha=4.0))
-        kwargs.update(self.fixed_neuron_kwargs)
+                      surrogate_function=None, detach_reset: bool = True,
+                      steps: Optional[int] = None, backend: Optional[str] = None) -> dict:
+        """Keyword arguments for ``spiking_neuron=self.neuron_type`` in a zoo factory.
+
+        ``steps`` is needed where :attr:`needs_steps` (DSR). ``backend`` (SAF methods) adds the
+        ``SAFNode`` backend and the step mode it runs in (:meth:`step_mode_for`), so that the neuron
+        is built in a mode its backend supports; another method refuses a fused backend.
+        """
+        kwargs = self.make_neuron_kwargs(self, tau, v_threshold, surrogate_function, detach_reset,
+                                         steps)
+        if backend is not None:
+            mode = self.step_mode_for(backend)
+            if self.supports_fused_backends:
+                kwargs.update(backend=backend, step_mode=mode)
         return kwargs
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        functional.set_step_mode(model, self.step_mode)
+    def step_mode_for(self, backend: str = "torch") -> str:
+        """The step mode to run in with the ``SAFNode`` ``backend``.
+
+        ``'torch'`` keeps :attr:`step_mode`; a fused backend runs only in multi-step mode, so it
+        gives ``'m'`` for a method that can run multi-step and raises ``ValueError`` otherwise.
+        """
+        if not isinstance(backend, str) or not backend:
+            raise ValueError(f"backend must be a backend name such as 'torch', got {backend!r}.")
+        if backend == "torch":
+            return self.step_mode
+        if not self.supports_fused_backends:
+            able = ", ".join(m.name for m in _METHODS.values() if m.supports_fused_backends)
+            raise ValueError(
+                f"backend {backend!r} is a fused SAFNode backend; method {self.name} uses "
+                f"{self.neuron_type.__name__}, which cannot use it. Methods that can: {able}. "
+                "Use backend 'torch'.")
+        return "m"
+
+    def check_neuron_arguments(self, tau: float) -> None:
+        """Raise ``ValueError`` naming the method when its neuron cannot take ``tau``."""
+        self.check_tau(self, tau)
+
+    def prepare(self, model: nn.Module, backend: Optional[str] = None) -> nn.Module:
+        """Put ``model`` in the step mode this method trains in, and return it.
+
+        ``backend`` defaults to the one the model's SAF neurons were built with, so a model built
+        with a fused backend is put in multi-step mode.
+        """
+        if backend is None:
+            fused = {getattr(m, "backend", "torch") for m in model.modules()
+                     if isinstance(m, SAFNode)} - {"torch"}
+            backend = next(iter(fused)) if fused else "torch"
+        functional.set_step_mode(model, self.step_mode_for(backend))
         return model
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x_seq: torch.Tensor,
@@ -86,60 +251,56 @@ class Method:
 
         The model must be reset before the call.
         """
-        steps = x_seq.shape[1]
-        if self.name.startswith("saf-"):
-            return saf_online_training(model, optimizer, x_seq, target, f_loss, self.name,
-                                       grad_scaler=grad_scaler)
-        if self.name in ("ottt-o", "ottt-a", "sltt"):
-            if grad_scaler is not None:
-                raise ValueError(f"-amp is not supported with method {self.name!r}: SpikingJelly's "
-                                 "ottt_online_training has no gradient scaler.")
-            return online_learning.ottt_online_training(
-                model, optimizer, x_seq, _repeat_target(target, steps), f_loss,
-                online=self.name == "ottt-o")
-        # bptt, and the ideal that does the same work with ReLU: the whole sequence in one graph.
-        optimizer.zero_grad()
-        y_seq = evaluate_sequence(model, x_seq, self.step_mode)
-        loss = f_loss(y_seq.mean(dim=1), target)
-        (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
-        if grad_scaler is not None:
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-        else:
-            optimizer.step()
-        return loss.detach(), y_seq.detach()
+        if grad_scaler is not None and not self.supports_amp:
+            raise ValueError(f"mixed precision is not supported with method {self.name!r}.")
+        return self.train(self, model, optimizer, x_seq, target, f_loss, grad_scaler)
 
     def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
-        """The scores a prediction is read from: SAF's last weighted average, else the mean output."""
-        return y_seq[:, -1] if self.name.startswith("saf-") else y_seq.mean(dim=1)
+        """The scores a prediction is read from (``[B, T, *] -> [B, *]``)."""
+        return self.readout(y_seq)
+
+
+def _saf(name: str, step_mode: str, description: str, **extra) -> Method:
+    return Method(name, SAFNode, step_mode, train=_train_saf, readout=saf_readout,
+                  description=description, check_tau=_check_saf_tau, deploys_to_lif=True,
+                  supports_fused_backends=True, uses_saf_readout=True, needs_input_average=True,
+                  **extra)
+
+
+def _ottt(name: str, description: str) -> Method:
+    return Method(name, neuron.OTTTLIFNode, "s", train=_train_ottt, description=description,
+                  supports_amp=False, needs_ottt_sequential=True)
 
 
 _METHODS = {
     m.name: m
     for m in [
-        Method("saf-e", SAFNode, "s", description="SAF-E: loss and update at every step (like OTTT_O)"),
-        Method("saf-e-acc", SAFNode, "m",
-               description="SAF-E, one update per minibatch (like OTTT_A); T x B batched per layer"),
-        Method("saf-f", SAFNode, "s",
-               description="SAF-F: one loss on the final weighted average; earlier steps without a graph"),
-        Method("ottt-o", neuron.OTTTLIFNode, "s",
-               description="SpikingJelly OTTT, update at every step"),
-        Method("ottt-a", neuron.OTTTLIFNode, "s",
-               description="SpikingJelly OTTT, gradients accumulated over the minibatch"),
+        _saf("saf-e", "s", "SAF-E: loss and update at every step (like OTTT_O)"),
+        _saf("saf-e-acc", "m", "SAF-E, one update per minibatch (like OTTT_A); T x B batched per layer"),
+        _saf("saf-f", "s", "SAF-F: one loss on the final weighted average; earlier steps without a graph",
+             representation_level=True),
+        _ottt("ottt-o", "SpikingJelly OTTT, update at every step"),
+        _ottt("ottt-a", "SpikingJelly OTTT, gradients accumulated over the minibatch"),
         Method("bptt", neuron.LIFNode, "m",
                description="backpropagation through time, SpikingJelly LIFNode multi-step"),
-        Method("sltt", neuron.SLTTLIFNode, "s",
+        Method("sltt", neuron.SLTTLIFNode, "s", train=_train_ottt, supports_amp=False,
                description="SpikingJelly SLTT: per-step backward, no temporal gradient"),
-        Method("ideal", ReLUNode, "m",
+        Method("dsr", neuron.DSRIFNode, "m", make_neuron_kwargs=_dsr_kwargs, check_tau=_tau_unused,
+               needs_steps=True,
+               description="SpikingJelly DSRIFNode(T), trained like BPTT on the mean output"),
+        Method("ideal", ReLUNode, "m", make_neuron_kwargs=_no_kwargs, check_tau=_tau_unused,
                description="the same network with ReLU, forward and backward T times (benchmarks)"),
     ]
 }
 
 #: The methods a training script accepts.
-METHOD_NAMES = tuple(name for name in _METHODS if name != "ideal")
+METHOD_NAMES = tuple(name for name in _METHODS if name not in ("ideal", "dsr"))
+#: Every entry of the table, DSR and the ReLU ideal included.
+ALL_METHOD_NAMES = tuple(_METHODS)
 
 
 def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name`` (any of :data:`ALL_METHOD_NAMES`)."""
     if name not in _METHODS:
         raise ValueError(f"method={name!r} is unknown; valid methods: {', '.join(_METHODS)}.")
     return _METHODS[name]

@@ -1,62 +1,473 @@
 r"""
-``saf_online_training``: one minibatch of SAF-E, SAF-E-acc or SAF-F, shaped like SpikingJelly's
-``learning.online_learning.ottt_online_training``.
+Training and evaluating SAF networks on one minibatch of sequences.
+
+* :func:`saf_online_training`: one minibatch of SAF-E, SAF-E-acc or SAF-F, shaped like SpikingJelly's
+  ``learning.online_learning.ottt_online_training``. Each schedule is its own function
+  (:data:`SCHEDULES`).
+* :func:`saf_inference`: the evaluation counterpart: a reset model, one sequence, the prediction
+  scores :math:`\bar O[T]`.
+* :func:`run_sequence`: the one sequence runner for any SpikingJelly model (SAF, LIF, OTTT, DSR,
+  ReLU), in whichever step mode the model is in; :func:`step_mode_of` is the one step-mode lookup.
+
+**The model contract.** ``x_seq`` is ``[B, T, *]``; the library feeds the time steps and reads one
+output per step fed. The model itself never adds the time dimension (no
+``x.unsqueeze(0).repeat(T, ...)``) and never averages over it (no ``.mean(0)``): in single-step mode
+it maps ``[B, *]`` to ``[B, C]``, in multi-step mode ``[k, B, *]`` to ``[k, B, C]``. A model that
+breaks the contract is reported by :class:`ModelContractError`, naming what to change.
+
+**When to reset.** A sequence starts from a reset network (``functional.reset_net(model)``).
+:func:`saf_inference` resets before and after itself. :func:`saf_online_training` expects a reset
+model; given one whose neurons still hold state from an earlier sequence it resets it and warns
+with :class:`StateCarriedOverWarning` (carrying state over is never what a minibatch of independent
+sequences means).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+import warnings
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from spikingjelly.activation_based import base
+from spikingjelly.activation_based import functional as sj_functional
 
 from . import functional as F
 from .layer import OutputRecovery
 from .neuron import SAFNode
 
-__all__ = ["METHODS", "saf_online_training", "saf_nodes", "model_step_mode"]
+__all__ = [
+    "METHODS",
+    "SCHEDULES",
+    "ModelContractError",
+    "StateCarriedOverWarning",
+    "saf_online_training",
+    "saf_inference",
+    "run_sequence",
+    "step_mode_of",
+    "model_step_mode",
+    "saf_nodes",
+    "readout_decay",
+    "modules_holding_state",
+    "train_saf_e",
+    "train_saf_e_acc",
+    "train_saf_f",
+]
+
+
+class ModelContractError(ValueError):
+    """The model does not take or return the shapes the library feeds it (see the module docstring)."""
+
+
+class StateCarriedOverWarning(UserWarning):
+    """A network still held state from an earlier sequence; it was reset before use."""
+
+
+def saf_nodes(model: nn.Module) -> list[SAFNode]:
+    """Every :class:`SAFNode` of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, SAFNode)]
+
+
+def readout_decay(model: nn.Module) -> float:
+    r"""The leak :math:`\lambda` of the output's weighted average: that of the last SAF neuron."""
+    nodes = saf_nodes(model)
+    if not nodes:
+        raise ValueError(_NO_SAF_NODE)
+    return nodes[-1].decay
+
+
+_NO_SAF_NODE = ("model contains no SAFNode. Build it with spiking_neuron=SAFNode or convert it with "
+                "spikingjelly_saf.to_saf(model).")
+
+
+def _mode_set(modules) -> set:
+    return {m.step_mode for m in modules if isinstance(getattr(m, "step_mode", None), str)}
+
+
+def step_mode_of(model: nn.Module) -> str:
+    """The step mode (``'s'`` or ``'m'``) a SpikingJelly model runs in.
+
+    Read from its stateful modules (neurons, :class:`~spikingjelly_saf.layer.InputAverage`), or, in a
+    network without any (the ReLU "ideal"), from its step-mode layers. Mixed modes are an error.
+    """
+    modules = list(model.modules())
+    modes = _mode_set(m for m in modules if isinstance(m, base.MemoryModule))
+    if not modes:
+        modes = _mode_set(modules)
+    if not modes:
+        raise ValueError(
+            f"{type(model).__name__} has no module with a step_mode: build it from "
+            "spikingjelly.activation_based layers and neurons.")
+    if len(modes) > 1:
+        raise ValueError(
+            f"model mixes step modes {sorted(modes)}; call "
+            "spikingjelly.activation_based.functional.set_step_mode(model, 's' or 'm').")
+    return modes.pop()
+
+
+def model_step_mode(model: nn.Module) -> str:
+    """The step mode shared by the model's SAF neurons (an error when it has none)."""
+    nodes = saf_nodes(model)
+    if not nodes:
+        raise ValueError(_NO_SAF_NODE)
+    modes = _mode_set(nodes)
+    if len(modes) > 1:
+        raise ValueError(
+            f"model mixes step modes {sorted(modes)}; call "
+            "spikingjelly.activation_based.functional.set_step_mode(model, 's' or 'm').")
+    return modes.pop()
+
+
+# ----------------------------------------------------------------------------------------------
+# state carried over between sequences
+
+
+def _at_reset_value(current, reset_value) -> bool:
+    if isinstance(current, torch.Tensor):
+        return (isinstance(reset_value, torch.Tensor) and current.shape == reset_value.shape
+                and torch.equal(current.detach(), reset_value.to(current.device, current.dtype)))
+    if current is None or reset_value is None or isinstance(reset_value, torch.Tensor):
+        return current is reset_value
+    try:
+        return bool(current == reset_value)
+    except Exception:  # a state type without a plain comparison: assume it was reset
+        return True
+
+
+def modules_holding_state(model: nn.Module) -> list[str]:
+    """Names of the stateful modules whose state differs from its reset value.
+
+    Empty right after ``functional.reset_net(model)``; a SAF neuron that has run a step holds its
+    weighted rate and :math:`c[t] > 0` until it is reset.
+    """
+    held = []
+    for name, module in model.named_modules():
+        if not isinstance(module, base.MemoryModule):
+            continue
+        memories = getattr(module, "_memories", {})
+        reset_values = getattr(module, "_memories_rv", {})
+        if any(key in reset_values and not _at_reset_value(value, reset_values[key])
+               for key, value in memories.items()):
+            held.append(name.removeprefix("module.") or type(module).__name__)
+    return held
+
+
+def _reset_if_holding_state(model: nn.Module, caller: str) -> None:
+    held = modules_holding_state(model)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        warnings.warn(
+            f"{caller}: the model still held state from an earlier sequence ({shown}); it was reset "
+            "now. Call spikingjelly.activation_based.functional.reset_net(model) before every "
+            "minibatch.", StateCarriedOverWarning, stacklevel=3)
+        sj_functional.reset_net(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks and the calling contract
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_x_seq(x_seq, caller: str) -> None:
+    if not isinstance(x_seq, torch.Tensor) or x_seq.dim() < 2:
+        raise ValueError(f"x_seq must be a tensor of shape [B, T, *], got {_shape(x_seq)}.")
+    if x_seq.shape[1] == 0:
+        raise ValueError(
+            f"{caller}: x_seq has T=0 time steps (shape {_shape(x_seq)}); x_seq must be [B, T, *] "
+            "with T >= 1.")
+    if x_seq.shape[0] == 0:
+        raise ValueError(f"{caller}: x_seq has an empty batch (shape {_shape(x_seq)}).")
+
+
+def _check_batch(x_seq: torch.Tensor, target, target_is_sequence: bool) -> None:
+    if not isinstance(target, torch.Tensor) or target.dim() == 0:
+        return
+    batch, steps = x_seq.shape[0], x_seq.shape[1]
+    if target.shape[0] == batch:
+        return
+    if target.shape[0] == steps:
+        raise ValueError(
+            f"x_seq has shape {_shape(x_seq)} but target's batch size is {target.shape[0]}, which is "
+            f"x_seq.shape[1]: x_seq looks like [T, B, *]. saf_online_training takes [B, T, *], as "
+            "ottt_online_training does: pass x_seq.transpose(0, 1).")
+
+
+def _describe_calls(step_mode: str, schedule: str) -> str:
+    if step_mode == "s":
+        return "[B, *] at each step (single-step mode)"
+    return {"saf-e": "[1, B, *] at each step (multi-step mode)",
+            "saf-e-acc": "[T, B, *] once (multi-step mode)",
+            "saf-f": "[T-1, B, *] without a graph, then [1, B, *] (multi-step mode)",
+            }.get(schedule, "[T, B, *] once (multi-step mode)")
+
+
+_CONTRACT_FIX = (
+    "The library feeds the time steps and reads one output per step: a model whose forward adds "
+    "the time dimension itself (x.unsqueeze(0).repeat(T, ...) or .expand(T, ...)) or averages over "
+    "it (.mean(0)) must drop both and return the network's output for the steps it is given; pass "
+    "the input as x_seq of shape [B, T, *] (a static image x: x.unsqueeze(1).repeat(1, T, 1, 1, 1)).")
+
+
+class _ContractedModel:
+    """Calls ``model`` with one chunk of steps and checks the shapes of the contract.
+
+    The first call also checks the batch dimension every SAF neuron sees, which catches a model
+    that expands over T even when its output shape happens to look right.
+    """
+
+    def __init__(self, model: nn.Module, step_mode: str, batch: int, schedule: str):
+        self.model, self.step_mode, self.batch, self.schedule = model, step_mode, batch, schedule
+        self.first = True
+
+    def _expected(self, x: torch.Tensor) -> tuple:
+        return (self.batch,) if self.step_mode == "s" else (x.shape[0], self.batch)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.first:
+            return self._checked(x, _first_output(self.model(x)))
+        self.first = False
+        expected = self._expected(x)
+        calls = _describe_calls(self.step_mode, self.schedule)
+
+        # Leading size-1 dimensions are ignored: a model may feed a single step as [1, B, *].
+        core = _strip_ones(expected)
+
+        def check_neuron_input(module, inputs):
+            seen = inputs[0]
+            if (isinstance(seen, torch.Tensor)
+                    and _strip_ones(tuple(seen.shape))[:len(core)] != core):
+                raise ModelContractError(
+                    f"a SAF neuron received shape {_shape(seen)} when the model was called with "
+                    f"{_shape(x)}: the neuron's leading dimensions should be {list(expected)}. "
+                    f"The model is called with {calls}. {_CONTRACT_FIX}")
+
+        handles = [node.register_forward_pre_hook(check_neuron_input)
+                   for node in saf_nodes(self.model)]
+        try:
+            y = _first_output(self.model(x))
+        except ModelContractError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            raise ModelContractError(
+                f"the model failed on its first call, with input {_shape(x)}: it is called with "
+                f"{calls}. {_CONTRACT_FIX} The model's error was {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self._checked(x, y)
+
+    def _checked(self, x: torch.Tensor, y) -> torch.Tensor:
+        expected = self._expected(x)
+        if not isinstance(y, torch.Tensor) or tuple(y.shape[:len(expected)]) != expected:
+            what = "[B, *]" if self.step_mode == "s" else "[k, B, *] for the k steps fed"
+            raise ModelContractError(
+                f"the model returned {_shape(y)} for input {_shape(x)}; it must return {what}, here "
+                f"leading dimensions {list(expected)}. Averaging over time (.mean(0)) or a readout "
+                f"that drops the time dimension breaks this. {_CONTRACT_FIX}")
+        return y
+
+
+def _strip_ones(shape: tuple) -> tuple:
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _first_output(y):
+    # OTTT networks return [output, trace]-style lists while training.
+    return y[0] if isinstance(y, (list, tuple)) else y
+
+
+# ----------------------------------------------------------------------------------------------
+# the sequence runner
+
+
+def run_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: Optional[str] = None,
+                 last_only: bool = False) -> torch.Tensor:
+    """Run ``x_seq`` ``[B, T, *]`` through ``model`` (reset it first); the outputs ``[B, T, *]``.
+
+    The one sequence runner for any SpikingJelly model: single-step mode calls the model with
+    ``[B, *]`` at each step, multi-step mode once with ``[T, B, *]``. ``step_mode`` defaults to
+    :func:`step_mode_of`. ``last_only`` returns only the last step's output ``[B, *]`` (in single-step
+    mode the earlier outputs are then not kept). Runs with whatever grad mode is active.
+    """
+    _check_x_seq(x_seq, "run_sequence")
+    step_mode = step_mode or step_mode_of(model)
+    call = _ContractedModel(model, step_mode, x_seq.shape[0], "sequence")
+    inputs = x_seq.transpose(0, 1)
+    if step_mode == "m":
+        y_seq = call(inputs)
+        return y_seq[-1] if last_only else y_seq.transpose(0, 1)
+    outputs = []
+    for x in inputs:
+        y = call(x)
+        outputs = [y] if last_only else outputs + [y]
+    return outputs[-1] if last_only else torch.stack(outputs, dim=1)
+
+
+def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
+    r"""
+    **API Language** - :ref:`中文 <saf_inference-cn>` | :ref:`English <saf_inference-en>`
+
+    ----
+
+    .. _saf_inference-cn:
+
+    * **中文**
+
+    ``saf_online_training`` 的推理版本：重置网络，在 ``torch.no_grad`` 下按网络的步进模式运行整个序列
+    ``x_seq`` （``[B, T, *]``），返回最后的加权平均输出 :math:`\bar O[T]` （``[B, C]``），之后再次重置。
+    含 BatchNorm 或 Dropout 的网络请先调用 ``model.eval()``。
+
+    ----
+
+    .. _saf_inference-en:
+
+    * **English**
+
+    The evaluation counterpart of :func:`saf_online_training`: reset the network, run the whole
+    sequence ``x_seq`` ``[B, T, *]`` under ``torch.no_grad`` in the network's step mode, and return
+    the prediction scores, the last weighted-average output :math:`\bar O[T]` ``[B, C]``
+    (``scores.argmax(1)`` is the class). The network is reset again afterwards, so no state leaks
+    into the next sequence. Call ``model.eval()`` first where BatchNorm or Dropout should be in
+    evaluation mode; this function leaves the train/eval flag alone.
+
+    :param model: a network of :class:`SAFNode`, possibly wrapped in ``DistributedDataParallel``
+    :param x_seq: input of shape ``[B, T, *]`` with ``T >= 1``
+    :return: the scores :math:`\bar O[T]`, shape ``[B, C]``
+    """
+    _check_x_seq(x_seq, "saf_inference")
+    step_mode = model_step_mode(model)
+    sj_functional.reset_net(model)
+    try:
+        with torch.no_grad():
+            return run_sequence(model, x_seq, step_mode, last_only=True)
+    finally:
+        sj_functional.reset_net(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# the three schedules
+
+
+class _Minibatch:
+    """What every schedule needs: the contracted model, inputs ``[T, B, *]`` and per-step targets."""
+
+    def __init__(self, model, optimizer, x_seq, target, f_loss, target_is_sequence, grad_scaler,
+                 step_mode, schedule):
+        self.model, self.optimizer, self.f_loss = model, optimizer, f_loss
+        self.grad_scaler, self.step_mode = grad_scaler, step_mode
+        self.inputs = x_seq.transpose(0, 1)
+        self.steps = x_seq.shape[1]
+        self.target, self.target_is_sequence = target, target_is_sequence
+        self.decay = readout_decay(model)
+        self.forward = _ContractedModel(model, step_mode, x_seq.shape[0], schedule)
+
+    def target_at(self, t: int) -> torch.Tensor:
+        return self.target[:, t] if self.target_is_sequence else self.target
+
+    def step_input(self, t: int) -> torch.Tensor:
+        return self.inputs[t] if self.step_mode == "s" else self.inputs[t:t + 1]
+
+    def step(self, t: int) -> torch.Tensor:
+        """The output of step ``t`` alone, ``[B, *]``, in either step mode."""
+        y = self.forward(self.step_input(t))
+        return y if self.step_mode == "s" else y[0]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def optimizer_step(self) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def deferred_sync(self, synchronise: bool):
+        # DDP decides in the forward whether the backward synchronises: wrap both.
+        no_sync = getattr(self.model, "no_sync", None)
+        return contextlib.nullcontext() if synchronise or no_sync is None else no_sync()
+
+
+def train_saf_e(batch: _Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""SAF-E: at every step a loss on the recovered :math:`o[t]`, a backward and an optimizer step."""
+    recovery = OutputRecovery(batch.decay)
+    outputs, total_loss = [], None
+    for t in range(batch.steps):
+        batch.optimizer.zero_grad()
+        output = batch.step(t)
+        loss = batch.f_loss(recovery(output), batch.target_at(t))
+        batch.backward(loss)
+        batch.optimizer_step()
+        outputs.append(output.detach())
+        total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+    return total_loss, torch.stack(outputs, dim=1)
+
+
+def train_saf_e_acc(batch: _Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""SAF-E-acc: SAF-E's losses at every step, gradients summed, one optimizer step.
+
+    In multi-step mode the whole sequence goes through every layer at once (``T x B`` batched):
+    one forward and one backward.
+    """
+    batch.optimizer.zero_grad()
+    if batch.step_mode == "m":
+        output_seq = batch.forward(batch.inputs)
+        instantaneous = F.recover_instantaneous_seq(output_seq, batch.decay)
+        loss = sum(batch.f_loss(instantaneous[t], batch.target_at(t)) for t in range(batch.steps))
+        batch.backward(loss)
+        batch.optimizer_step()
+        return loss.detach(), output_seq.detach().transpose(0, 1).contiguous()
+    recovery = OutputRecovery(batch.decay)
+    outputs, total_loss = [], None
+    for t in range(batch.steps):
+        with batch.deferred_sync(t == batch.steps - 1):
+            output = batch.step(t)
+            loss = batch.f_loss(recovery(output), batch.target_at(t))
+            batch.backward(loss)
+        outputs.append(output.detach())
+        total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+    batch.optimizer_step()
+    return total_loss, torch.stack(outputs, dim=1)
+
+
+def train_saf_f(batch: _Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""SAF-F: steps ``1..T-1`` without a graph, one loss on :math:`\bar O[T]`, one optimizer step."""
+    batch.optimizer.zero_grad()
+    outputs = []
+    steps = batch.steps
+    with torch.no_grad():
+        if steps > 1 and batch.step_mode == "m":
+            outputs.extend(batch.forward(batch.inputs[:steps - 1]).unbind(0))
+        else:
+            outputs.extend(batch.step(t) for t in range(steps - 1))
+    output = batch.step(steps - 1)
+    loss = batch.f_loss(output, batch.target_at(steps - 1))
+    batch.backward(loss)
+    batch.optimizer_step()
+    outputs.append(output.detach())
+    return loss.detach(), torch.stack(outputs, dim=1)
+
+
+#: The SAF schedules by name: ``schedule(minibatch) -> (loss, y_seq)``.
+SCHEDULES: dict[str, Callable[[_Minibatch], tuple[torch.Tensor, torch.Tensor]]] = {
+    "saf-e": train_saf_e,
+    "saf-e-acc": train_saf_e_acc,
+    "saf-f": train_saf_f,
+}
 
 #: ``saf-e``: a loss and an optimizer step at every time step (like OTTT_O).
 #: ``saf-e-acc``: a loss at every step, one optimizer step per minibatch (like OTTT_A).
 #: ``saf-f``: one loss on the final weighted-average output; earlier steps run without a graph.
-METHODS = ("saf-e", "saf-e-acc", "saf-f")
-
-
-def saf_nodes(model: nn.Module) -> list[SAFNode]:
-    return [m for m in model.modules() if isinstance(m, SAFNode)]
-
-
-def model_step_mode(model: nn.Module) -> str:
-    """The step mode shared by the model's SAF neurons."""
-    modes = {node.step_mode for node in saf_nodes(model)}
-    if not modes:
-        raise ValueError(
-            "model contains no SAFNode. Build it with spiking_neuron=SAFNode or convert it with "
-            "spikingjelly_saf.to_saf(model)."
-        )
-    if len(modes) > 1:
-        raise ValueError(
-            f"model mixes step modes {sorted(modes)}; call "
-            "spikingjelly.activation_based.functional.set_step_mode(model, 's' or 'm')."
-        )
-    return modes.pop()
-
-
-def _first_output(y):
-    return y[0] if isinstance(y, (list, tuple)) else y
-
-
-def _backward(loss: torch.Tensor, grad_scaler) -> None:
-    (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
-
-
-def _optimizer_step(optimizer, grad_scaler) -> None:
-    if grad_scaler is not None:
-        grad_scaler.step(optimizer)
-        grad_scaler.update()
-    else:
-        optimizer.step()
+METHODS: Sequence[str] = tuple(SCHEDULES)
 
 
 def saf_online_training(
@@ -79,7 +490,10 @@ def saf_online_training(
     * **中文**
 
     用 SAF 训练一个小批量，接口与 ``ottt_online_training`` 相同。``x_seq`` 形状为 ``[B, T, *]``。
-    调用前后请 ``functional.reset_net(model)``。
+    调用前请 ``functional.reset_net(model)``；若网络仍保留上一个序列的状态，本函数会重置它并发出
+    ``StateCarriedOverWarning``。网络的调用方式：单步模式下每步 ``[B, *]``；多步模式下 saf-e 每步
+    ``[1, B, *]``，saf-e-acc 一次 ``[T, B, *]``，saf-f 先 ``[T-1, B, *]`` 再 ``[1, B, *]``。网络本身不得
+    扩展或平均时间维。
 
     ----
 
@@ -87,105 +501,61 @@ def saf_online_training(
 
     * **English**
 
-    Train one minibatch with SAF; the interface follows ``ottt_online_training``. Reset the model
-    (``functional.reset_net``) before each minibatch.
+    Train one minibatch with SAF; the interface follows ``ottt_online_training``.
+
+    **How the model is called.** ``x_seq`` is ``[B, T, *]``; the model receives
+
+    ========================  ===================================  =============================
+    step mode of its neurons  call(s)                              each call returns
+    ========================  ===================================  =============================
+    ``'s'`` (any method)      ``[B, *]`` at each of the T steps    ``[B, C]``
+    ``'m'``, ``saf-e``        ``[1, B, *]`` at each step            ``[1, B, C]``
+    ``'m'``, ``saf-e-acc``    ``[T, B, *]`` once                    ``[T, B, C]``
+    ``'m'``, ``saf-f``        ``[T-1, B, *]`` (no graph), then      ``[T-1, B, C]``,
+                              ``[1, B, *]``                         ``[1, B, C]``
+    ========================  ===================================  =============================
+
+    so the model must neither add the time dimension itself (``x.unsqueeze(0).repeat(T, ...)``, as
+    SpikingJelly's Fashion-MNIST ``CSNN`` does) nor average over it (``.mean(0)``): drop both and pass
+    static images as ``x.unsqueeze(1).repeat(1, T, 1, 1, 1)``. A model that breaks this raises
+    :class:`ModelContractError` saying what to change; ``x_seq`` given as ``[T, B, *]`` is recognised
+    from the target's batch size and named.
+
+    **Reset.** Reset the model (``functional.reset_net``) before each minibatch. A model whose
+    neurons still hold state from an earlier sequence is reset here, with a
+    :class:`StateCarriedOverWarning`, so that state never leaks between minibatches silently.
 
     :param model: a network of :class:`SAFNode` (single- or multi-step), possibly wrapped in
         ``DistributedDataParallel``. Its output is the weighted average :math:`\bar O[t]`.
     :param optimizer: the optimizer; this function zeroes gradients and steps it
-    :param x_seq: input of shape ``[B, T, *]``
+    :param x_seq: input of shape ``[B, T, *]``, ``T >= 1``
     :param target: the target of every step, or with ``target_is_sequence`` one per step ``[B, T, *]``
     :param f_loss: ``f_loss(output, target) -> loss``
     :param method: ``'saf-e'``, ``'saf-e-acc'`` or ``'saf-f'`` (see :data:`METHODS`).
         SAF-E methods apply ``f_loss`` to the recovered instantaneous output :math:`o[t]` (the
         LIF/OTTT output); SAF-F applies it once to :math:`\bar O[T]`.
+    :param target_is_sequence: ``target`` holds one target per step
     :param grad_scaler: an optional ``torch.amp.GradScaler`` for mixed precision
     :return: ``(loss, y_seq)``: the summed loss (detached) and the weighted-average outputs
         ``[B, T, *]``; predict from ``y_seq[:, -1]``.
 
+    SAF-E takes T optimizer steps per minibatch (like OTTT_O): its learning rate is usually about
+    T times smaller than a once-per-minibatch method's.
+
     Under ``DistributedDataParallel``, ``saf-e-acc`` and ``saf-f`` synchronise gradients once per
     minibatch; ``saf-e`` steps the optimizer at every time step, so it synchronises every step.
     """
-    if method not in METHODS:
+    if method not in SCHEDULES:
         raise ValueError(f"method={method!r} is unknown; valid methods: {', '.join(METHODS)}.")
-    if not isinstance(x_seq, torch.Tensor) or x_seq.dim() < 2:
-        raise ValueError(
-            "x_seq must be a tensor of shape [B, T, *], got "
-            f"{tuple(x_seq.shape) if isinstance(x_seq, torch.Tensor) else type(x_seq).__name__}."
-        )
+    _check_x_seq(x_seq, "saf_online_training")
+    _check_batch(x_seq, target, target_is_sequence)
     steps = x_seq.shape[1]
     if target_is_sequence and (target.dim() < 2 or target.shape[1] != steps):
         raise ValueError(
             f"target_is_sequence=True needs target of shape [B, T={steps}, *], got {tuple(target.shape)}."
         )
     step_mode = model_step_mode(model)
-    decay = saf_nodes(model)[-1].decay
-    inputs = x_seq.transpose(0, 1)
-
-    def target_at(t: int) -> torch.Tensor:
-        return target[:, t] if target_is_sequence else target
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        # One call: x is [B, *] in single-step mode and [k, B, *] in multi-step mode.
-        return _first_output(model(x))
-
-    def step_input(t: int) -> torch.Tensor:
-        return inputs[t] if step_mode == "s" else inputs[t:t + 1]
-
-    def step_output(y: torch.Tensor) -> torch.Tensor:
-        return y if step_mode == "s" else y[0]
-
-    def deferred_sync(is_last: bool):
-        no_sync = getattr(model, "no_sync", None)
-        return contextlib.nullcontext() if is_last or no_sync is None else no_sync()
-
-    outputs = []
-    total_loss = torch.zeros((), device=x_seq.device)
-
-    if method == "saf-f":
-        optimizer.zero_grad()
-        with torch.no_grad():
-            if steps > 1:
-                if step_mode == "m":
-                    outputs.extend(forward(inputs[:steps - 1]).unbind(0))
-                else:
-                    outputs.extend(forward(inputs[t]) for t in range(steps - 1))
-        output = step_output(forward(step_input(steps - 1)))
-        loss = f_loss(output, target_at(steps - 1))
-        _backward(loss, grad_scaler)
-        _optimizer_step(optimizer, grad_scaler)
-        outputs.append(output.detach())
-        total_loss = loss.detach()
-
-    elif method == "saf-e-acc" and step_mode == "m":
-        # T x B batched into every layer: one forward and one backward for the whole sequence.
-        optimizer.zero_grad()
-        output_seq = forward(inputs)
-        instantaneous = F.recover_instantaneous_seq(output_seq, decay)
-        loss = sum(f_loss(instantaneous[t], target_at(t)) for t in range(steps))
-        _backward(loss, grad_scaler)
-        _optimizer_step(optimizer, grad_scaler)
-        outputs.extend(output_seq.detach().unbind(0))
-        total_loss = loss.detach()
-
-    else:
-        online = method == "saf-e"
-        recovery = OutputRecovery(decay)
-        if not online:
-            optimizer.zero_grad()
-        for t in range(steps):
-            if online:
-                optimizer.zero_grad()
-            # DDP decides in the forward whether the backward synchronises: wrap both.
-            with deferred_sync(online or t == steps - 1):
-                output = step_output(forward(step_input(t)))
-                loss = f_loss(recovery(output), target_at(t))
-                _backward(loss, grad_scaler)
-            if online:
-                _optimizer_step(optimizer, grad_scaler)
-            outputs.append(output.detach())
-            total_loss = total_loss + loss.detach()
-        if not online:
-            _optimizer_step(optimizer, grad_scaler)
-
-    return total_loss, torch.stack(outputs, dim=1)
+    _reset_if_holding_state(model, "saf_online_training")
+    batch = _Minibatch(model, optimizer, x_seq, target, f_loss, target_is_sequence, grad_scaler,
+                       step_mode, method)
+    return SCHEDULES[method](batch)

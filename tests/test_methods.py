@@ -1,0 +1,144 @@
+"""Method objects: capabilities, step modes for backends, DSR and the ideal as table entries."""
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+from spikingjelly_saf import SAFNode
+from spikingjelly_saf.methods import (ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode,
+                                      evaluate_sequence, get_method)
+from spikingjelly_saf.training import run_sequence, step_mode_of
+
+SAF = ("saf-e", "saf-e-acc", "saf-f")
+
+
+def test_method_names_and_table():
+    assert METHOD_NAMES == ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt")
+    assert set(ALL_METHOD_NAMES) == set(METHOD_NAMES) | {"dsr", "ideal"}
+    with pytest.raises(ValueError, match="valid methods: .*dsr"):
+        get_method("nope")
+    assert all(isinstance(get_method(n), Method) for n in ALL_METHOD_NAMES)
+
+
+def test_capabilities_replace_name_tests():
+    for name in ALL_METHOD_NAMES:
+        m = get_method(name)
+        saf = name in SAF
+        assert m.deploys_to_lif is saf and m.supports_fused_backends is saf
+        assert m.uses_saf_readout is saf and m.needs_input_average is saf
+        assert m.needs_ottt_sequential is (name in ("ottt-o", "ottt-a"))
+        assert m.supports_amp is (name not in ("ottt-o", "ottt-a", "sltt"))
+        assert m.representation_level is (name == "saf-f")
+        assert m.needs_steps is (name == "dsr")
+    assert get_method("dsr").neuron_type is neuron.DSRIFNode
+    assert get_method("ideal").neuron_type is ReLUNode
+
+
+def test_step_mode_for_backends():
+    for name in SAF:
+        m = get_method(name)
+        assert m.step_mode_for("torch") == m.step_mode
+        assert m.step_mode_for("triton") == "m" and m.step_mode_for("cupy") == "m"
+    with pytest.raises(ValueError, match="Methods that can: saf-e, saf-e-acc, saf-f"):
+        get_method("ottt-o").step_mode_for("cupy")
+    assert get_method("bptt").step_mode_for("torch") == "m"
+    kwargs = get_method("saf-e").neuron_kwargs(backend="triton")
+    assert kwargs["backend"] == "triton" and kwargs["step_mode"] == "m"
+    with pytest.raises(ValueError, match="cannot use it"):
+        get_method("sltt").neuron_kwargs(backend="triton")
+
+
+def test_prepare_follows_the_neurons_backend():
+    class FusedNode(SAFNode):  # reports a fused backend without needing its kernels here
+        backend = property(lambda self: "triton", lambda self, value: None)
+
+    net = nn.Sequential(layer.Linear(3, 4), SAFNode(), layer.Linear(4, 2))
+    get_method("saf-e").prepare(net)
+    assert step_mode_of(net) == "s"
+    net[1] = FusedNode()
+    get_method("saf-f").prepare(net)
+    assert step_mode_of(net) == "m"
+    with pytest.raises(ValueError, match="cannot use it"):
+        get_method("bptt").prepare(net)
+
+
+def test_tau_checks():
+    get_method("saf-e").check_neuron_arguments(1.0)
+    with pytest.raises(ValueError, match="saf-e needs tau >= 1"):
+        get_method("saf-e").check_neuron_arguments(0.5)
+    with pytest.raises(ValueError, match="LIFNode, which needs tau > 1"):
+        get_method("bptt").check_neuron_arguments(1.0)
+    get_method("dsr").check_neuron_arguments(0.1)  # DSR has no tau
+
+
+def _mlp(method, steps=3):
+    m = get_method(method)
+    kw = m.neuron_kwargs(tau=2.0, steps=steps)
+    net = nn.Sequential(layer.Linear(6, 8), m.neuron_type(**kw), layer.Linear(8, 3))
+    return m.prepare(net), m
+
+
+def test_dsr_builds_once_and_trains_like_bptt():
+    with pytest.raises(ValueError, match="needs the number of time steps"):
+        get_method("dsr").neuron_kwargs()
+    torch.manual_seed(0)
+    net, m = _mlp("dsr", steps=4)
+    assert isinstance(net[1], neuron.DSRIFNode) and net[1].T == 4
+    x = torch.rand(5, 4, 6) * 8
+    target = torch.randint(0, 3, (5,))
+    before = net[0].weight.detach().clone()
+    loss, y_seq = m.train_step(net, torch.optim.SGD(net.parameters(), lr=1.0), x, target,
+                               nn.functional.cross_entropy)
+    assert y_seq.shape == (5, 4, 3)
+    torch.testing.assert_close(m.prediction_scores(y_seq), y_seq.mean(1))
+    assert (net[0].weight - before).abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ALL_METHOD_NAMES)
+def test_every_method_trains_one_minibatch(name):
+    if name in ("ottt-o", "ottt-a"):
+        m = get_method(name)
+        net = layer.OTTTSequential(layer.Linear(6, 8), m.neuron_type(**m.neuron_kwargs()),
+                                   layer.Linear(8, 3))
+        m.prepare(net)
+    else:
+        net, m = _mlp(name)
+    torch.manual_seed(1)
+    x, target = torch.rand(4, 3, 6) * 3, torch.randint(0, 3, (4,))
+    functional.reset_net(net)
+    loss, y_seq = m.train_step(net, torch.optim.SGD(net.parameters(), lr=0.1), x, target,
+                               nn.functional.cross_entropy)
+    assert torch.isfinite(loss) and y_seq.shape == (4, 3, 3)
+    scores = m.prediction_scores(y_seq)
+    expected = y_seq[:, -1] if m.uses_saf_readout else y_seq.mean(1)
+    torch.testing.assert_close(scores, expected)
+
+
+def test_amp_refused_where_unsupported():
+    m = get_method("sltt")
+    with pytest.raises(ValueError, match="mixed precision is not supported with method 'sltt'"):
+        m.train_step(None, None, None, None, None, grad_scaler=object())
+
+
+@pytest.mark.parametrize("mode", ["s", "m"])
+def test_one_sequence_runner(mode):
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(6, 8), SAFNode(), layer.Linear(8, 3)).double()
+    functional.set_step_mode(net, mode)
+    x = torch.rand(2, 5, 6, dtype=torch.float64) * 3
+    y = run_sequence(net, x)
+    functional.reset_net(net)
+    by_hand = torch.stack([net[2](net[1].single_step_forward(net[0](x[:, t]))) if mode == "s"
+                           else net(x[:, t:t + 1].transpose(0, 1))[0] for t in range(5)], 1)
+    torch.testing.assert_close(y, by_hand)
+    functional.reset_net(net)
+    torch.testing.assert_close(evaluate_sequence(net, x), y)
+    functional.reset_net(net)
+    torch.testing.assert_close(run_sequence(net, x, last_only=True), y[:, -1])
+    relu = nn.Sequential(layer.Linear(6, 3), ReLUNode())
+    functional.set_step_mode(relu, "m")
+    assert step_mode_of(relu) == "m"
+    net.append(SAFNode(step_mode="s" if mode == "m" else "m"))
+    with pytest.raises(ValueError, match="mixes step modes"):
+        step_mode_of(net)
