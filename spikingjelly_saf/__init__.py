@@ -3,13 +3,14 @@
 Train spiking networks online with half of OTTT's forward work and memory that does not grow with
 the number of time steps; deploy the weights unchanged in an ordinary LIF network.
 """
-from . import functional, methods, recording, surrogate, zoo
+from . import functional, health, methods, recording, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
 from .training import (METHODS, ModelContractError, StateCarriedOverWarning, saf_inference,
                        saf_online_training)
 from .recording import SpikeRecorder
+from .health import FiringHealth
 from .conversion import to_lif, to_saf
 from .exactness import check_exactness, compare_with_lif
 
@@ -24,6 +25,8 @@ __all__ = [
     "ModelContractError",
     "StateCarriedOverWarning",
     "SpikeRecorder",
+    "FiringHealth",
+    "health",
     "recording",
     "METHODS",
     "functional",

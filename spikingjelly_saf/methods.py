@@ -172,6 +172,8 @@ class Method:
     :ivar representation_level: trains the spike representation (SAF-F), for which
         :class:`~spikingjelly_saf.surrogate.SpikeRepresentation` is the matching surrogate
     :ivar needs_steps: the neuron is built for a fixed number of steps (``neuron_kwargs(steps=T)``)
+    :ivar updates_every_step: steps the optimizer at every time step (T updates per minibatch), so
+        it usually needs a learning rate about T times smaller
     """
 
     name: str
@@ -192,6 +194,7 @@ class Method:
     needs_input_average: bool = False
     representation_level: bool = False
     needs_steps: bool = False
+    updates_every_step: bool = False
 
     def neuron_kwargs(self, tau: float = 2.0, v_threshold: float = 1.0,
                       surrogate_function=None, detach_reset: bool = True,
@@ -267,19 +270,20 @@ def _saf(name: str, step_mode: str, description: str, **extra) -> Method:
                   **extra)
 
 
-def _ottt(name: str, description: str) -> Method:
+def _ottt(name: str, description: str, **extra) -> Method:
     return Method(name, neuron.OTTTLIFNode, "s", train=_train_ottt, description=description,
-                  supports_amp=False, needs_ottt_sequential=True)
+                  supports_amp=False, needs_ottt_sequential=True, **extra)
 
 
 _METHODS = {
     m.name: m
     for m in [
-        _saf("saf-e", "s", "SAF-E: loss and update at every step (like OTTT_O)"),
+        _saf("saf-e", "s", "SAF-E: loss and update at every step (like OTTT_O)",
+             updates_every_step=True),
         _saf("saf-e-acc", "m", "SAF-E, one update per minibatch (like OTTT_A); T x B batched per layer"),
         _saf("saf-f", "s", "SAF-F: one loss on the final weighted average; earlier steps without a graph",
              representation_level=True),
-        _ottt("ottt-o", "SpikingJelly OTTT, update at every step"),
+        _ottt("ottt-o", "SpikingJelly OTTT, update at every step", updates_every_step=True),
         _ottt("ottt-a", "SpikingJelly OTTT, gradients accumulated over the minibatch"),
         Method("bptt", neuron.LIFNode, "m",
                description="backpropagation through time, SpikingJelly LIFNode multi-step"),

@@ -31,6 +31,7 @@ def test_capabilities_replace_name_tests():
         assert m.supports_amp is (name not in ("ottt-o", "ottt-a", "sltt"))
         assert m.representation_level is (name == "saf-f")
         assert m.needs_steps is (name == "dsr")
+        assert m.updates_every_step is (name in ("saf-e", "ottt-o"))
     assert get_method("dsr").neuron_type is neuron.DSRIFNode
     assert get_method("ideal").neuron_type is ReLUNode
 
