@@ -1,23 +1,56 @@
 r"""
-Checkpoints that are written atomically and resume exactly: model, optimizer, scheduler, gradient
-scaler, epoch, history and the state of every random generator (Python, NumPy, torch, CUDA).
+Checkpoints that are written atomically, load with ``torch.load(path, weights_only=True)`` and
+resume exactly: model, optimizer, scheduler, gradient scaler, epoch, history and the state of every
+random generator (Python, NumPy, torch, CUDA), all stored as tensors and plain Python values.
+
+A checkpoint is a dict with SpikingJelly's example keys ``net``, ``optimizer``, ``lr_scheduler``,
+``epoch`` and ``max_test_acc``, plus ``grad_scaler``, ``history``, ``best``, ``rng``, ``args`` and
+``checksum`` (a SHA-256 of everything but the generator states, so a flipped bit in the tensor data is found at load
+time: ``torch.load`` itself does not notice it). ``model`` and ``scheduler`` name the same objects
+as ``net`` and ``lr_scheduler`` (pickle stores them once).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import pickle
 import random
+import re
 import tempfile
+import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "set_rng_state", "atomic_save", "load_checkpoint"]
+__all__ = ["CheckpointError", "rng_state", "set_rng_state", "atomic_save", "atomic_write_text",
+           "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest",
+           "clean_temporaries", "REQUIRED_KEYS"]
+
+#: What every training checkpoint holds.
+REQUIRED_KEYS = ("net", "optimizer", "lr_scheduler", "epoch", "max_test_acc", "history", "best",
+                 "rng", "args")
+#: Second names of ``net`` and ``lr_scheduler``; left out of the checksum (same objects).
+_ALIASES = {"model": "net", "scheduler": "lr_scheduler"}
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, empty, truncated, corrupted, not from this
+    trainer, or refused by ``weights_only`` loading."""
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every generator's state as tensors and plain numbers (``weights_only`` loads them)."""
+    version, words, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": int(version), "words": torch.tensor(words, dtype=torch.int64),
+                        "gauss": gauss},
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -25,33 +58,181 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["words"].tolist()),
+                     python["gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader never sees
-    a half-written checkpoint, even if the run is killed while saving."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (the new name survives a power cut)."""
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(handle)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(handle)
 
 
-def load_checkpoint(path) -> dict:
+def _write_temporary(write, file) -> None:
+    write(file)
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=_TEMPORARY_SUFFIX)
+    try:
+        try:
+            with os.fdopen(handle, "wb") as file:
+                _write_temporary(write, file)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        _fsync_directory(path.parent)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+    except RuntimeError as error:
+        # torch.save reports a failed write (a full disk) as a RuntimeError around the OSError.
+        cause = _os_error_in(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from error
+
+
+def _os_error_in(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, ``os.replace``, fsync the folder:
+    a reader sees the old file or the new one, never a half-written one, even after a kill."""
+    _atomic(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file the way :func:`atomic_save` writes a checkpoint."""
+    _atomic(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def clean_temporaries(directory: Path) -> list:
+    """Remove the temporary files an interrupted save left in ``directory``; returns their names.
+    Call it only while holding the folder's lock, so that no live run's file is removed."""
+    removed = []
+    for entry in Path(directory).glob(f".*{_TEMPORARY_SUFFIX}"):
+        if entry.is_file():
+            entry.unlink()
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def _update(hasher, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"T{tensor.dtype}{tuple(obj.shape)}".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        hasher.update(b"{")
+        for key in sorted(obj, key=repr):
+            hasher.update(repr(key).encode())
+            _update(hasher, obj[key])
+        hasher.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        hasher.update(b"[" if isinstance(obj, list) else b"(")
+        for item in obj:
+            _update(hasher, item)
+        hasher.update(b"]")
+    else:
+        hasher.update(repr(obj).encode())
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 of a checkpoint's contents, ``checksum`` and the aliases left out, and ``rng``
+    too: a damaged generator state changes which random numbers follow, never the weights, and
+    exact-resume tests swap it on purpose."""
+    hasher = hashlib.sha256()
+    _update(hasher, {k: v for k, v in state.items()
+                     if k not in ("checksum", "rng") and k not in _ALIASES})
+    return hasher.hexdigest()
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Add the aliases and the checksum to ``state`` and write it with :func:`atomic_save`."""
+    state = dict(state)
+    for alias, key in _ALIASES.items():
+        state[alias] = state[key]
+    state["checksum"] = state_digest(state)
+    atomic_save(state, path)
+
+
+def _refusal(error: Exception) -> str:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    what = f" (it asks for {found.group(1)})" if found else ""
+    return ("refused: it holds Python objects other than tensors and plain containers"
+            f"{what}; loading it could run code, so it is loaded only with weights_only=True. "
+            "Use only checkpoints written by this trainer.")
+
+
+def read_checkpoint(path) -> dict:
+    """``torch.load(path, weights_only=True)`` with every failure turned into one
+    :class:`CheckpointError` sentence naming the file; nothing else is checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"-resume {path}: no such checkpoint file.")
-    # The checkpoint holds RNG states and Python containers, not only tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or save that never finished.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: {_refusal(error)}") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupted "
+                              f"or another format: {reason}).") from None
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read: {error.strerror or error}.") from None
+
+
+def load_checkpoint(path, expected_keys=REQUIRED_KEYS) -> dict:
+    """A training checkpoint of this trainer, read safely and checked: its keys, and its checksum
+    when it has one. Every problem is one :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    state = read_checkpoint(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training checkpoint "
+                              "(a dict with net, optimizer, lr_scheduler, epoch, ...).")
+    missing = [key for key in expected_keys if key not in state]
+    if missing:
+        found = ", ".join(sorted(map(str, state))[:8]) or "nothing"
+        hint = (" It looks like a bare model state_dict; a run resumes only from the "
+                "checkpoint_last.pth or checkpoint_best.pth a run wrote."
+                if state and all(isinstance(v, torch.Tensor) for v in state.values()) else "")
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer: it lacks "
+                              f"{', '.join(missing)} (it holds {found}).{hint}")
+    checksum: Optional[str] = state.get("checksum")
+    if checksum is not None and checksum != state_digest(state):
+        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum "
+                              "written with it (a flipped bit or a damaged copy). Resume from "
+                              "another checkpoint.")
+    return state

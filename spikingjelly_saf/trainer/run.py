@@ -1,6 +1,14 @@
 r"""
 ``main``: parse the flags, build data and model, train with checkpoints, write history and plots.
 Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel.
+
+One concern per piece: :func:`_prepare` decides everything that needs no writing (flags, the
+checkpoint to resume and its arguments, the output folder); :class:`_Trainer` holds the model,
+optimizer and loaders and trains, evaluates, restores and saves; :func:`_record_epoch` logs an
+epoch; :func:`_deploy` evaluates and saves the LIF network; :func:`_finish` writes the summary.
+The output folder and its lock live in :mod:`.rundir`, checkpoints in :mod:`.checkpoint`, resume
+rules in :mod:`.resume`, finiteness guards in :mod:`.guard`, the process group in
+:mod:`.distributed`.
 """
 
 from __future__ import annotations
@@ -9,89 +17,39 @@ import argparse
 import json
 import os
 import random
+import shlex
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..methods import get_method
+from ..neuron import SAFNode
 from . import checkpoint as ckpt
+from .checkpoint import CheckpointError
 from .cli import DEFAULT_MODELS, build_parser
 from .data import DataMissingError, build_datasets
+from .distributed import Distributed
+from .guard import FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite
 from .loop import FiringRateRecorder, NonFiniteLossError, ce_mse_loss, evaluate, train_one_epoch
 from .models import ModelChoiceError, build_model
 from .report import peak_memory_mib, plot_history, reset_peak_memory, summary_line, write_history
+from .resume import ResumeError, apply_changes, explicit_flags, flag, merge_arguments, reconcile_folder
+from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "EXIT_OK", "EXIT_USAGE", "EXIT_NONFINITE"]
 
-#: Exit codes: the data is missing, the flags do not fit together, the loss stopped being finite.
-EXIT_DATA, EXIT_USAGE, EXIT_NONFINITE = 2, 2, 3
-
-
-class _Distributed:
-    """The process group under ``torchrun`` (gloo on CPU, nccl on CUDA), or a single process."""
-
-    def __init__(self, requested_device: str):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(requested_device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelChoiceError(f"-device {requested_device}: no CUDA device is available; "
-                                   "use -device cpu.")
-        if self.world_size > 1:
-            if device.type == "cuda":
-                device = torch.device("cuda", local_rank)
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        self.device = device
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def sum(self, *values: float) -> list:
-        if not self.enabled:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def all_true(self, flag: bool) -> bool:
-        if not self.enabled:
-            return bool(flag)
-        tensor = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.item() == 0.0
-
-    def gather(self, obj) -> list:
-        if not self.enabled:
-            return [obj]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _default_out_dir(args) -> str:
-    return os.path.join("runs", f"{args.dataset}_{args.model}_{args.method}_T{args.T}_b{args.b}_"
-                                f"{args.opt}_lr{args.lr}")
+#: Exit codes: done; bad input (flags, data, checkpoint, output folder) or a full disk; a NaN or
+#: infinity in the loss, a gradient, a weight or the input.
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
+EXIT_DATA = EXIT_USAGE
+LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
+_USAGE_ERRORS = (DataMissingError, ModelChoiceError, RunDirectoryError, CheckpointError, ResumeError)
 
 
 def _seed_everything(seed: int) -> None:
@@ -100,7 +58,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loaders(args, train_set, test_set, ddp: _Distributed):
+def _loaders(args, train_set, test_set, ddp: Distributed):
     pin = ddp.device.type == "cuda"
     if ddp.enabled:
         train_sampler = DistributedSampler(train_set, num_replicas=ddp.world_size, rank=ddp.rank,
@@ -124,6 +82,10 @@ def _optimizer(args, model):
     return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
+#: A key only the named optimizer's parameter groups have: a checkpoint of the other one is refused.
+_OPTIMIZER_MARK = {"sgd": "momentum", "adam": "betas"}
+
+
 class _SyncCounter:
     """Counts DDP's gradient all-reduces (one per bucket per synchronisation)."""
 
@@ -140,8 +102,9 @@ def _counting_allreduce(counter: _SyncCounter, bucket):
 
 
 class _WeightedLIFReadout:
-    """Reads a LIF network's per-step outputs ``o[t]`` as SAF does: their weighted running average
-    :math:`\bar O[T]`, so the deployed network predicts what the SAF network predicted."""
+    r"""Reads a LIF network's per-step outputs ``o[t]`` as SAF does: their weighted running average
+    :math:`\bar O[T]` (:func:`spikingjelly_saf.functional.running_average`), so the deployed
+    network predicts what the SAF network predicted."""
 
     def __init__(self, step_mode: str, decay: float):
         self.step_mode, self.decay = step_mode, decay
@@ -158,200 +121,491 @@ class _WeightedLIFReadout:
         return average
 
 
-def _deployed_accuracy(module, method, args, test_loader, f_loss, info, ddp) -> Optional[float]:
-    """Accuracy of the trained weights in the LIF network that ``to_lif`` builds."""
+def _deploys_to_lif(method) -> bool:
+    return getattr(method, "deploys_to_lif", method.neuron_type is SAFNode)
+
+
+def _step_mode(method, args) -> str:
+    step_mode_for = getattr(method, "step_mode_for", None)
+    return step_mode_for(getattr(args, "backend", "torch")) if step_mode_for else method.step_mode
+
+
+def _check_arguments(args, method) -> None:
+    """What the parser cannot see alone: the method's neuron against -tau, -amp against the
+    device; and the basic ranges again for callers that build ``args`` themselves."""
+    if args.T < 1 or args.b < 1 or args.epochs < 1 or args.j < 0:
+        raise ModelChoiceError("-T, -b and -epochs must be positive integers and -j >= 0.")
+    check_tau = getattr(method, "check_neuron_arguments", None)
+    if check_tau is not None:
+        try:
+            check_tau(args.tau)
+        except ValueError as error:
+            raise ModelChoiceError(f"-tau {args.tau}: {error}") from None
+    elif method.neuron_type is SAFNode and not args.tau >= 1.0:
+        raise ModelChoiceError(f"-tau {args.tau}: SAF needs tau >= 1 (tau=1 is memoryless).")
+    elif method.neuron_type is not SAFNode and not args.tau > 1.0:
+        raise ModelChoiceError(f"-tau {args.tau}: SpikingJelly's LIF neurons need tau > 1.")
+    if not args.v_threshold > 0.0:
+        raise ModelChoiceError(f"-v-threshold {args.v_threshold}: the threshold must be positive.")
+    if args.amp and not getattr(method, "supports_amp", True):
+        raise ModelChoiceError(f"-amp is not available with {method.name}: SpikingJelly's "
+                               "ottt_online_training takes no gradient scaler.")
+    if args.deploy_lif and not _deploys_to_lif(method):
+        raise ModelChoiceError(f"-deploy-lif converts a SAF network to LIF; method {method.name} "
+                               "already trains LIF-type neurons. Drop -deploy-lif.")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ModelChoiceError("-stop-after must be a positive number of epochs.")
+
+
+# ---- before anything is written ----------------------------------------------------------------
+@dataclass
+class _Plan:
+    """Everything decided before a file is written or a model is built."""
+
+    args: argparse.Namespace
+    method: object
+    folder: RunDirectory
+    state: Optional[dict] = None
+    changes: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def test_only(self) -> bool:
+        return bool(getattr(self.args, "test_only", False))
+
+
+def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]]) -> _Plan:
+    """Read and check the checkpoint to resume, merge its arguments, check the flags and the
+    output folder; raises a usage error (exit 2) before anything is written."""
+    state, changes = None, {}
+    if args.resume:
+        state = ckpt.load_checkpoint(args.resume)
+        if not isinstance(state["args"], dict):
+            raise CheckpointError(f"{args.resume}: its 'args' entry is not a dict of flags.")
+        changes = merge_arguments(args, state["args"],
+                                  set(vars(args)) if given is None else given,
+                                  datasets or (args.dataset,))
+    args.model = args.model or DEFAULT_MODELS[args.dataset]
+    check_name("-model", args.model)
+    method = get_method(args.method)
+    _check_arguments(args, method)
+    test_only = bool(getattr(args, "test_only", False))
+    if test_only and state is None:
+        raise ModelChoiceError("-test-only evaluates a checkpoint: give it with -resume PATH.")
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+    elif args.resume:
+        out_dir = Path(args.resume).resolve().parent  # continue in the checkpoint's own folder
+    else:
+        out_dir = default_out_dir(args)
+    args.out_dir = str(out_dir)
+    folder = RunDirectory(out_dir, resume=state is not None,
+                          overwrite=bool(getattr(args, "overwrite", False)))
+    folder.check()
+    return _Plan(args, method, folder, state, changes)
+
+
+# ---- the model, its optimizer and its data ------------------------------------------------------
+class _Trainer:
+    """The model (DDP-wrapped where distributed), optimizer, schedule, loaders and guards of a run:
+    trains and evaluates one epoch, restores a checkpoint and builds the state to save."""
+
+    def __init__(self, plan: _Plan, ddp: Distributed, train_set, test_set, info):
+        args, method = plan.args, plan.method
+        self.args, self.method, self.ddp, self.info = args, method, ddp, info
+        device = ddp.device
+        train_loader, test_loader, self.train_sampler = _loaders(args, train_set, test_set, ddp)
+        self.epoch: Optional[int] = None
+        # The training loader agrees across processes (same length); the test shards may differ.
+        self.train_loader = FiniteBatches(train_loader, "training", lambda: self.epoch, ddp.all_true,
+                                          between=lambda: self.guard.raise_pending())
+        self.test_loader = FiniteBatches(test_loader, "test", lambda: self.epoch)
+        self.module = build_model(args, method, info.num_classes, info.in_channels,
+                                  info.sequence).to(device)
+        self.optimizer = _optimizer(args, self.module)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=args.epochs)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if args.amp else None
+        self.f_loss = ce_mse_loss(info.num_classes, args.loss_lambda)
+        self.model = self.module
+        self.sync_counter = None
+        self.guard = StepGuard(self.optimizer, self.module, ddp.all_true,
+                               lambda: (self.epoch, self.train_loader.batch_index))
+
+    def distribute(self) -> None:
+        """Wrap the model for DistributedDataParallel (after a checkpoint was loaded into it)."""
+        if not self.ddp.enabled:
+            return
+        device = self.ddp.device
+        self.model = torch.nn.parallel.DistributedDataParallel(
+            self.module, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.args.count_grad_syncs:
+            self.sync_counter = _SyncCounter()
+            self.model.register_comm_hook(self.sync_counter, _counting_allreduce)
+
+    def restore(self, state: dict, changes: dict, path) -> tuple:
+        """Load ``state``; returns ``(start_epoch, history, best, phrases about applied changes)``."""
+        def refuse(what: str, error: Exception) -> CheckpointError:
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            return CheckpointError(f"-resume {path}: {what} ({reason}).")
+
+        try:
+            self.module.load_state_dict(state["net"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as error:
+            raise refuse(f"its network does not fit -model {self.args.model} with these flags",
+                         error) from None
+        saved = state["optimizer"]
+        mark = _OPTIMIZER_MARK[self.args.opt]
+        groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        if not groups or not all(isinstance(g, dict) and mark in g for g in groups):
+            raise CheckpointError(f"-resume {path}: its optimizer state is not that of -opt "
+                                  f"{self.args.opt} (no '{mark}' in its parameter groups).")
+        try:
+            self.optimizer.load_state_dict(saved)
+            self.scheduler.load_state_dict(state["lr_scheduler"])
+            if self.grad_scaler is not None and state.get("grad_scaler"):
+                self.grad_scaler.load_state_dict(state["grad_scaler"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise refuse("its optimizer or schedule state does not fit this model", error) from None
+        rng = state["rng"]
+        if not (isinstance(rng, list) and rng and all(isinstance(r, dict) for r in rng)):
+            raise CheckpointError(f"-resume {path}: its random generator states are damaged.")
+        said = apply_changes(self.args, changes, self.optimizer, self.scheduler, state["epoch"] + 1)
+        return state["epoch"] + 1, list(state["history"]), dict(state["best"]), said
+
+    def set_rng(self, state: dict, path) -> None:
+        rng = state["rng"]
+        # One state per process; a run resumed with another process count reuses the first.
+        chosen = rng[self.ddp.rank] if len(rng) == self.ddp.world_size else rng[0]
+        try:
+            ckpt.set_rng_state(chosen)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise CheckpointError(f"-resume {path}: its random generator states are damaged "
+                                  f"({error}).") from None
+
+    def train_epoch(self, epoch: int, progress=None) -> tuple:
+        """One training pass; returns ``(loss_sum, correct, samples, seconds)`` over all processes."""
+        self.epoch = epoch
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
+        if self.sync_counter is not None:
+            self.sync_counter.calls = 0
+        inject = getattr(self.args, "inject_nan_epoch", None)
+        loss_sum, correct, samples, seconds = train_one_epoch(
+            self.model, self.method, self.optimizer, self.train_loader, self.f_loss, epoch=epoch,
+            steps=self.args.T, sequence=self.info.sequence, device=self.ddp.device,
+            grad_scaler=self.grad_scaler, amp=self.args.amp, progress=progress,
+            inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true)
+        return (*self.ddp.sum(loss_sum, correct, samples), seconds)
+
+    def evaluate(self, model=None, readout=None) -> tuple:
+        """``(mean loss, accuracy, firing rates)`` on the test set over all processes."""
+        model = self.module if model is None else model
+        recorder = FiringRateRecorder(model)
+        try:
+            loss, correct, samples = evaluate(
+                model, readout or self.method, self.test_loader, self.f_loss, steps=self.args.T,
+                sequence=self.info.sequence, device=self.ddp.device, amp=self.args.amp)
+        finally:
+            recorder.remove()
+        self.test_loader.raise_if_bad(self.ddp.all_true)
+        loss, correct, samples = self.ddp.sum(loss, correct, samples)
+        layers = list(recorder.sums)
+        sums = self.ddp.sum(*recorder.sums.values(), *recorder.counts.values())
+        rates = {name: sums[i] / sums[len(layers) + i] if sums[len(layers) + i] else 0.0
+                 for i, name in enumerate(layers)}
+        return loss / samples, correct / samples, rates
+
+    def state(self, epoch: int, history: list, best: dict) -> dict:
+        """The checkpoint of ``epoch`` (every process takes part: the RNG states are gathered)."""
+        rng_states = self.ddp.gather(ckpt.rng_state())
+        return {"net": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                "max_test_acc": best["test_acc"],
+                "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+                "history": history, "best": best, "rng": rng_states, "args": dict(vars(self.args))}
+
+
+# ---- what a run prints and writes ---------------------------------------------------------------
+def _banner(plan: _Plan, ddp: Distributed, start_epoch: int, said: list) -> None:
+    args = plan.args
+    processes = (f", {ddp.world_size} processes (DistributedDataParallel)" if ddp.enabled else "")
+    lines = [f"spikingjelly_saf trainer: {args.dataset} {args.model} {args.method} T={args.T}",
+             f"  output folder: {plan.out_dir}",
+             f"  device: {ddp.device}{processes}"]
+    if plan.state is None:
+        lines.append(f"  start: a new run, epochs 0 to {args.epochs - 1}")
+    elif plan.test_only:
+        lines.append(f"  test only: {args.resume} (epoch {plan.state['epoch']}), no training")
+    else:
+        lines.append(f"  resumed from {args.resume} (epoch {plan.state['epoch']} done): continues "
+                     f"at epoch {start_epoch} of {args.epochs}")
+    if said:
+        lines.append("  on resume: " + "; ".join(said))
+    lines.append("  arguments: " + " ".join(f"{flag(k)} {v}" for k, v in sorted(vars(args).items())))
+    print("\n".join(lines), flush=True)
+
+
+def _continue_command(plan: _Plan, ddp: Distributed) -> str:
+    """The command that continues this run where it stopped."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
+    runner = (["torchrun", f"--nproc_per_node={ddp.world_size}"] if ddp.enabled
+              else ["python"])
+    if script is None:
+        script = "examples/train_dvs.py" if plan.args.dataset in ("dvs128_gesture", "cifar10_dvs") \
+            else "examples/train_cifar.py"
+    extra = ["-device", str(plan.args.device)] if ddp.device.type != "cpu" or plan.args.device == "cpu" else []
+    return shlex.join(runner + [script, "-resume", str(plan.out_dir / LAST)] + extra)
+
+
+def _record_epoch(writer, row: dict, history: list, out_dir: Path) -> None:
+    write_history(history, out_dir)
+    epoch = row["epoch"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                "train_samples_per_s", "peak_memory_mib"):
+        writer.add_scalar(key, row[key], epoch)
+    for name, rate in row["firing_rate"].items():
+        writer.add_scalar(f"firing_rate/{name}", rate, epoch)
+    writer.flush()
+    print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+          f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
+          f"{row['epoch_time_s']:.1f} s, {row['train_samples_per_s']:.1f} samples/s", flush=True)
+
+
+def _save(state: dict, improved: bool, out_dir: Path) -> None:
+    """The best checkpoint first, then the last: a kill or a full disk between the two leaves the
+    last checkpoint of the previous epoch, which resumes, and a best one at least as good."""
+    if improved:
+        ckpt.save_checkpoint(state, out_dir / BEST)
+    ckpt.save_checkpoint(state, out_dir / LAST)
+
+
+def _deploy(trainer: _Trainer, out_dir: Path) -> Optional[float]:
+    """Accuracy of the trained weights in the LIF network that ``to_lif`` builds; the main process
+    saves that network's ``state_dict`` (``lif_net.pt``) and its exactness report
+    (``lif_exactness.json``)."""
     try:
         from ..conversion import to_lif
     except ImportError as error:
         print(f"-deploy-lif: spikingjelly_saf.conversion.to_lif is not available ({error}); "
               "skipped.", file=sys.stderr)
         return None
+    from ..exactness import check_exactness
     from ..training import saf_nodes
 
+    module = trainer.module
     lif_model = to_lif(module, memoryless="keep")
-    readout = _WeightedLIFReadout(method.step_mode, saf_nodes(module)[-1].decay)
-    _, correct, samples = evaluate(lif_model, readout, test_loader, f_loss, steps=args.T,
-                                   sequence=info.sequence, device=ddp.device)
-    correct, samples = ddp.sum(correct, samples)
-    return correct / samples
+    readout = _WeightedLIFReadout(_step_mode(trainer.method, trainer.args),
+                                  saf_nodes(module)[-1].decay)
+    _, accuracy, _ = trainer.evaluate(lif_model, readout)
+    error = None
+    if trainer.ddp.main:
+        report = check_exactness(module)
+        summary = report.summary() if hasattr(report, "summary") else str(report)
+        try:
+            ckpt.atomic_save(lif_model.state_dict(), out_dir / "lif_net.pt")
+            ckpt.atomic_write_text(out_dir / "lif_exactness.json", json.dumps(
+                {"exact": len(report) == 0, "summary": summary, "test_acc": accuracy,
+                 "readout_decay": readout.decay, "findings": report.to_dicts()}, indent=1))
+        except OSError as failure:
+            error = failure
+    trainer.ddp.agree(error)
+    return accuracy
 
 
-def _check_arguments(args, method) -> None:
-    if args.T < 1 or args.b < 1 or args.epochs < 1 or args.j < 0:
-        raise ModelChoiceError("-T, -b and -epochs must be positive integers and -j >= 0.")
-    if method.name.startswith("saf-") and not args.tau >= 1.0:
-        raise ModelChoiceError(f"-tau {args.tau}: SAF needs tau >= 1 (tau=1 is memoryless).")
-    if not method.name.startswith("saf-") and not args.tau > 1.0:
-        raise ModelChoiceError(f"-tau {args.tau}: SpikingJelly's LIF neurons need tau > 1.")
-    if not args.v_threshold > 0.0:
-        raise ModelChoiceError(f"-v-threshold {args.v_threshold}: the threshold must be positive.")
-    if not 0.0 < args.train_split < 1.0:
-        raise ModelChoiceError(f"-train-split {args.train_split} must lie strictly between 0 and 1.")
-    if args.cutout < 0 or not 0.0 <= args.loss_lambda <= 1.0:
-        raise ModelChoiceError("-cutout must be >= 0 and -loss-lambda in [0, 1].")
-    if args.amp and method.name in ("ottt-o", "ottt-a", "sltt"):
-        raise ModelChoiceError(f"-amp is not available with {method.name}: SpikingJelly's "
-                               "ottt_online_training takes no gradient scaler.")
-    if args.stop_after is not None and args.stop_after < 1:
-        raise ModelChoiceError("-stop-after must be a positive number of epochs.")
+def _finish(plan: _Plan, ddp: Distributed, history: list, best: dict, deployed, memory_kind: str,
+            stopped_early: bool) -> dict:
+    args, out_dir = plan.args, plan.out_dir
+    title = f"{args.dataset} {args.model} {args.method} T={args.T}"
+    summary = {"out_dir": str(out_dir), "epochs_done": len(history), "best": best,
+               "last": history[-1] if history else None, "deployed_lif_test_acc": deployed}
+    if ddp.main and history:
+        plot_history(history, out_dir, title, memory_kind)
+        summary["line"] = summary_line(title, history, best, memory_kind, deployed)
+        ckpt.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+        print(summary["line"], flush=True)
+    if ddp.main and stopped_early:
+        print(f"stopped after epoch {history[-1]['epoch']} as -stop-after asks; continue with:\n"
+              f"  {_continue_command(plan, ddp)}", flush=True)
+    return summary
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train as ``args`` says; returns the summary dict (also written to ``summary.json``)."""
-    args.model = args.model or DEFAULT_MODELS[args.dataset]
-    method = get_method(args.method)
-    if args.deploy_lif and not method.name.startswith("saf-"):
-        raise ModelChoiceError(f"-deploy-lif converts a SAF network to LIF; method {method.name} "
-                               "already trains LIF-type neurons. Drop -deploy-lif.")
-    _check_arguments(args, method)
-    ddp = _Distributed(args.device)
+def _test_only(plan: _Plan, trainer: _Trainer) -> dict:
+    args, ddp = plan.args, trainer.ddp
+    loss, accuracy, _ = trainer.evaluate()
+    result = {"checkpoint": str(args.resume), "epoch": plan.state["epoch"], "test_loss": loss,
+              "test_acc": accuracy, "deployed_lif_test_acc": None}
+    if args.deploy_lif:
+        result["deployed_lif_test_acc"] = _deploy(trainer, plan.out_dir)
+    if ddp.main:
+        line = (f"test only, epoch {result['epoch']}: test loss {loss:.4f} acc {accuracy:.4f}")
+        if result["deployed_lif_test_acc"] is not None:
+            line += f" | LIF deployment acc {result['deployed_lif_test_acc']:.4f}"
+        print(line, flush=True)
+        ckpt.atomic_write_text(plan.out_dir / "test_only.json", json.dumps(result, indent=1))
+    return result
+
+
+# ---- the run --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace, given: Optional[set] = None,
+        datasets: Optional[Sequence[str]] = None) -> dict:
+    """Train as ``args`` says; returns the summary dict (also written to ``summary.json``).
+
+    ``given`` names the flags written on the command line: on ``-resume`` the others take the
+    checkpoint's values (``None``: every flag counts as given). ``datasets`` are the data sets the
+    calling script serves.
+    """
+    plan = _prepare(args, given, datasets)
+    ddp = Distributed(args.device)
     try:
-        return _run(args, method, ddp)
+        return _run(plan, ddp)
     finally:
         ddp.close()
 
 
-def _run(args, method, ddp: _Distributed) -> dict:
-    from tqdm import tqdm
-
-    device = ddp.device
-    if args.amp and device.type != "cuda":
-        raise ModelChoiceError("-amp needs a CUDA device (float16 autocast with a GradScaler).")
-    out_dir = Path(args.out_dir or _default_out_dir(args))
-    _seed_everything(args.seed)
-
+def _datasets(args, ddp: Distributed):
     # The first process converts DVS events to frames on disk; the others then read them.
     if ddp.main:
-        train_set, test_set, info = build_datasets(args)
+        built = build_datasets(args)
     ddp.barrier()
     if not ddp.main:
-        train_set, test_set, info = build_datasets(args)
+        built = build_datasets(args)
+    return built
+
+
+def _open_folder(plan: _Plan, ddp: Distributed) -> None:
+    error = None
     if ddp.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    train_loader, test_loader, train_sampler = _loaders(args, train_set, test_set, ddp)
+        try:
+            plan.folder.open()
+        except RunDirectoryError as failure:
+            error = failure
+    ddp.agree(error)
 
-    model = build_model(args, method, info.num_classes, info.in_channels, info.sequence).to(device)
-    optimizer = _optimizer(args, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    grad_scaler = torch.amp.GradScaler("cuda") if args.amp else None
-    f_loss = ce_mse_loss(info.num_classes, args.loss_lambda)
 
-    start_epoch, history, best = 0, [], {"test_acc": -1.0, "epoch": -1}
-    resumed_rng = None
-    if args.resume:
-        state = ckpt.load_checkpoint(args.resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if grad_scaler is not None and state.get("grad_scaler"):
-            grad_scaler.load_state_dict(state["grad_scaler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        rng_states = state["rng"]
-        resumed_rng = rng_states[ddp.rank] if len(rng_states) == ddp.world_size else rng_states[0]
+def _run(plan: _Plan, ddp: Distributed) -> dict:
+    args = plan.args
+    if args.amp and ddp.device.type != "cuda":
+        raise ModelChoiceError("-amp needs a CUDA device (float16 autocast with a GradScaler).")
+    _seed_everything(args.seed)
+    train_set, test_set, info = _datasets(args, ddp)
+    _open_folder(plan, ddp)
+    try:
+        return _train(plan, ddp, _Trainer(plan, ddp, train_set, test_set, info))
+    finally:
+        if ddp.main:
+            plan.folder.close()
 
-    module = model
-    sync_counter = None
-    if ddp.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        if args.count_grad_syncs:
-            sync_counter = _SyncCounter()
-            model.register_comm_hook(sync_counter, _counting_allreduce)
+
+def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
+    from tqdm import tqdm
+
+    args, out_dir, device = plan.args, plan.out_dir, ddp.device
+    start_epoch, history, best, said = 0, [], {"test_acc": -1.0, "epoch": -1}, []
+    if plan.state is not None:
+        start_epoch, history, best, said = trainer.restore(plan.state, plan.changes, args.resume)
+        if ddp.main and not plan.test_only:
+            state = dict(plan.state, best=best)
+            said += reconcile_folder(out_dir, state, out_dir / LAST, out_dir / BEST)
+            best = state["best"]
+            if history:
+                write_history(history, out_dir)
+    if plan.folder.cleaned and ddp.main:
+        said.append("removed temporary files of an interrupted save: " + ", ".join(plan.folder.cleaned))
+    if ddp.main:
+        _banner(plan, ddp, start_epoch, said)
+    if plan.test_only:
+        return _test_only(plan, trainer)
+    trainer.distribute()
 
     writer = None
     if ddp.main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch)
-        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
-    title = f"{args.dataset} {args.model} {args.method} T={args.T}"
+        ckpt.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
     memory_kind = peak_memory_mib(device)[1]
-    last_path, best_path = out_dir / "checkpoint_last.pth", out_dir / "checkpoint_best.pth"
-
-    if resumed_rng is not None:
-        ckpt.set_rng_state(resumed_rng)
+    if plan.state is not None:
+        trainer.set_rng(plan.state, args.resume)
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        reset_peak_memory(device)
-        if sync_counter is not None:
-            sync_counter.calls = 0
-        progress = None
-        if ddp.main and not args.no_progress:
-            progress = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{args.epochs}",
-                            dynamic_ncols=True, leave=False)
-        try:
-            loss_sum, correct, samples, seconds = train_one_epoch(
-                model, method, optimizer, train_loader, f_loss, epoch=epoch, steps=args.T,
-                sequence=info.sequence, device=device, grad_scaler=grad_scaler, amp=args.amp,
-                progress=progress, inject_nan=args.inject_nan_epoch == epoch and ddp.main,
-                all_finite=ddp.all_true)
-        finally:
-            if progress is not None:
-                progress.close()
-        loss_sum, correct, samples = ddp.sum(loss_sum, correct, samples)
-        recorder = FiringRateRecorder(module)
-        test_loss, test_correct, test_samples = evaluate(
-            module, method, test_loader, f_loss, steps=args.T, sequence=info.sequence,
-            device=device, amp=args.amp)
-        recorder.remove()
-        test_loss, test_correct, test_samples = ddp.sum(test_loss, test_correct, test_samples)
-        rate_sums = ddp.sum(*recorder.sums.values(), *recorder.counts.values())
-        layers = list(recorder.sums)
-        rates = {name: rate_sums[i] / rate_sums[len(layers) + i] if rate_sums[len(layers) + i] else 0.0
-                 for i, name in enumerate(layers)}
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / samples, "train_acc": correct / samples,
-            "test_loss": test_loss / test_samples, "test_acc": test_correct / test_samples,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": seconds, "train_samples_per_s": samples / seconds,
-            "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])),
-            "firing_rate": rates,
-        }
-        if sync_counter is not None:
-            row["grad_syncs_per_batch"] = sync_counter.calls / len(train_loader)
-        scheduler.step()
-        history.append(row)
-        improved = row["test_acc"] > best["test_acc"]
-        if improved:
-            best = {"test_acc": row["test_acc"], "epoch": epoch}
-        rng_states = ddp.gather(ckpt.rng_state())
-        if ddp.main:
-            state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(),
-                     "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-                     "epoch": epoch, "history": history, "best": best, "rng": rng_states,
-                     "args": vars(args)}
-            ckpt.atomic_save(state, last_path)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            reset_peak_memory(device)
+            progress = None
+            if ddp.main and not args.no_progress:
+                progress = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch}/{args.epochs}",
+                                dynamic_ncols=True, leave=False)
+            try:
+                loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress)
+            finally:
+                if progress is not None:
+                    progress.close()
+            test_loss, test_acc, rates = trainer.evaluate()
+            row = {"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+                   "train_samples_per_s": samples / seconds,
+                   "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])),
+                   "firing_rate": rates}
+            if trainer.sync_counter is not None:
+                row["grad_syncs_per_batch"] = trainer.sync_counter.calls / len(trainer.train_loader)
+            trainer.scheduler.step()
+            history.append(row)
+            improved = row["test_acc"] > best["test_acc"]
             if improved:
-                ckpt.atomic_save(state, best_path)
-            write_history(history, out_dir)
-            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
-                        "train_samples_per_s", "peak_memory_mib"):
-                writer.add_scalar(key, row[key], epoch)
-            for name, rate in rates.items():
-                writer.add_scalar(f"firing_rate/{name}", rate, epoch)
-            writer.flush()
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                  f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
-                  f"{seconds:.1f} s, {row['train_samples_per_s']:.1f} samples/s", flush=True)
-        ddp.barrier()
+                best = {"test_acc": row["test_acc"], "epoch": epoch}
+            check_model_finite(trainer.module, epoch)  # never save a damaged network
+            state = trainer.state(epoch, history, best)
+            error = None
+            if ddp.main:
+                try:
+                    _save(state, improved, out_dir)
+                    _record_epoch(writer, row, history, out_dir)
+                except OSError as failure:
+                    error = failure
+            ddp.agree(error)
 
-    deployed = None
-    if args.deploy_lif:
-        deployed = _deployed_accuracy(module, method, args, test_loader, f_loss, info, ddp)
-    summary = {"out_dir": str(out_dir), "epochs_done": len(history), "best": best,
-               "last": history[-1] if history else None, "deployed_lif_test_acc": deployed}
-    if ddp.main and history:
-        plot_history(history, out_dir, title, memory_kind)
-        summary["line"] = summary_line(title, history, best, memory_kind, deployed)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(summary["line"], flush=True)
-    if writer is not None:
-        writer.close()
-    return summary
+        deployed = _deploy(trainer, out_dir) if args.deploy_lif else None
+        return _finish(plan, ddp, history, best, deployed, memory_kind,
+                       stopped_early=end_epoch < args.epochs and end_epoch > start_epoch)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _parser(datasets: Sequence[str], description: str) -> argparse.ArgumentParser:
+    parser = build_parser(datasets, description)
+    add_run_flags(parser)
+    for action in parser._actions:
+        if action.dest == "data_dir":
+            # -resume alone takes the data folder from the checkpoint; checked after parsing.
+            action.required = False
+            action.default = None
+    return parser
+
+
+def _stopped_message(error: Exception, out_dir: Optional[str]) -> str:
+    last = Path(out_dir) / LAST if out_dir else None
+    if last is not None and last.is_file():
+        advice = ("check the data" if isinstance(error, NonFiniteStateError) and "input" in error.where
+                  else "resume with a lower -lr")
+        kept = f"the last good checkpoint is kept: {last} ({advice}: -resume {last})"
+    else:
+        kept = "no epoch finished, so there is no checkpoint to resume"
+    return f"error: stopped because {error}; {kept}."
+
+
+def _os_error_message(error: OSError, out_dir: Optional[str]) -> str:
+    if error.errno is None or not error.strerror:
+        return f"error: {error}"
+    where = f": {error.filename}" if error.filename else ""
+    kept = ""
+    if out_dir and (Path(out_dir) / LAST).is_file():
+        kept = (f"; the checkpoints written before are intact (continue with -resume "
+                f"{Path(out_dir) / LAST} once the problem is fixed)")
+    return f"error: OSError: {error.strerror}{where}{kept}."
 
 
 def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar10", "cifar100"),
@@ -366,7 +620,8 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     * **中文**
 
     示例脚本的入口：解析 ``argv`` （SpikingJelly 示例的参数加上 ``-method`` 等），训练并返回进程退出码：
-    0 成功；2 数据缺失或参数组合无效（只打印一条说明，不打印 traceback）；3 损失出现 NaN/inf（保留上一个完好的检查点）。
+    0 成功；2 输入有误（参数、数据、检查点、输出目录）或磁盘已满（只打印一条说明，不打印 traceback）；
+    3 损失、梯度、权重或输入出现 NaN/inf（保留上一个完好的检查点）。
     在 ``torchrun`` 下以 DistributedDataParallel 训练。
 
     ----
@@ -376,28 +631,30 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     * **English**
 
     Entry point of the example scripts: parse ``argv`` (SpikingJelly's example flags plus
-    ``-method`` and the rest), train, and return the exit code: 0 done; 2 missing data or flags that
-    do not fit together (one message, no traceback); 3 the loss became NaN or infinite (the last good
-    checkpoint is kept). Under ``torchrun`` it trains with DistributedDataParallel.
+    ``-method`` and the rest), train, and return the exit code: 0 done; 2 bad input (flags, data,
+    checkpoint, output folder) or a full disk (one message, no traceback); 3 a NaN or infinity in
+    the loss, a gradient, a weight or the input (the last good checkpoint is kept). Under
+    ``torchrun`` it trains with DistributedDataParallel.
 
     :param argv: the arguments; ``None`` reads ``sys.argv``
     :param datasets: the ``-dataset`` choices, the first being the default
     :param description: the ``-h`` description
     """
-    args = build_parser(datasets, description).parse_args(argv)
+    parser = _parser(datasets, description)
+    args = parser.parse_args(argv)
+    if args.data_dir is None and not args.resume:
+        parser.error("the following arguments are required: -data-dir (or -resume a checkpoint, "
+                     "which names its data folder)")
+    given = explicit_flags(_parser(datasets, description), argv)
     try:
-        run(args)
-    except DataMissingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_DATA
-    except ModelChoiceError as error:
+        run(args, given=given, datasets=datasets)
+    except _USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteLossError as error:
-        out_dir = Path(args.out_dir or _default_out_dir(args))
-        last = out_dir / "checkpoint_last.pth"
-        kept = (f"the last good checkpoint is kept: {last} (resume with -resume {last} and a lower -lr)"
-                if last.is_file() else "no epoch finished, so there is no checkpoint to resume")
-        print(f"error: stopped because {error}; {kept}.", file=sys.stderr)
+    except (NonFiniteLossError, NonFiniteStateError) as error:
+        print(_stopped_message(error, args.out_dir), file=sys.stderr)
         return EXIT_NONFINITE
-    return 0
+    except OSError as error:
+        print(_os_error_message(error, args.out_dir), file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
