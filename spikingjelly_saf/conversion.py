@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional
+import warnings
+from typing import Callable, NamedTuple, Optional
 
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
@@ -23,12 +24,18 @@ from spikingjelly.activation_based.neuron.base_node import NonSpikingBaseNode
 from .layer import InputAverage
 from .neuron import SAFNode
 
-__all__ = ["to_saf", "to_lif", "CONVERTIBLE_NEURONS"]
+__all__ = ["to_saf", "to_lif", "CONVERTIBLE_NEURONS", "MAX_POOLS"]
 
 #: Neuron classes ``to_saf`` converts (exact class match: a subclass may change the dynamics).
 CONVERTIBLE_NEURONS = (neuron.LIFNode, neuron.OTTTLIFNode, neuron.SLTTLIFNode, neuron.IFNode)
 
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+#: Every max-style pool. None is linear, so none keeps SAF exact between neurons (the one list
+#: ``to_saf`` and ``check_exactness`` share); ``to_saf(replace_maxpool=True)`` swaps the plain and
+#: adaptive ones for average pools.
+MAX_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+             nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)
+
+_PLAIN_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _ADAPTIVE_MAX_POOLS = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _SJ_AVG_POOLS = {1: layer.AvgPool1d, 2: layer.AvgPool2d, 3: layer.AvgPool3d}
 _SJ_ADAPTIVE_AVG_POOLS = {1: layer.AdaptiveAvgPool1d, 2: layer.AdaptiveAvgPool2d,
@@ -38,48 +45,69 @@ _TORCH_ADAPTIVE_AVG_POOLS = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d,
                              3: nn.AdaptiveAvgPool3d}
 
 
+class Issue(NamedTuple):
+    """Why a module breaks (or may break) SAF's LIF equivalence: a category, the reason, the fix."""
+
+    kind: str
+    reason: str
+    fix: str
+
+
+def is_neuron(module: nn.Module) -> bool:
+    """A spiking neuron of SpikingJelly or SAF: its internals are dynamics, not layers."""
+    return isinstance(module, (SAFNode, neuron.BaseNode, NonSpikingBaseNode))
+
+
+def neuron_issue(module: nn.Module, soft_reset: bool = False) -> Optional[Issue]:
+    """The one rule for neurons, used by ``to_saf`` (to refuse) and ``check_exactness`` (to report).
+
+    ``None`` when ``module`` is not a neuron, is a ``SAFNode``, or is a neuron ``to_saf`` converts
+    (with ``soft_reset=True`` hard-reset ones too, as they are then trained with the soft reset).
+    """
+    if isinstance(module, SAFNode) or not is_neuron(module):
+        return None
+    name = type(module).__name__
+    if type(module) in CONVERTIBLE_NEURONS:
+        v_reset = getattr(module, "v_reset", None)
+        if v_reset is None or soft_reset:
+            return None
+        return Issue(
+            "hard-reset",
+            f"it uses a hard reset (v_reset={v_reset}); a hard reset is not linear in the spike "
+            "train, so spike accumulation cannot express it.",
+            f"build it as neuron.{name}(v_reset=None, ...) (soft reset) and train again, or "
+            f"convert anyway with to_saf(model, soft_reset=True) to train a soft-reset {name} "
+            "network instead of the hard-reset one.")
+    return Issue(
+        "unsupported-neuron",
+        f"SAF reproduces {', '.join(c.__name__ for c in CONVERTIBLE_NEURONS)} with soft reset only; "
+        f"the dynamics of {name} differ.",
+        "build the model with one of those (v_reset=None) or with spiking_neuron=SAFNode.")
+
+
 def _pool_dimension(pool: nn.Module) -> int:
-    for dim, classes in enumerate(zip(_MAX_POOLS, _ADAPTIVE_MAX_POOLS), start=1):
+    for dim, classes in enumerate(zip(_PLAIN_MAX_POOLS, _ADAPTIVE_MAX_POOLS), start=1):
         if isinstance(pool, classes):
             return dim
-    raise TypeError(f"{type(pool).__name__} is not a max pool.")
+    raise TypeError(f"{type(pool).__name__} is not a max pool with an average-pool twin.")
 
 
 def _is_spikingjelly_module(module: nn.Module) -> bool:
     return type(module).__module__.startswith("spikingjelly.")
 
 
-def _neuron_problem(name: str, module: nn.Module) -> Optional[str]:
-    """Why ``module`` cannot become a SAFNode, or ``None`` if it can (or needs nothing)."""
-    if isinstance(module, SAFNode):
-        return None
-    if type(module) in CONVERTIBLE_NEURONS:
-        if module.v_reset is not None:
-            return (
-                f"'{name}' ({type(module).__name__}) uses a hard reset (v_reset={module.v_reset}). "
-                "A hard reset is not linear in the spike train, so SAF cannot express it. Rebuild "
-                "the model with v_reset=None (soft reset), e.g. spiking_neuron=neuron.LIFNode, "
-                "v_reset=None, and train it again."
-            )
-        return None
-    if isinstance(module, (neuron.BaseNode, NonSpikingBaseNode)):
-        return (
-            f"'{name}' ({type(module).__name__}) is not a neuron SAF can replace: to_saf converts "
-            f"{', '.join(c.__name__ for c in CONVERTIBLE_NEURONS)} with soft reset only. Build the "
-            "model with one of those (or with spiking_neuron=SAFNode) instead."
-        )
-    return None
-
-
 def _maxpool_problem(name: str, module: nn.Module) -> Optional[str]:
-    if isinstance(module, _MAX_POOLS):
-        if module.return_indices:
-            return f"'{name}' ({type(module).__name__}) returns indices; no AvgPool can replace it."
-        if module.dilation not in (1, (1,), (1, 1), (1, 1, 1)):
-            return (f"'{name}' ({type(module).__name__}) has dilation={module.dilation}; AvgPool has "
-                    "no dilation, so it cannot keep the same geometry.")
-    if isinstance(module, _ADAPTIVE_MAX_POOLS) and module.return_indices:
-        return f"'{name}' ({type(module).__name__}) returns indices; no AvgPool can replace it."
+    if not isinstance(module, MAX_POOLS):
+        return None
+    what = f"'{name}' ({type(module).__name__})"
+    if not isinstance(module, _PLAIN_MAX_POOLS + _ADAPTIVE_MAX_POOLS):
+        return (f"{what} draws random pooling regions; no average pool has its geometry. Replace it "
+                "by hand (e.g. with an AvgPool of a fixed kernel) and train again.")
+    if module.return_indices:
+        return f"{what} returns indices; no AvgPool can replace it."
+    if isinstance(module, _PLAIN_MAX_POOLS) and module.dilation not in (1, (1,), (1, 1), (1, 1, 1)):
+        return (f"{what} has dilation={module.dilation}; AvgPool has no dilation, so it cannot keep "
+                "the same geometry.")
     return None
 
 
@@ -154,7 +182,7 @@ def _saf_node_from(node: nn.Module) -> SAFNode:
 
 
 def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average: bool = False,
-           inplace: bool = False) -> nn.Module:
+           inplace: bool = False, soft_reset: bool = False) -> nn.Module:
     r"""
     **API Language** - :ref:`中文 <to_saf-cn>` | :ref:`English <to_saf-en>`
 
@@ -166,7 +194,8 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
 
     把模型中的 ``LIFNode``、``OTTTLIFNode``、``SLTTLIFNode``、``IFNode`` （必须是软复位）替换为 ``SAFNode``，
     保留 ``tau``、``v_threshold``、``decay_input``、替代函数、``detach_reset`` 与步进模式；``IFNode`` 变为
-    ``SAFNode(tau=math.inf)``。全部参数与模块名保持不变。硬复位神经元会被拒绝并说明原因。
+    ``SAFNode(tau=math.inf)``。全部参数与模块名保持不变。硬复位神经元（SpikingJelly 的 ``LIFNode``/``IFNode``
+    默认 ``v_reset=0.0``）默认被拒绝并说明原因；``soft_reset=True`` 时照样转换，此后训练的是软复位网络。
     转换后 ``reset_net`` 会重置新的神经元。``OTTTSequential`` 照常工作（``SAFNode`` 输出张量，
     它被直接传递）。
 
@@ -174,6 +203,7 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     :param replace_maxpool: 是否把 MaxPool 换成同几何形状的 AvgPool（这会改变网络，之后应再训练）
     :param insert_input_average: 为序列输入返回 ``nn.Sequential(InputAverage, model)``
     :param inplace: ``False`` 时先深拷贝，原模型不变
+    :param soft_reset: 为 ``True`` 时把硬复位神经元也转换为（软复位的）``SAFNode``，并发出警告
     :return: 转换后的模型
 
     ----
@@ -187,6 +217,13 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     ``detach_reset`` and step mode; an ``IFNode`` becomes ``SAFNode(tau=math.inf)``. Every parameter
     and buffer and every module name is kept, so the ``state_dict`` loads both ways. Hard-reset
     neurons and neuron types SAF cannot express are refused, all at once, with the module names.
+
+    SpikingJelly's ``LIFNode``, ``IFNode`` and ``SLTTLIFNode`` default to ``v_reset=0.0``, a hard
+    reset that SAF cannot express, so stock examples are refused by default. ``soft_reset=True``
+    converts them anyway, for a model you are about to (re)train: SAF then trains the soft-reset
+    network, and :func:`to_lif` deploys it as a soft-reset neuron (``v_reset=None``), not as the
+    hard-reset original. A ``UserWarning`` names every neuron whose reset changed.
+
     Afterwards ``reset_net`` resets the new neurons. ``OTTTSequential`` containers keep working:
     a ``SAFNode`` returns a tensor, which ``OTTTSequential`` passes straight through.
 
@@ -204,23 +241,38 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
         repeated at every step.
     :param inplace: convert ``model`` itself; by default a deep copy is converted and ``model`` is
         left unchanged
+    :param soft_reset: also convert hard-reset neurons; the network trained from then on is the
+        soft-reset one (see above)
     :return: the converted model
     """
+    if not isinstance(soft_reset, bool):
+        raise TypeError(f"soft_reset must be True or False, got {soft_reset!r}.")
+    problems, reset_changed = [], []
+    for name, module in model.named_modules():
+        name = name or "<model>"
+        issue = neuron_issue(module, soft_reset=soft_reset)
+        if issue is not None:
+            problems.append(f"'{name}' ({type(module).__name__}): {issue.reason} Fix: {issue.fix}")
+        elif replace_maxpool and (problem := _maxpool_problem(name, module)) is not None:
+            problems.append(problem)
+        elif type(module) in CONVERTIBLE_NEURONS and getattr(module, "v_reset", None) is not None:
+            reset_changed.append(f"'{name}' ({type(module).__name__}, v_reset={module.v_reset})")
+    _raise_problems(problems, "to_saf")
+    if reset_changed:
+        kinds = sorted({type(m).__name__ for m in model.modules()
+                        if type(m) in CONVERTIBLE_NEURONS and getattr(m, "v_reset", None) is not None})
+        warnings.warn(
+            f"to_saf(soft_reset=True): {len(reset_changed)} hard-reset neuron(s) now use the soft "
+            f"reset: {', '.join(reset_changed)}. The network SAF trains is a soft-reset "
+            f"{'/'.join(kinds)} network (v_reset=None), so train it (again); to_lif deploys it "
+            "with v_reset=None, not as the hard-reset original.", UserWarning, stacklevel=2)
     if not inplace:
         model = copy.deepcopy(model)
-    problems = []
-    for name, module in model.named_modules():
-        problem = _neuron_problem(name or "<model>", module)
-        if problem is None and replace_maxpool:
-            problem = _maxpool_problem(name or "<model>", module)
-        if problem is not None:
-            problems.append(problem)
-    _raise_problems(problems, "to_saf")
 
     def replacement_for(name: str, module: nn.Module) -> Optional[nn.Module]:
         if type(module) in CONVERTIBLE_NEURONS:
             return _saf_node_from(module)
-        if replace_maxpool and isinstance(module, _MAX_POOLS + _ADAPTIVE_MAX_POOLS):
+        if replace_maxpool and isinstance(module, _PLAIN_MAX_POOLS + _ADAPTIVE_MAX_POOLS):
             return _average_pool_like(module).train(module.training)
         return None
 

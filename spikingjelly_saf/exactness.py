@@ -1,18 +1,23 @@
 r"""
-Which modules of a network break SAF's equivalence with the LIF network (SAF_SPEC Theorem 1).
+Which modules of a network break SAF's equivalence with the LIF network (Theorem 1).
 
 **API Language** - 中文 | English
 
-* **中文**: ``check_exactness(model)`` 列出所有破坏 SAF 与 LIF 网络等价性的模块，并给出原因与修正方法；
-  ``compare_with_lif(model, x_seq)`` 在 eval 模式下实测 SAF 模型与其 LIF 孪生网络的脉冲和输出。
-* **English**: ``check_exactness(model)`` lists every module that breaks the equivalence between a
-  SAF network and the LIF network with the same weights, with the reason and the fix;
-  ``compare_with_lif(model, x_seq)`` measures it: it runs the SAF model and its LIF twin in eval
-  mode and compares every neuron's spikes and the outputs.
+* **中文**: ``check_exactness(model)`` 列出所有破坏（或无法确认）SAF 与 LIF 网络等价性的模块，按类别分组，
+  并给出原因与修正方法；``compare_with_lif(model, x_seq)`` 在 eval 模式下实测 SAF 模型与其 LIF 孪生网络的
+  脉冲和输出，并指出哪些层从未发放（因而什么也证明不了）。
+* **English**: ``check_exactness(model)`` lists every module that breaks, or may break, the
+  equivalence between a SAF network and the LIF network with the same weights, grouped by kind,
+  with the reason and the fix; ``compare_with_lif(model, x_seq)`` measures it: it runs the SAF
+  model and its LIF twin in eval mode, compares every neuron's spikes and the outputs, and says
+  which layers were actually exercised (a layer that never fires proves nothing).
 
-Theorem 1 holds when everything between two neurons is affine in its input and fixed over time:
-Linear/Conv (with bias), average pooling, flatten, eval-mode BatchNorm, constant scaling, weight
-standardisation, dropout with a mask shared across time steps, and residual adds.
+Theorem 1 holds when everything between two neurons is affine in its input and fixed over time.
+The report is an allow-list: Linear/Conv (with bias, weight-standardised or not), average pooling,
+flatten, padding, eval-mode BatchNorm, constant scaling, dropout with a mask shared across time
+steps, containers, and residual adds in blocks it knows are exact. Every other module is
+reported: as breaking the equivalence where it is known to (MaxPool, ...), as unproven where it is
+simply not known (a recurrent layer, a bilinear map, your own module, ...).
 """
 
 from __future__ import annotations
@@ -20,32 +25,49 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional, layer, neuron
 from spikingjelly.activation_based.layer import attention as sj_attention
-from spikingjelly.activation_based.neuron.base_node import NonSpikingBaseNode
+from spikingjelly.activation_based.model import spiking_vggws_ottt
 
 from . import functional as F
-from .conversion import CONVERTIBLE_NEURONS, to_lif
+from .conversion import CONVERTIBLE_NEURONS, MAX_POOLS, is_neuron, neuron_issue, to_lif
 from .layer import InputAverage
-from .neuron import SAFNode
+from .neuron import SAFNode, SpikeTap
+from .recording import SpikeRecorder
 
-__all__ = ["Finding", "ExactnessReport", "check_exactness", "LIFComparison", "compare_with_lif"]
+__all__ = ["Finding", "ExactnessReport", "check_exactness", "LIFComparison", "compare_with_lif",
+           "EFFECTS"]
+
+#: What a finding means for the LIF twin, in the order the report lists them:
+#: ``"breaks"``: its spikes differ from SAF's in eval mode, where one compares and deploys;
+#: ``"train-mode"``: only while the module is in train mode (fine for SAF training, exact in eval);
+#: ``"unproven"``: not known to be affine and fixed over time, so exactness is not established.
+EFFECTS = ("breaks", "train-mode", "unproven")
+
+_EFFECT_TITLES = {
+    "breaks": "Breaks the LIF equivalence (the deployed LIF network's spikes differ from SAF's)",
+    "train-mode": "Train mode only (fine for SAF training; exact again in eval mode, where you "
+                  "compare and deploy)",
+    "unproven": "Unproven (not known to be affine and fixed over time; compare_with_lif measures "
+                "it)",
+}
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One module that breaks the LIF equivalence.
+    """One module that breaks, or may break, the LIF equivalence.
 
     :param module: the module's name in ``model.named_modules()`` (``'<model>'`` for the root)
     :param type: the module's class name
     :param kind: a short category, e.g. ``'max-pool'``, ``'batch-statistics'``, ``'connect-function'``,
-        ``'spike-product'``, ``'hard-reset'``
-    :param reason: why it breaks Theorem 1
+        ``'spike-product'``, ``'hard-reset'``, ``'unproven'``
+    :param reason: why it breaks Theorem 1 (or why it is not known to keep it)
     :param fix: what to do about it
+    :param effect: one of :data:`EFFECTS`
     """
 
     module: str
@@ -53,6 +75,7 @@ class Finding:
     kind: str
     reason: str
     fix: str
+    effect: str = "breaks"
 
     def __str__(self) -> str:
         return f"{self.module} ({self.type}) [{self.kind}]\n    why: {self.reason}\n    fix: {self.fix}"
@@ -62,15 +85,25 @@ _SCOPE_NOTE = (
     "check_exactness inspects modules; operations written inline in a forward() (torch.max, x * y, "
     "...) are invisible to it. compare_with_lif(model, x_seq) measures the equivalence directly."
 )
+#: How many module names a grouped paragraph lists before "and N more".
+_NAMES_SHOWN = 6
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
 
 
 @dataclass(frozen=True)
 class ExactnessReport:
     r"""The findings of :func:`check_exactness`, readable as text (``str``/``print``) and as data.
 
-    It is a sequence of :class:`Finding` (empty, hence falsy, when the model is exact);
-    ``report.exact`` is ``True`` when there is none.
-    ``report.modules(kind)`` lists the module names, ``report.to_dicts()`` gives plain dicts.
+    It is a sequence of :class:`Finding` (empty, hence falsy, when the model is exact as it
+    stands); ``report.exact`` is ``True`` when there is none, ``report.exact_in_eval`` when the only
+    findings are train-mode ones. The text groups identical findings and lists what breaks the
+    equivalence first, then what only matters in train mode, then what is unproven.
+    ``report.breaking``, ``report.train_mode_only`` and ``report.unproven`` hold those groups;
+    ``report.modules(kind)`` lists module names, ``report.to_dicts()`` gives plain dicts.
     """
 
     findings: tuple[Finding, ...]
@@ -80,6 +113,26 @@ class ExactnessReport:
     @property
     def exact(self) -> bool:
         return not self.findings
+
+    @property
+    def exact_in_eval(self) -> bool:
+        """``True`` when only train-mode findings remain: ``model.eval()`` makes it exact."""
+        return all(f.effect == "train-mode" for f in self.findings)
+
+    def _with_effect(self, effect: str) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.effect == effect)
+
+    @property
+    def breaking(self) -> tuple[Finding, ...]:
+        return self._with_effect("breaks")
+
+    @property
+    def train_mode_only(self) -> tuple[Finding, ...]:
+        return self._with_effect("train-mode")
+
+    @property
+    def unproven(self) -> tuple[Finding, ...]:
+        return self._with_effect("unproven")
 
     def modules(self, kind: Optional[str] = None) -> list[str]:
         return [f.module for f in self.findings if kind is None or f.kind == kind]
@@ -99,13 +152,35 @@ class ExactnessReport:
     def __getitem__(self, index: int) -> Finding:
         return self.findings[index]
 
-    def __str__(self) -> str:
+    def summary(self) -> str:
+        """One line: the verdict and the count of each group."""
         title = f"SAF exactness report for {self.model_type or 'the model'}: "
         if self.exact:
-            lines = [title + "exact. Its spikes equal those of the LIF network with the same weights."]
-        else:
-            lines = [title + f"{len(self.findings)} module(s) break the LIF equivalence."]
-            lines += [str(f) for f in self.findings]
+            return title + "exact. Its spikes equal those of the LIF network with the same weights."
+        counts = [f"{len(group)} {label}" for group, label in (
+            (self.breaking, "break the LIF equivalence"),
+            (self.train_mode_only, "matter in train mode only"),
+            (self.unproven, "unproven")) if group]
+        verdict = "exact in eval mode" if self.exact_in_eval else "not exact"
+        return title + f"{verdict}; {len(self.findings)} module(s): " + ", ".join(counts) + "."
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        for effect in EFFECTS:
+            groups: "collections.OrderedDict[tuple, list[Finding]]" = collections.OrderedDict()
+            for f in self._with_effect(effect):
+                groups.setdefault((f.kind, f.reason, f.fix), []).append(f)
+            if not groups:
+                continue
+            lines.append(_EFFECT_TITLES[effect] + ":")
+            for (kind, reason, fix), members in groups.items():
+                if len(members) == 1:
+                    lines.append(f"  {members[0].module} ({members[0].type}) [{kind}]")
+                else:
+                    types = ", ".join(sorted({f.type for f in members}))
+                    lines.append(f"  [{kind}] {len(members)} modules ({types}): "
+                                 f"{_names([f.module for f in members])}")
+                lines += [f"      why: {reason}", f"      fix: {fix}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -114,8 +189,6 @@ def _classes(module, names) -> tuple[type, ...]:
     return tuple(c for c in (getattr(module, n, None) for n in names) if isinstance(c, type))
 
 
-_MAX_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-              nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)
 _POWER_POOLS = (nn.modules.pooling._LPPoolNd,)
 _TIME_VARYING_NORMS = _classes(layer, [
     "BatchNormThroughTime1d", "BatchNormThroughTime2d", "BatchNormThroughTime3d",
@@ -128,36 +201,71 @@ _ATTENTION = tuple(
     if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == sj_attention.__name__
 ) + (nn.MultiheadAttention,)
 #: Stateful modules known to keep Theorem 1: SAF's own, and dropout whose mask lasts until reset.
-_TIME_SAFE_STATEFUL = (SAFNode, InputAverage, layer.Dropout)
+_TIME_SAFE_STATEFUL = (InputAverage, layer.Dropout)
+#: Modules known to be affine in their input and fixed over time (SpikingJelly's ``layer.*``
+#: wrappers are subclasses of these). Weight standardisation changes the weights, not the input
+#: map, so WSConv2d / WSLinear are affine too.
+_AFFINE = (
+    nn.Linear, nn.modules.conv._ConvNd, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.Upsample, nn.Fold, nn.Unfold,
+    spiking_vggws_ottt.Scale, layer.VotingLayer, SpikeTap,
+) + _classes(layer, ["PrintShapeModule"])
+#: Containers that only chain or hold their children (their own forward adds nothing).
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict) + _classes(layer, [
+    "SeqToANNContainer", "MultiStepContainer", "StepModeContainer", "OTTTSequential",
+    "TLastMultiStepContainer", "TLastSeqToANNContainer"])
+#: Where code is trusted to be what its class says: a subclass defined elsewhere that overrides
+#: the forward may compute anything.
+_TRUSTED_CODE = ("torch.", "spikingjelly.", "spikingjelly_saf.")
+_FORWARDS = ("forward", "single_step_forward", "multi_step_forward")
 
 
-def _finding(name: str, module: nn.Module, kind: str, reason: str, fix: str) -> Finding:
-    return Finding(name or "<model>", type(module).__name__, kind, reason, fix)
+def _defined_in_trusted_code(cls: type) -> bool:
+    for attribute in _FORWARDS:
+        owner = next((c for c in cls.__mro__ if attribute in vars(c)), None)
+        if owner is not None and not owner.__module__.startswith(_TRUSTED_CODE):
+            return False
+    return True
+
+
+def _finding(name: str, module: nn.Module, kind: str, reason: str, fix: str,
+             effect: str = "breaks") -> Finding:
+    return Finding(name or "<model>", type(module).__name__, kind, reason, fix, effect)
 
 
 def _is_activation(module: nn.Module) -> bool:
     return type(module).__module__ == "torch.nn.modules.activation"
 
 
-def _examine(name: str, module: nn.Module) -> Optional[Finding]:
+def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module once, in module order, without descending into neurons (whose children, such
+    as the surrogate function, are part of the dynamics, not layers between neurons)."""
+    seen: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield name, module
+        if is_neuron(module):
+            continue
+        children = [(f"{name}.{child_name}" if name else child_name, child)
+                    for child_name, child in module.named_children()]
+        stack.extend(reversed(children))
+
+
+def _examine(name: str, module: nn.Module, trusted: tuple[type, ...]) -> Optional[Finding]:
     """The finding for one module, or ``None``. Order matters: the most specific rule first."""
-    if isinstance(module, SAFNode):
+    if is_neuron(module):
+        issue = neuron_issue(module)
+        return None if issue is None else _finding(name, module, *issue)
+    if trusted and isinstance(module, trusted):
         return None
-    if isinstance(module, (neuron.BaseNode, NonSpikingBaseNode)):
-        if type(module) in CONVERTIBLE_NEURONS and getattr(module, "v_reset", None) is not None:
-            return _finding(
-                name, module, "hard-reset",
-                f"hard reset (v_reset={module.v_reset}) is not linear in the spike train, so spike "
-                "accumulation cannot express it; to_saf refuses it.",
-                "rebuild with v_reset=None (soft reset) and train again.")
-        if type(module) not in CONVERTIBLE_NEURONS:
-            return _finding(
-                name, module, "unsupported-neuron",
-                "SAF reproduces LIF and IF neurons with soft reset only; this neuron's dynamics "
-                "differ.",
-                "use neuron.LIFNode / neuron.IFNode with v_reset=None, or SAFNode.")
-        return None
-    if isinstance(module, _MAX_POOLS):
+    if isinstance(module, MAX_POOLS):
         return _finding(
             name, module, "max-pool",
             "the max of weighted firing rates is not the weighted rate of the max of spikes "
@@ -183,8 +291,10 @@ def _examine(name: str, module: nn.Module) -> Optional[Finding]:
             return _finding(
                 name, module, "batch-statistics",
                 "in train mode it normalises with batch statistics, and those of the averaged "
-                "currents differ from those of the spike currents (exact again in eval mode).",
-                "call model.eval() to compare or deploy; SAF training with batch statistics is fine.")
+                "currents differ from those of the spike currents. This is fine for SAF training; "
+                "it is exact again in eval mode, with the running statistics.",
+                "nothing for training; call model.eval() before compare_with_lif or deployment.",
+                effect="train-mode")
         return None
     if isinstance(module, _SAMPLE_NORMS):
         return _finding(
@@ -199,7 +309,9 @@ def _examine(name: str, module: nn.Module) -> Optional[Finding]:
             "no exact SAF form: SAF still trains the model, but evaluate and deploy it as the SAF "
             "network (or train it with BPTT/OTTT if LIF deployment matters).")
     cnf = getattr(module, "cnf", None)
-    if isinstance(cnf, str) and cnf != "ADD":
+    if isinstance(cnf, str):
+        if cnf == "ADD":
+            return None  # a SEW block adding its branches: a residual add is exact
         return _finding(
             name, module, "connect-function",
             f"SEW connect function {cnf!r} multiplies two spike tensors (AND: x*y, IAND: x*(1-y)); "
@@ -210,22 +322,55 @@ def _examine(name: str, module: nn.Module) -> Optional[Finding]:
             name, module, "nonlinear-activation",
             "a nonlinearity between neurons does not commute with the weighted average.",
             "remove it: the spiking neurons must be the only nonlinearity.")
-    if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
-        return _finding(
-            name, module, "dropout-mask",
-            "torch dropout draws a new mask at every call, so the mask changes over time steps "
-            "(exact in eval mode, where it is the identity).",
-            "use spikingjelly.activation_based.layer.Dropout, whose mask lasts until reset_net.")
-    if isinstance(module, base.MemoryModule) and not isinstance(module, _TIME_SAFE_STATEFUL):
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        if module.training and module.p > 0:
+            return _finding(
+                name, module, "dropout-mask",
+                "torch dropout draws a new mask at every call, so the mask changes over time steps "
+                "(exact in eval mode, where it is the identity).",
+                "for training, layer.Dropout keeps one mask until reset_net; for comparing and "
+                "deploying, call model.eval().",
+                effect="train-mode")
+        return None
+    if isinstance(module, _TIME_SAFE_STATEFUL):
+        return None
+    if isinstance(module, base.MemoryModule):
         return _finding(
             name, module, "unknown-state",
             "it keeps its own state across time steps, so it may not be fixed over time; SAF "
             "cannot vouch for it.",
-            "check it with compare_with_lif(model, x_seq), or replace it.")
-    return None
+            "check it with compare_with_lif(model, x_seq), or replace it.", effect="unproven")
+    if isinstance(module, _AFFINE + _CONTAINERS) and _defined_in_trusted_code(type(module)):
+        return None
+    if next(module.children(), None) is not None:
+        return None  # a composite: its children are examined; its own forward is in the notes
+    return _finding(
+        name, module, "unproven",
+        f"SAF does not know {type(module).__name__} to be affine in its input and fixed over time "
+        "(a recurrent layer, a bilinear map, unpooling with indices and most custom layers are "
+        "not), so it cannot vouch for the LIF twin's spikes.",
+        "measure it with compare_with_lif(model, x_seq); if you know it is affine and fixed over "
+        f"time, say so with check_exactness(model, trust=[{type(module).__name__}]).",
+        effect="unproven")
 
 
-def check_exactness(model: nn.Module) -> ExactnessReport:
+def _custom_forward_note(model: nn.Module, trusted: tuple[type, ...]) -> Optional[str]:
+    classes = []
+    for _, module in _walk(model):
+        cls = type(module)
+        if (is_neuron(module) or (trusted and isinstance(module, trusted))
+                or next(module.children(), None) is None or _defined_in_trusted_code(cls)):
+            continue
+        if cls.__name__ not in classes:
+            classes.append(cls.__name__)
+    if not classes:
+        return None
+    return (f"the forward() code of {', '.join(classes)} is yours: check_exactness examines their "
+            "children, not what the forward does with them (inline torch.max, x * y, ...); "
+            "compare_with_lif(model, x_seq) measures it.")
+
+
+def check_exactness(model: nn.Module, trust: Iterable[type] = ()) -> ExactnessReport:
     r"""
     **API Language** - :ref:`中文 <check_exactness-cn>` | :ref:`English <check_exactness-en>`
 
@@ -235,10 +380,12 @@ def check_exactness(model: nn.Module) -> ExactnessReport:
 
     * **中文**
 
-    列出破坏 SAF 与 LIF 网络等价性（定理 1）的模块：MaxPool、train 模式的 BatchNorm 统计量、
-    SEW 的 AND/IAND、脉冲与脉冲的乘积（注意力）、硬复位及其他神经元、模块间的非线性激活、
-    随时间变化或按样本归一化的层、逐步重采样的 dropout 和未知的有状态模块。对 SAF 模型和待转换的
-    LIF 模型都适用。结果可 ``print``，也可作为 :class:`Finding` 列表读取。
+    列出破坏（或无法确认）SAF 与 LIF 网络等价性（定理 1）的模块。报告基于白名单：只有已知对输入仿射且不随时间
+    变化的模块（卷积/全连接、eval 模式的 BatchNorm、平均池化、展平、时间共享掩码的 dropout、容器……）被视为精确；
+    已知会破坏等价性的模块（MaxPool、SEW 的 AND/IAND、脉冲乘积、硬复位等）列为 ``"breaks"``；
+    train 模式的 BatchNorm 统计量列为 ``"train-mode"`` （训练时无妨，eval 模式下重新精确）；
+    其余未知模块（RNN、Bilinear、MaxUnpool、自定义层……）列为 ``"unproven"``。结果可 ``print``
+    （相同的发现合并，先列出破坏等价性的），也可作为 :class:`Finding` 列表读取。
 
     ----
 
@@ -246,25 +393,47 @@ def check_exactness(model: nn.Module) -> ExactnessReport:
 
     * **English**
 
-    List the modules of ``model`` that break SAF's equivalence with the LIF network of the same
-    weights (Theorem 1): MaxPool, train-mode BatchNorm statistics, SEW AND/IAND, products of spike
-    tensors (attention), hard-reset and other unsupported neurons, nonlinear activations between
-    neurons, time-varying or per-sample normalisation, dropout that redraws its mask every step,
-    and stateful modules it does not know. It works on a SAF model and on a LIF model before
-    :func:`~spikingjelly_saf.to_saf`. The result prints as text and reads as a sequence of
-    :class:`Finding` (module, type, kind, reason, fix). It depends on the mode: BatchNorm is
-    reported in train mode only.
+    List the modules of ``model`` that break, or may break, SAF's equivalence with the LIF network
+    of the same weights (Theorem 1). The check is an allow-list: only modules known to be affine
+    in their input and fixed over time (Linear/Conv and SpikingJelly's wrappers of them, eval-mode
+    BatchNorm, average pooling, flatten, padding, ``Scale``, dropout with a mask shared over time,
+    containers, SEW ``ADD`` blocks, ``InputAverage``) count as exact. Every finding has an
+    ``effect``:
+
+    * ``"breaks"``: known to break it: MaxPool, SEW AND/IAND, products of spike tensors
+      (attention), hard-reset and other unsupported neurons, mixed time constants, nonlinear
+      activations between neurons, time-varying or per-sample normalisation, BatchNorm without
+      running statistics;
+    * ``"train-mode"``: BatchNorm with batch statistics and torch dropout, in train mode only.
+      That is fine for SAF training; comparing and deploying happen in eval mode, where they are
+      exact;
+    * ``"unproven"``: anything it does not know (``nn.RNN``, ``nn.LSTM``, ``nn.Bilinear``,
+      ``nn.MaxUnpool2d``, your own layers, stateful modules): not exact until measured.
+
+    It works on a SAF model and on a LIF model before :func:`~spikingjelly_saf.to_saf`. The
+    result prints as text, grouped by kind with what breaks exactness first, and reads as a
+    sequence of :class:`Finding` (module, type, kind, reason, fix, effect).
 
     :param model: the network
+    :param trust: module classes you know to be affine in their input and fixed over time; they
+        are not reported
     :return: the report
     """
+    trusted = tuple(trust)
+    for cls in trusted:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"trust must list nn.Module classes, got {cls!r}.")
     findings = []
-    for name, module in model.named_modules():
-        finding = _examine(name, module)
+    for name, module in _walk(model):
+        finding = _examine(name, module, trusted)
         if finding is not None:
             findings.append(finding)
     findings += _mixed_time_constants(model)
-    return ExactnessReport(tuple(findings), type(model).__name__)
+    order = {effect: i for i, effect in enumerate(EFFECTS)}
+    findings.sort(key=lambda f: order[f.effect])  # stable: module order within each effect
+    custom = _custom_forward_note(model, trusted)
+    notes = (_SCOPE_NOTE,) if custom is None else (custom, _SCOPE_NOTE)
+    return ExactnessReport(tuple(findings), type(model).__name__, notes)
 
 
 def _time_constant(module: nn.Module) -> Optional[float]:
@@ -279,7 +448,7 @@ def _mixed_time_constants(model: nn.Module) -> list[Finding]:
     Theorem 1 accumulates a neuron's input with that neuron's own leak; it is exact when the
     neurons feeding it (and the input average) use the same leak.
     """
-    taus = [(name, module, tau) for name, module in model.named_modules()
+    taus = [(name, module, tau) for name, module in _walk(model)
             if (tau := _time_constant(module)) is not None]
     if len({tau for _, _, tau in taus}) < 2:
         return []
@@ -294,18 +463,34 @@ def _mixed_time_constants(model: nn.Module) -> list[Finding]:
     ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LIFComparison:
-    """What :func:`compare_with_lif` measured.
+    """What :func:`compare_with_lif` measured; ``print`` it for a summary.
 
-    ``spike_mismatches[name] = (different, total)`` per neuron; ``spike_counts[name]`` is the number
-    of spikes the LIF twin's neuron fired; ``output_difference`` is the largest absolute difference
-    between the LIF outputs and the SAF outputs' instantaneous values.
+    :param spike_mismatches: ``{neuron: (different, compared)}``: how many spike positions (steps x
+        batch x units) differ between the SAF model's recovered spikes and the LIF twin's, out of
+        how many were compared
+    :param spike_counts: ``{neuron: spikes the LIF twin's neuron fired}``
+    :param output_difference: the largest absolute difference between the LIF outputs and the SAF
+        outputs' instantaneous values
+    :param saf_spike_counts: ``{neuron: spikes the SAF model's neuron fired}``
+    :param findings: what :func:`check_exactness` names on the model in eval mode
+    :param time_varying_input: whether ``x_seq`` changes over the time steps
+    :param input_average: whether the SAF model has an ``InputAverage``
+
+    A neuron that fires in neither network (silent), or at every position in both (saturated),
+    matches trivially: its equality proves nothing about what lies before it.
+    :attr:`spikes_equal` says whether every neuron matched; :attr:`conclusive` whether, in
+    addition, every neuron was exercised.
     """
 
     spike_mismatches: dict
     spike_counts: dict
     output_difference: float
+    saf_spike_counts: dict = field(default_factory=dict)
+    findings: tuple = ()
+    time_varying_input: bool = False
+    input_average: bool = False
 
     @property
     def spikes_equal(self) -> bool:
@@ -314,47 +499,117 @@ class LIFComparison:
     def mismatched_neurons(self) -> list[str]:
         return [name for name, (different, _) in self.spike_mismatches.items() if different]
 
+    def _fired(self, name: str) -> tuple[int, int]:
+        return self.saf_spike_counts.get(name, self.spike_counts[name]), self.spike_counts[name]
 
-def _record_spikes(model: nn.Module, store: dict) -> list:
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, SAFNode):
-            target = module.spikes
-        elif isinstance(module, (neuron.BaseNode,)):
-            target = module
+    def silent_neurons(self) -> list[str]:
+        """Neurons that fired no spike in either network: their equality proves nothing."""
+        return [name for name in self.spike_mismatches if self._fired(name) == (0, 0)]
+
+    def saturated_neurons(self) -> list[str]:
+        """Neurons that fired at every position in both networks: equal, but trivially so."""
+        return [name for name, (_, total) in self.spike_mismatches.items()
+                if total and self._fired(name) == (total, total)]
+
+    def exercised_neurons(self) -> list[str]:
+        """Neurons whose comparison means something: they fired, but not everywhere."""
+        trivial = set(self.silent_neurons()) | set(self.saturated_neurons())
+        return [name for name in self.spike_mismatches if name not in trivial]
+
+    @property
+    def conclusive(self) -> bool:
+        """Every neuron matched and every neuron was exercised."""
+        return self.spikes_equal and len(self.exercised_neurons()) == len(self.spike_mismatches)
+
+    def hints(self) -> list[str]:
+        """What the measurement suggests doing, one sentence each."""
+        hints = []
+        mismatched = self.mismatched_neurons()
+        first = next(iter(self.spike_mismatches), None)
+        if (mismatched and mismatched[0] == first and self.time_varying_input
+                and not self.input_average):
+            hints.append(
+                f"the input changes over time and already the first neuron '{first}' differs: a "
+                "LIF neuron integrates the raw frames, SAF needs their running weighted average. "
+                "Put InputAverage in front of the model (to_saf(model, insert_input_average=True), "
+                "or nn.Sequential(InputAverage(tau), model)).")
+        silent = self.silent_neurons()
+        if silent:
+            hints.append(
+                f"{len(silent)} neuron layer(s) never fired ({_names(silent)}): their equality "
+                "proves nothing. Use an input (or weights) that makes every layer fire.")
+        saturated = self.saturated_neurons()
+        if saturated:
+            hints.append(f"{len(saturated)} neuron layer(s) fired at every position "
+                         f"({_names(saturated)}): equal, but trivially so.")
+        broken = [f for f in self.findings if f.effect != "train-mode"]
+        named = _names([f"'{f.module}' ({f.kind})" for f in broken])
+        if broken and (self.spikes_equal or silent):
+            hints.append(f"check_exactness still names {named}: equal spikes on this input do not "
+                         "make those modules exact.")
+        elif broken:
+            hints.append(f"check_exactness names {named}: start there.")
+        return hints
+
+    def __str__(self) -> str:
+        total = len(self.spike_mismatches)
+        exercised = self.exercised_neurons()
+        mismatched = self.mismatched_neurons()
+        if mismatched:
+            head = (f"LIF twin: spikes differ in {len(mismatched)} of {total} neuron layer(s), "
+                    f"first in '{mismatched[0]}'.")
+        elif self.conclusive:
+            head = f"LIF twin: spikes equal in all {total} neuron layer(s), every one exercised."
         else:
-            continue
+            head = (f"LIF twin: spikes equal in all {total} neuron layer(s), but only "
+                    f"{len(exercised)} were exercised"
+                    + (f" ({_names(exercised)})" if exercised else "") + ": not conclusive.")
+        lines = [head, f"  largest output difference: {self.output_difference:.3g}"]
+        for name in mismatched[:_NAMES_SHOWN]:
+            different, compared = self.spike_mismatches[name]
+            lines.append(f"  {name}: {different} of {compared} spike positions differ")
+        if len(mismatched) > _NAMES_SHOWN:
+            lines.append(f"  ... and {len(mismatched) - _NAMES_SHOWN} more neuron layer(s)")
+        lines += [f"  - {hint}" for hint in self.hints()]
+        return "\n".join(lines)
 
-        def hook(_module, _inputs, output, name=name):
-            output = output[0] if isinstance(output, (list, tuple)) else output
-            store.setdefault(name, []).append(output.detach().clone())
-
-        handles.append(target.register_forward_hook(hook))
-    return handles
+    def __repr__(self) -> str:
+        return (f"LIFComparison(spikes_equal={self.spikes_equal}, exercised="
+                f"{len(self.exercised_neurons())}/{len(self.spike_mismatches)}, mismatched="
+                f"{len(self.mismatched_neurons())}, output_difference={self.output_difference:.3g})")
 
 
-def _run(model: nn.Module, x_seq: torch.Tensor, step_mode: str) -> tuple[torch.Tensor, dict]:
-    spikes: dict = {}
-    handles = _record_spikes(model, spikes)
-    try:
+def _run(model: nn.Module, x_seq: torch.Tensor, step_mode: str
+         ) -> tuple[torch.Tensor, "collections.OrderedDict[str, torch.Tensor]"]:
+    with SpikeRecorder(model, keep="spikes") as recorder:
         functional.reset_net(model)
-        with torch.no_grad():
-            if step_mode == "m":
-                y = model(x_seq.transpose(0, 1))
-                y_seq = (y[0] if isinstance(y, (list, tuple)) else y).transpose(0, 1)
-                spikes = {k: torch.cat(v, 0) for k, v in spikes.items()}
-            else:
-                outputs = []
-                for x in x_seq.transpose(0, 1):
-                    y = model(x)
-                    outputs.append(y[0] if isinstance(y, (list, tuple)) else y)
-                y_seq = torch.stack(outputs, 1)
-                spikes = {k: torch.stack(v, 0) for k, v in spikes.items()}
-        functional.reset_net(model)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return y_seq, spikes
+        try:
+            with torch.no_grad():
+                if step_mode == "m":
+                    y = model(x_seq.transpose(0, 1))
+                    y_seq = (y[0] if isinstance(y, (list, tuple)) else y).transpose(0, 1)
+                else:
+                    outputs = []
+                    for x in x_seq.transpose(0, 1):
+                        y = model(x)
+                        outputs.append(y[0] if isinstance(y, (list, tuple)) else y)
+                    y_seq = torch.stack(outputs, 1)
+        finally:
+            functional.reset_net(model)
+    return y_seq, recorder.spike_seq()
+
+
+def _check_sequence(x_seq) -> None:
+    if not isinstance(x_seq, torch.Tensor):
+        raise TypeError(f"x_seq must be a tensor [B, T, *], got {type(x_seq).__name__}.")
+    if x_seq.dim() < 2:
+        raise ValueError(
+            f"x_seq must have shape [B, T, *] (batch, time steps, then the shape the model takes "
+            f"per step, e.g. [B, T, C, H, W]); got shape {tuple(x_seq.shape)}. For one static "
+            "input x of shape [B, *], pass x.unsqueeze(1).expand(-1, T, *x.shape[1:]).")
+    if x_seq.shape[0] == 0 or x_seq.shape[1] == 0:
+        raise ValueError(f"x_seq [B, T, *] needs at least one sample and one time step; got shape "
+                         f"{tuple(x_seq.shape)}.")
 
 
 def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
@@ -363,12 +618,18 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
 
     * **中文**: ``x_seq`` 形状为 ``[B, T, *]``。LIF 孪生网络默认为 ``to_lif(model)``。SAF 的脉冲由
       ``SAFNode.spikes`` 恢复，SAF 输出通过 :math:`o[t] = c[t]\bar O[t] - \lambda c[t-1]\bar O[t-1]`
-      （最后一个 ``SAFNode`` 的 :math:`\lambda`）与 LIF 输出比较。
+      （最后一个 ``SAFNode`` 的 :math:`\lambda`）与 LIF 输出比较。从未发放的层什么也证明不了，结果会列出它们；
+      ``print`` 结果可得摘要。
     * **English**: ``x_seq`` is ``[B, T, *]``. The twin defaults to ``to_lif(model)``. SAF spikes are
       recovered through ``SAFNode.spikes``; the SAF output is compared through its instantaneous
       value :math:`o[t] = c[t]\bar O[t] - \lambda c[t-1]\bar O[t-1]`, with the :math:`\lambda` of the
       last ``SAFNode`` (the one feeding the output layer). Neither model's mode or state changes.
+      A neuron layer that never fires matches trivially and proves nothing: the result says which
+      layers were exercised (``conclusive``, ``silent_neurons()``), what
+      :func:`check_exactness` still names, and, when the first layer already differs on an input
+      that changes over time, that an ``InputAverage`` is missing. ``print`` it for a summary.
     """
+    _check_sequence(x_seq)
     nodes = [m for m in model.modules() if isinstance(m, SAFNode)]
     if not nodes:
         raise ValueError("model contains no SAFNode; convert it with spikingjelly_saf.to_saf first.")
@@ -378,15 +639,17 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
     step_mode = modes.pop()
     if lif_model is None:
         lif_model = to_lif(model, memoryless="keep")
-    was_training = model.training, lif_model.training
+    # Per module: a model may hold, e.g., frozen BatchNorm layers inside a training network.
+    modes_before = [(m, m.training) for net in (model, lif_model) for m in net.modules()]
     model.eval()
     lif_model.eval()
     try:
+        findings = tuple(check_exactness(model))
         saf_out, saf_spikes = _run(model, x_seq, step_mode)
         lif_out, lif_spikes = _run(lif_model, x_seq, step_mode)
     finally:
-        model.train(was_training[0])
-        lif_model.train(was_training[1])
+        for module, training in modes_before:
+            module.training = training
     if set(saf_spikes) != set(lif_spikes):
         raise ValueError("the LIF model's neurons do not match the SAF model's by name: "
                          f"{sorted(set(saf_spikes) ^ set(lif_spikes))}.")
@@ -394,7 +657,11 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
         name: (int((saf_spikes[name] != lif_spikes[name]).sum()), saf_spikes[name].numel())
         for name in saf_spikes
     }
-    counts = {name: int(spikes.sum()) for name, spikes in lif_spikes.items()}
+    counts = {name: int(lif_spikes[name].sum()) for name in saf_spikes}
+    saf_counts = {name: int(spikes.sum()) for name, spikes in saf_spikes.items()}
     recovered = F.recover_instantaneous_seq(saf_out.transpose(0, 1), nodes[-1].decay).transpose(0, 1)
     difference = float((recovered - lif_out).abs().max()) if lif_out.numel() else 0.0
-    return LIFComparison(mismatches, counts, difference)
+    time_varying = bool(x_seq.shape[1] > 1 and (x_seq != x_seq[:, :1]).any())
+    has_input_average = any(isinstance(m, InputAverage) for m in model.modules())
+    return LIFComparison(mismatches, counts, difference, saf_counts, findings, time_varying,
+                         has_input_average)

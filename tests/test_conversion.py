@@ -225,7 +225,14 @@ def test_sequence_input_needs_the_input_average():
     assert_exact_twin(averaged, x_seq)
     assert isinstance(to_lif(averaged)[0], nn.Identity)
     without = to_saf(net).eval()
-    assert not compare_with_lif(without, x_seq).spikes_equal
+    comparison = compare_with_lif(without, x_seq)
+    assert not comparison.spikes_equal and comparison.mismatched_neurons()[0] == "2"
+    assert comparison.time_varying_input and not comparison.input_average
+    assert "already the first neuron '2' differs" in str(comparison)
+    assert "insert_input_average=True" in str(comparison)
+    # A static input needs no input average, and a mismatch further on is not blamed on it.
+    assert not any("InputAverage" in hint for hint in compare_with_lif(without, static_input()).hints())
+    assert not any("InputAverage" in hint for hint in compare_with_lif(averaged, x_seq).hints())
 
 
 # ---- MaxPool ----------------------------------------------------------------------------------
@@ -264,15 +271,41 @@ def test_maxpool_is_reported_and_really_breaks_the_twin():
 def test_report_is_text_and_data():
     net = conv_net(pool=layer.MaxPool2d(2, 2)).train()
     report = check_exactness(net)
-    assert [(f.module, f.type, f.kind) for f in report] == [
-        ("1", "BatchNorm2d", "batch-statistics"), ("3", "MaxPool2d", "max-pool")]
-    assert not report.exact and len(report) == 2
+    # What breaks the equivalence comes first; train-mode BatchNorm only matters for deployment.
+    assert [(f.module, f.type, f.kind, f.effect) for f in report] == [
+        ("3", "MaxPool2d", "max-pool", "breaks"), ("1", "BatchNorm2d", "batch-statistics", "train-mode")]
+    assert not report.exact and not report.exact_in_eval and len(report) == 2
+    assert [f.module for f in report.breaking] == ["3"]
+    assert [f.module for f in report.train_mode_only] == ["1"] and not report.unproven
     text = str(report)
     assert "2 module(s)" in text and "3 (MaxPool2d) [max-pool]" in text and "model.eval()" in text
+    assert text.index("max-pool") < text.index("batch-statistics")
+    assert "fine for SAF training" in text
     rows = report.to_dicts()
-    assert set(rows[0]) == {"module", "type", "kind", "reason", "fix"}
+    assert set(rows[0]) == {"module", "type", "kind", "reason", "fix", "effect"}
     assert check_exactness(net.eval()).modules() == ["3"]
     assert "exact" in str(check_exactness(to_saf(net, replace_maxpool=True)))
+    only_bn = check_exactness(to_saf(net, replace_maxpool=True).train())
+    assert not only_bn.exact and only_bn.exact_in_eval
+    assert "exact in eval mode" in only_bn.summary()
+
+
+def test_report_groups_identical_findings_and_leads_with_what_breaks():
+    def block(channels):
+        return [layer.Conv2d(channels, 4, 3, padding=1), layer.BatchNorm2d(4), lif()]
+
+    net = nn.Sequential(*block(3), *block(4), *block(4), layer.MaxPool2d(2), *block(4),
+                        nn.Dropout(0.5), layer.Flatten(), layer.Linear(64, 3)).train()
+    report = check_exactness(net)
+    assert report.modules("batch-statistics") == ["1", "4", "7", "11"]
+    text = str(report)
+    # One paragraph per kind, not one per module.
+    assert text.count("why:") == 3, text
+    assert "[batch-statistics] 4 modules (BatchNorm2d): 1, 4, 7, 11" in text
+    breaks, train_mode = text.index("Breaks the LIF equivalence"), text.index("Train mode only")
+    assert breaks < text.index("9 (MaxPool2d) [max-pool]") < train_mode
+    assert train_mode < text.index("batch-statistics") and train_mode < text.index("dropout-mask")
+    assert report.summary().startswith("SAF exactness report for Sequential: not exact; 6 module(s)")
 
 
 def test_train_mode_batch_norm_really_differs():
@@ -320,7 +353,219 @@ def test_report_names_nonlinear_and_time_varying_modules():
                         layer.SynapseFilter(), nn.MultiheadAttention(4, 1)).train()
     report = check_exactness(net)
     assert [(f.module, f.kind) for f in report] == [
-        ("0", "nonlinear-activation"), ("1", "dropout-mask"), ("3", "sample-normalisation"),
+        ("0", "nonlinear-activation"), ("3", "sample-normalisation"),
         ("4", "spike-product"), ("5", "connect-function"), ("7", "connect-function"),
-        ("8", "unknown-state"), ("9", "spike-product")]
+        ("9", "spike-product"), ("1", "dropout-mask"), ("8", "unknown-state")]
+    assert [f.effect for f in report][-2:] == ["train-mode", "unproven"]
     assert "1" not in check_exactness(net.eval()).modules()
+
+
+# ---- an allow-list: what the report does not know is unproven, not exact ----------------------
+class Between(nn.Module):
+    """Puts a module that is not a plain one-input layer between two neurons."""
+
+    def __init__(self, inner, how):
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x):
+        if self.how == "sequence":  # one step per call; the hidden state starts at zero each time
+            return self.inner(x.unsqueeze(0))[0].squeeze(0)
+        if self.how == "pair":
+            return self.inner(x, x)
+        return self.inner(x)
+
+
+UNKNOWN_BETWEEN_NEURONS = {
+    "RNN": lambda: Between(nn.RNN(8, 8), "sequence"),
+    "LSTM": lambda: Between(nn.LSTM(8, 8), "sequence"),
+    "GRU": lambda: Between(nn.GRU(8, 8), "sequence"),
+    "Bilinear": lambda: Between(nn.Bilinear(8, 8, 8), "pair"),
+    "Linear": lambda: Between(nn.Linear(8, 8), "plain"),  # the control: known to be affine
+}
+
+
+def net_around(middle):
+    net = nn.Sequential(lif(), middle, layer.Linear(8, 8), lif(), layer.Linear(8, 3))
+    net[2].weight.data.mul_(2.0)
+    net[2].bias.data.fill_(0.3)
+    return net
+
+
+def intermittent_input():
+    # Static currents between one and two thresholds: the first neurons fire on some steps only,
+    # so their weighted averages differ from their spikes and a nonlinear map shows it.
+    return (0.31 + 0.3 * torch.rand(4, 1, 8)).expand(4, 8, 8)
+
+
+@pytest.mark.parametrize("name", list(UNKNOWN_BETWEEN_NEURONS))
+def test_unknown_modules_between_neurons_are_unproven_and_really_differ(name):
+    saf = to_saf(net_around(UNKNOWN_BETWEEN_NEURONS[name]())).eval()
+    report = check_exactness(saf)
+    comparison = compare_with_lif(saf, intermittent_input())
+    assert comparison.conclusive or not comparison.spikes_equal, str(comparison)
+    if name == "Linear":
+        assert report.exact, str(report)
+        assert comparison.spikes_equal and comparison.conclusive, str(comparison)
+        return
+    assert not report.exact and not report.exact_in_eval
+    assert [(f.module, f.type, f.kind, f.effect) for f in report] == [
+        ("1.inner", name, "unproven", "unproven")]
+    assert "compare_with_lif" in report[0].fix and f"trust=[{name}]" in report[0].fix
+    assert "Unproven" in str(report) and "Between" in str(report), "custom forward code is noted"
+    # The neuron before the unknown module is exact, the one after it is not.
+    assert comparison.mismatched_neurons() == ["3"], str(comparison)
+    assert "spikes differ in 1 of 2 neuron layer(s), first in '3'" in str(comparison)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.MaxUnpool2d(2), lambda: layer.MaxUnpool2d(2), lambda: nn.Embedding(4, 4),
+    lambda: nn.PairwiseDistance(), lambda: layer.TemporalBinSum(2),
+])
+def test_every_unknown_leaf_is_unproven(make):
+    module = make()
+    report = check_exactness(nn.Sequential(layer.Conv2d(2, 2, 3), lif(), module, lif()))
+    assert [(f.module, f.kind, f.effect) for f in report] == [("2", "unproven", "unproven")]
+    assert report[0].type == type(module).__name__
+
+
+def test_subclasses_overriding_forward_are_unproven_unless_trusted():
+    class Squared(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) ** 2
+
+    class Plain(layer.Linear):  # inherits SpikingJelly's forward: still known to be affine
+        pass
+
+    net = nn.Sequential(layer.Linear(4, 4), lif(), Squared(4, 4), lif(), Plain(4, 4), lif())
+    report = check_exactness(net)
+    assert [(f.module, f.kind) for f in report] == [("2", "unproven")]
+    assert check_exactness(net, trust=[Squared]).exact
+    with pytest.raises(TypeError, match="trust"):
+        check_exactness(net, trust=["Squared"])
+
+
+def test_known_affine_modules_and_containers_are_exact():
+    from spikingjelly.activation_based.model.spiking_vggws_ottt import Scale
+
+    net = layer.OTTTSequential(
+        layer.WSConv2d(2, 4, 3, padding=1), lif(), Scale(2.74), nn.ZeroPad2d(1),
+        layer.SeqToANNContainer(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4).eval()),
+        nn.Identity(), lif(), layer.Dropout(0.5), layer.AdaptiveAvgPool2d(2), nn.Upsample(scale_factor=2),
+        layer.Flatten(), nn.ModuleList([nn.Linear(64, 4)])[0], lif(), layer.Linear(4, 2))
+    assert check_exactness(net).exact, str(check_exactness(net))
+    assert check_exactness(to_saf(net, insert_input_average=True)).exact
+
+
+def test_one_list_of_max_pools_and_one_neuron_rule():
+    from spikingjelly_saf import conversion, exactness
+
+    assert exactness.MAX_POOLS is conversion.MAX_POOLS
+    fractional = nn.Sequential(nn.FractionalMaxPool2d(2, output_size=3))
+    assert check_exactness(fractional).kinds() == {"max-pool"}
+    with pytest.raises(ValueError, match="FractionalMaxPool2d.*random pooling regions"):
+        to_saf(fractional, replace_maxpool=True)
+    hard = neuron.IFNode()
+    issue = conversion.neuron_issue(hard)
+    assert issue.kind == "hard-reset" and issue.kind in check_exactness(nn.Sequential(hard)).kinds()
+    assert conversion.neuron_issue(hard, soft_reset=True) is None
+
+
+# ---- compare_with_lif: what it measured, and what it did not --------------------------------------
+@pytest.mark.parametrize("bad, message", [
+    (torch.rand(5), r"\[B, T, \*\].*got shape \(5,\)"),
+    (torch.rand(0, 3, 3, 8, 8), "at least one sample"),
+    (torch.rand(2, 0, 3, 8, 8), "one time step"),
+])
+def test_compare_with_lif_names_the_expected_shape(bad, message):
+    saf = to_saf(conv_net()).eval()
+    with pytest.raises(ValueError, match=message):
+        compare_with_lif(saf, bad)
+    with pytest.raises(TypeError, match="x_seq must be a tensor"):
+        compare_with_lif(saf, [[0.0]])
+
+
+def test_silent_layers_prove_nothing_and_say_so():
+    # An all-zero input with no bias current: nothing fires, so equal spikes prove nothing, and
+    # the MaxPool that check_exactness names is not exercised either.
+    net = conv_net(pool=layer.MaxPool2d(2, 2))
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.bias.data.zero_()
+        if isinstance(m, nn.BatchNorm2d):
+            m.bias.data.zero_()
+            m.running_mean.zero_()
+    saf = to_saf(net).eval()
+    comparison = compare_with_lif(saf, torch.zeros(2, 4, 3, 8, 8))
+    assert comparison.spikes_equal and not comparison.conclusive
+    assert comparison.silent_neurons() == ["2", "5", "8"] and comparison.exercised_neurons() == []
+    text = str(comparison)
+    assert "not conclusive" in text and "never fired" in text and "prove" in text
+    assert "'3' (max-pool)" in text
+    assert "LIFComparison(" not in text
+    assert repr(comparison).startswith("LIFComparison(spikes_equal=True, exercised=0/3")
+
+
+def test_only_the_exercised_layers_count():
+    # A firing stem and a silent rest (like an eval-mode ResNet where only the stem fires).
+    net = conv_net()
+    net[4].weight.data.zero_()
+    net[4].bias.data.fill_(-1.0)
+    saf = to_saf(net).eval()
+    comparison = compare_with_lif(saf, static_input())
+    assert comparison.spikes_equal and not comparison.conclusive
+    assert comparison.exercised_neurons() == ["2"]
+    assert set(comparison.silent_neurons()) == {"5", "8"}
+    assert "only 1 were exercised (2)" in str(comparison)
+
+
+def test_conclusive_comparison_summary():
+    saf = to_saf(conv_net()).eval()
+    comparison = assert_exact_twin(saf, static_input())
+    assert comparison.conclusive
+    assert str(comparison).startswith("LIF twin: spikes equal in all 3 neuron layer(s), every one "
+                                      "exercised.")
+    assert all(total == 2 * 4 * numel for (_, total), numel in zip(
+        comparison.spike_mismatches.values(), (6 * 8 * 8, 6 * 4 * 4, 5)))
+
+
+def test_compare_with_lif_restores_mixed_modes():
+    saf = to_saf(conv_net()).train()
+    saf[1].eval()
+    compare_with_lif(saf, static_input())
+    assert saf.training and not saf[1].training and saf[0].training
+
+
+# ---- hard reset: refused by default, soft reset on request --------------------------------------
+def stock_csnn(node=neuron.IFNode):
+    """SpikingJelly's example style: default neurons, so v_reset=0.0 (hard reset)."""
+    return nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), layer.BatchNorm2d(4), node(),
+                         layer.AvgPool2d(2), layer.Flatten(), layer.Linear(4 * 4 * 4, 3), node())
+
+
+@pytest.mark.parametrize("node", [neuron.IFNode, neuron.LIFNode])
+def test_hard_reset_hint_names_the_neuron_found_and_the_opt_in(node):
+    with pytest.raises(ValueError) as info:
+        to_saf(stock_csnn(node))
+    message = str(info.value)
+    assert f"'2' ({node.__name__})" in message and f"neuron.{node.__name__}(v_reset=None" in message
+    assert "soft_reset=True" in message
+    other = "LIFNode" if node is neuron.IFNode else "IFNode("
+    assert f"neuron.{other}" not in message
+    finding = check_exactness(stock_csnn(node)).findings[0]
+    assert finding.kind == "hard-reset" and "soft_reset=True" in finding.fix
+
+
+def test_soft_reset_opt_in_converts_and_says_what_is_trained():
+    net = stock_csnn()
+    with pytest.warns(UserWarning, match=r"soft-reset IFNode network.*v_reset=None") as record:
+        saf = to_saf(net, soft_reset=True)
+    assert "'2' (IFNode, v_reset=0.0)" in str(record[0].message)
+    assert [type(m) for m in saf.modules() if isinstance(m, neuron.BaseNode)] == [SAFNode, SAFNode]
+    assert type(net[2]) is neuron.IFNode and net[2].v_reset == 0.0, "the original stays as it was"
+    deployed = to_lif(saf)
+    assert all(type(m) is neuron.IFNode and m.v_reset is None
+               for m in deployed.modules() if isinstance(m, neuron.BaseNode))
+    assert check_exactness(saf.eval()).exact
+    with pytest.raises(TypeError, match="soft_reset"):
+        to_saf(net, soft_reset="yes")

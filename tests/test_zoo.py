@@ -197,6 +197,7 @@ def test_unswapped_maxpool_really_breaks_the_twin(float64):
     comparison = compare_with_lif(model, x_seq)
     assert not comparison.spikes_equal
     assert "sn1" not in comparison.mismatched_neurons(), "the neuron before the MaxPool is exact"
+    assert "check_exactness names 'maxpool' (max-pool): start there." in str(comparison)
 
 
 @pytest.mark.parametrize("cnf", ["AND", "IAND"])
