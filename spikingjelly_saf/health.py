@@ -94,11 +94,18 @@ class FiringHealth:
 
     def problems(self) -> list[str]:
         """One sentence per silent or saturated layer: its name, rate and the likely cause."""
-        found = []
+        found, first_silent = [], None
         for name, rate in self.rates().items():
             if math.isnan(rate):
                 continue
             if rate < self.silent_below:
+                if first_silent is not None:
+                    found.append(
+                        f"layer {name!r} is silent: firing rate {rate:.3g} (below "
+                        f"{self.silent_below:g}), downstream of silent layer {first_silent!r}: "
+                        "fix that one first.")
+                    continue
+                first_silent = name
                 found.append(
                     f"layer {name!r} is silent: firing rate {rate:.3g} (below {self.silent_below:g}). "
                     "It passes no signal and almost no gradient, so the output stops learning. "

@@ -17,7 +17,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron, surrogate
-from spikingjelly.activation_based.learning import online_learning
 
 from .neuron import SAFNode
 from .training import run_sequence, saf_online_training
@@ -77,6 +76,10 @@ def _train_ottt(method: "Method", model, optimizer, x_seq, target, f_loss, grad_
     if grad_scaler is not None:
         raise ValueError(f"mixed precision is not supported with method {method.name!r}: "
                          "SpikingJelly's ottt_online_training has no gradient scaler.")
+    # Imported here: SpikingJelly's learning package pulls in TensorBoard through its monitors,
+    # which the core install does not need.
+    from spikingjelly.activation_based.learning import online_learning
+
     return online_learning.ottt_online_training(
         model, optimizer, x_seq, _repeat_target(target, x_seq.shape[1]), f_loss,
         online=method.name == "ottt-o")

@@ -67,6 +67,13 @@ def test_dead_lif_network_without_method():
         net(torch.rand(2, 4))
         (problem,) = health.problems()
     assert "layer '1' is silent" in problem and "8 times smaller" in problem
+    deeper = nn.Sequential(layer.Linear(4, 5), neuron.IFNode(v_threshold=1e9), layer.Linear(5, 2),
+                           neuron.IFNode())
+    with FiringHealth(deeper) as health:
+        deeper(torch.rand(2, 4))
+        first, second = health.problems()
+    assert "layer '1' is silent" in first and "Likely cause" in first
+    assert "layer '3' is silent" in second and "downstream of silent layer '1'" in second
     with pytest.raises(ValueError, match="silent_below < saturated_above"):
         FiringHealth(net, silent_below=0.5, saturated_above=0.1)
     with pytest.raises(ValueError, match="no neuron layer"):

@@ -190,3 +190,41 @@ def test_distributed_data_parallel_matches_full_batch(tmp_path, method, step_mod
     for name, value in net.state_dict().items():
         torch.testing.assert_close(ddp_state[name], value, rtol=1e-10, atol=1e-12)
     assert (net[0].weight - initial).abs().max() > 1e-4
+
+
+OPTIONAL = ("sklearn", "tensorboard", "matplotlib", "tqdm", "torchvision")
+
+
+def test_core_import_needs_none_of_the_example_dependencies():
+    """``import spikingjelly_saf`` works with the examples' packages unavailable and loads none."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"blocked = {OPTIONAL!r} + ('torch.utils.tensorboard',)\n"
+        "for name in blocked: sys.modules[name] = None\n"
+        "import spikingjelly_saf, spikingjelly_saf.methods, spikingjelly_saf.health\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in blocked and sys.modules[m] is not None]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_install_requirements_core_and_extras():
+    import configparser
+    import os
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    lines = lambda text: [Requirement(s) for s in text.strip().splitlines() if s.strip()]  # noqa: E731
+    core = {r.name: r for r in lines(cfg["options"]["install_requires"])}
+    assert set(core) == {"spikingjelly", "torch"}
+    assert core["torch"].specifier.contains("2.14.1")
+    extras = cfg["options.extras_require"]
+    examples = {r.name for r in lines(extras["examples"])}
+    assert examples >= {"scikit-learn", "tensorboard", "matplotlib", "tqdm", "torchvision"}
+    assert examples <= {r.name for r in lines(extras["dev"])}
