@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron, surrogate
 
+from . import functional as saf_functional
 from .neuron import SAFNode
-from .training import run_sequence, saf_online_training
+from .training import _check_batch, _check_x_seq, run_sequence, saf_online_training
 
 __all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
-           "evaluate_sequence", "saf_readout", "mean_readout"]
+           "evaluate_sequence", "saf_readout", "mean_readout", "weighted_average_readout"]
 
 
 class ReLUNode(nn.Module):
@@ -61,6 +62,29 @@ def saf_readout(y_seq: torch.Tensor) -> torch.Tensor:
 def mean_readout(y_seq: torch.Tensor) -> torch.Tensor:
     """OTTT/BPTT/DSR prediction scores: the mean output over the time steps."""
     return y_seq.mean(dim=1)
+
+
+def weighted_average_readout(decay: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    r"""The readout of a LIF network deployed from SAF (:func:`spikingjelly_saf.to_lif`).
+
+    Its per-step outputs :math:`o[t]` ``[B, T, *]`` are averaged with SAF's weights,
+    :math:`\bar O[T] = \sum_t \lambda^{T-t} o[t] / c[T]`, step by step with the same formulas as
+    SAF, so the deployed network predicts exactly what the SAF network predicted. ``decay`` is
+    :math:`\lambda` of the neuron feeding the output layer
+    (:func:`spikingjelly_saf.training.readout_decay` of the SAF model).
+    """
+    decay = float(decay)
+
+    def readout(y_seq: torch.Tensor) -> torch.Tensor:
+        average, weight_sum = None, 0.0
+        for t in range(y_seq.shape[1]):
+            weight_sum_next = saf_functional.next_weight_sum(weight_sum, decay)
+            average = saf_functional.running_average(y_seq[:, t], average, weight_sum_next,
+                                                     weight_sum, decay)
+            weight_sum = weight_sum_next
+        return average
+
+    return readout
 
 
 def _repeat_target(target: torch.Tensor, steps: int) -> torch.Tensor:
@@ -259,11 +283,21 @@ class Method:
         """
         if grad_scaler is not None and not self.supports_amp:
             raise ValueError(f"mixed precision is not supported with method {self.name!r}.")
+        _check_x_seq(x_seq, f"method {self.name}")
+        _check_batch(x_seq, target, False)
         return self.train(self, model, optimizer, x_seq, target, f_loss, grad_scaler)
 
     def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
         """The scores a prediction is read from (``[B, T, *] -> [B, *]``)."""
         return self.readout(y_seq)
+
+    def deployed_readout(self, decay: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The readout of the LIF network this method's model deploys to (:attr:`deploys_to_lif`):
+        :func:`weighted_average_readout`, so that it predicts what the trained model predicted."""
+        if not self.deploys_to_lif:
+            raise ValueError(f"method {self.name} trains {self.neuron_type.__name__} networks, "
+                             "which are not deployed through to_lif.")
+        return weighted_average_readout(decay)
 
 
 def _saf(name: str, step_mode: str, description: str, **extra) -> Method:

@@ -143,3 +143,35 @@ def test_one_sequence_runner(mode):
     net.append(SAFNode(step_mode="s" if mode == "m" else "m"))
     with pytest.raises(ValueError, match="mixes step modes"):
         step_mode_of(net)
+
+
+@pytest.mark.parametrize("mode", ["s", "m"])
+def test_deployed_readout_predicts_what_saf_predicted(mode):
+    import copy
+
+    from spikingjelly_saf import saf_inference, to_lif
+    from spikingjelly_saf.training import readout_decay
+
+    torch.manual_seed(3)
+    net = nn.Sequential(layer.Linear(6, 12), SAFNode(tau=3.0), layer.Linear(12, 4)).double()
+    functional.set_step_mode(net, mode)
+    x = (torch.rand(5, 1, 6, dtype=torch.float64) * 3).expand(5, 7, 6)
+    scores = saf_inference(net, x)
+    lif = to_lif(copy.deepcopy(net))
+    functional.reset_net(lif)
+    with torch.no_grad():
+        y_seq = run_sequence(lif, x)
+    deployed = get_method("saf-f").deployed_readout(readout_decay(net))(y_seq)
+    torch.testing.assert_close(deployed, scores, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(y_seq.mean(1), scores)  # the plain mean would not do
+    with pytest.raises(ValueError, match="not deployed through to_lif"):
+        get_method("bptt").deployed_readout(0.5)
+
+
+@pytest.mark.parametrize("name", ["bptt", "ottt-o", "saf-e", "dsr"])
+def test_zero_steps_and_swapped_input_for_every_kind(name):
+    m = get_method(name)
+    with pytest.raises(ValueError, match="x_seq has T=0 time steps"):
+        m.train_step(None, None, torch.rand(3, 0, 6), torch.zeros(3, dtype=torch.long), None)
+    with pytest.raises(ValueError, match=r"x_seq looks like \[T, B, \*\]"):
+        m.train_step(None, None, torch.rand(4, 3, 6), torch.zeros(3, dtype=torch.long), None)
