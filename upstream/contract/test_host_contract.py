@@ -75,3 +75,25 @@ def test_lif_functional_unchanged():
     node = neuron.LIFNode(tau=2.0, v_reset=None, step_mode="m")
     torch.testing.assert_close(spikes, node(x_seq))
     assert v_seq is None
+
+
+def test_public_names(tmp_path):
+    """Record every public name of the touched modules (check_series.py compares the two trees)."""
+    import importlib
+    import json
+    import os
+
+    out = os.environ.get("SJ_CHECK_NAMES_OUT")
+    modules = os.environ.get("SJ_CHECK_MODULES", "spikingjelly.activation_based.surrogate").split()
+    names = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        names[name] = {
+            k: f"{getattr(v, '__module__', type(v).__module__)}."
+               f"{getattr(v, '__qualname__', type(v).__qualname__)}"
+            for k, v in vars(module).items() if not k.startswith("_")
+        }
+    assert names[modules[0]]
+    if out:
+        with open(out, "w") as f:
+            json.dump(names, f)
