@@ -133,3 +133,61 @@ def test_state_from_a_previous_sequence_is_reset_with_a_warning():
         # The network holds state now; saf_inference resets before and after itself.
         torch.testing.assert_close(saf_inference(net, x), fresh[:, -1])
         saf_online_training(net, opt, x, target, _loss, "saf-e")
+
+
+class StockCSNN(nn.Module):
+    """SpikingJelly's Fashion-MNIST CSNN as a user brings it (hard-reset IFNode, MaxPool,
+    BatchNorm), with the one documented change: forward leaves time to the library."""
+
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, channels, 3, padding=1, bias=False), layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()), layer.MaxPool2d(2, 2),
+            layer.Conv2d(channels, channels, 3, padding=1, bias=False), layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()), layer.MaxPool2d(2, 2),
+            layer.Flatten(), layer.Linear(channels * 2 * 2, 10, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()))
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        return self.conv_fc(x)
+
+
+@pytest.mark.parametrize("method", ["saf-e", "saf-e-acc", "saf-f"])
+def test_stock_model_trained_evaluated_and_deployed(method):
+    import copy
+
+    from spikingjelly_saf import to_lif
+    from spikingjelly_saf.methods import get_method
+    from spikingjelly_saf.training import readout_decay, run_sequence
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="IFNode"):
+        to_saf(StockCSNN())
+    # Soft reset for the retrained network; AvgPool in place of MaxPool keeps deployment exact.
+    with pytest.warns(UserWarning, match="soft-reset IFNode network"):
+        net = to_saf(StockCSNN(), soft_reset=True, replace_maxpool=True).double()
+    with torch.no_grad():  # a readout strong enough for the output neurons to fire within T
+        net.conv_fc[9].weight.uniform_(0.0, 1.0)
+    m = get_method(method)
+    m.prepare(net)
+    g = torch.Generator().manual_seed(1)
+    x_seq = (torch.rand(8, 1, 1, 8, 8, generator=g, dtype=torch.float64) * 3).repeat(1, T, 1, 1, 1)
+    target = torch.randint(0, 10, (8,), generator=g)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    before = copy.deepcopy(net.state_dict())
+    for _ in range(2):
+        functional.reset_net(net)
+        loss, _ = m.train_step(net, optimizer, x_seq, target, _loss)
+        assert torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    net.eval()
+    scores = saf_inference(net, x_seq)
+    lif = to_lif(copy.deepcopy(net)).eval()
+    functional.reset_net(lif)
+    with torch.no_grad():
+        deployed = m.deployed_readout(readout_decay(net))(run_sequence(lif, x_seq))
+    torch.testing.assert_close(deployed, scores, rtol=1e-9, atol=1e-9)
+    assert scores.abs().sum() > 0, "the output layer never fired: the comparison proves nothing"
+    assert torch.equal(deployed.argmax(1), scores.argmax(1))
