@@ -1,13 +1,16 @@
 """
 The main job: SAF-E, SAF-E-acc and SAF-F next to SpikingJelly's OTTT on scikit-learn's digits.
 
-    python -m spikingjelly_saf.digits [--epochs 8] [-T 4] [--methods saf-e,saf-f,...]
+    python -m spikingjelly_saf.digits [-epochs 5] [-T 4] [-method saf-e saf-f ...] [-seed 0]
 
 The 8x8 digits ship inside scikit-learn, so nothing is downloaded. Every method trains the same
 small CNN (conv-neuron-avgpool twice and a linear readout, built from ``OTTTSequential`` so that
 OTTT runs on it) with the same data order, schedule and seed. Each method runs in a fresh process so
 that its peak memory (maximum resident set growth during training) is its own. SAF models are also
 converted with :func:`spikingjelly_saf.to_lif` and evaluated as LIF networks.
+
+The defaults are the settings of the README's digits table (T=4, 5 epochs, Adam at 2e-2, batch 64,
+tau 2) for one of its five seeds; ``-method all`` runs every method of the table.
 """
 
 from __future__ import annotations
@@ -23,15 +26,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
+from . import functional as saf_functional
 from .measure import max_rss_bytes, warm_up_runtime
-from .methods import METHOD_NAMES, Method, evaluate_sequence, get_method
+from .methods import (ALL_METHOD_NAMES, Method, evaluate_sequence, get_method,
+                      weighted_average_readout)
 
 __all__ = [
     "load_digits_tensors", "digits_cnn", "build_digits_model", "repeat_in_time", "evaluate",
-    "weighted_average_scores", "deployment_accuracy", "train", "main",
+    "weighted_average_scores", "deployment_accuracy", "train", "build_parser", "main",
 ]
 
+#: The methods the main job runs by default: SAF's three and the OTTT they are compared with.
 DEFAULT_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a")
+#: Every method of the README's digits table, in its order.
+TABLE_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "dsr", "ideal")
 
 
 def load_digits_tensors(seed: int = 0):
@@ -59,9 +67,12 @@ def digits_cnn(neuron_factory, neuron_kwargs: dict, width: int = 16) -> nn.Modul
     )
 
 
-def build_digits_model(method_name: str, tau: float = 2.0, width: int = 16):
+def build_digits_model(method_name: str, tau: float = 2.0, width: int = 16, steps: int = None):
+    """``(model, method)``: the digits CNN with the method's neuron, in the method's step mode.
+
+    ``steps`` is needed by methods whose neuron is built for a fixed number of steps (DSR)."""
     method = get_method(method_name)
-    model = digits_cnn(method.neuron_type, method.neuron_kwargs(tau=tau), width)
+    model = digits_cnn(method.neuron_type, method.neuron_kwargs(tau=tau, steps=steps), width)
     return method.prepare(model), method
 
 
@@ -75,11 +86,11 @@ def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 51
              scores_fn=None) -> float:
     """Test accuracy; ``scores_fn(y_seq)`` defaults to the method's own prediction scores."""
     model.eval()
-    step_mode = next((m.step_mode for m in model.modules() if hasattr(m, "step_mode")), "s")
     correct = 0
     for i in range(0, len(y), batch):
         functional.reset_net(model)
-        y_seq = evaluate_sequence(model, repeat_in_time(x[i:i + batch], steps), step_mode)
+        # In the step mode the model's modules are in.
+        y_seq = evaluate_sequence(model, repeat_in_time(x[i:i + batch], steps))
         scores = (scores_fn or method.prediction_scores)(y_seq)
         correct += (scores.argmax(1) == y[i:i + batch]).sum().item()
     functional.reset_net(model)
@@ -89,15 +100,9 @@ def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 51
 
 def weighted_average_scores(decay: float):
     """The prediction of a deployed LIF network: the weighted average of its per-step outputs with
-    the weights lam^(T-t) of SAF's readout Obar[T], so that it predicts what the SAF model predicts."""
-
-    def scores(y_seq: torch.Tensor) -> torch.Tensor:
-        steps = y_seq.shape[1]
-        weights = torch.tensor([decay ** (steps - 1 - t) for t in range(steps)], dtype=y_seq.dtype)
-        shape = (1, steps) + (1,) * (y_seq.dim() - 2)
-        return (y_seq * weights.view(shape)).sum(1) / weights.sum()
-
-    return scores
+    the weights lam^(T-t) of SAF's readout Obar[T], so that it predicts what the SAF model predicts
+    (:func:`spikingjelly_saf.methods.weighted_average_readout`)."""
+    return weighted_average_readout(decay)
 
 
 def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float) -> float:
@@ -106,21 +111,24 @@ def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float
 
     lif_model = to_lif(copy.deepcopy(model), memoryless="keep")
     functional.set_step_mode(lif_model, "s")
-    decay = 1.0 - 1.0 / tau if math.isfinite(tau) else 1.0
-    return evaluate(lif_model, None, x_test, y_test, steps, scores_fn=weighted_average_scores(decay))
+    scores = weighted_average_readout(saf_functional.decay_factor(tau))
+    return evaluate(lif_model, None, x_test, y_test, steps, scores_fn=scores)
 
 
-def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, tau: float = 2.0,
+def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 5, tau: float = 2.0,
           batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None,
-          build=build_digits_model) -> dict:
+          build=None) -> dict:
     """Train one method from one seed with Adam and a cosine schedule; returns its measurements.
 
-    ``build(method_name, tau, width) -> (model, method)`` makes the model (benchmarks pass their
-    own to add methods outside :mod:`spikingjelly_saf.methods`, such as DSR).
+    ``build(method_name, tau, width) -> (model, method)`` makes the model; by default
+    :func:`build_digits_model`, which builds every method of :mod:`spikingjelly_saf.methods`.
     """
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = data
-    model, method = build(method_name, tau, width)
+    if build is None:
+        model, method = build_digits_model(method_name, tau, width, steps=steps)
+    else:
+        model, method = build(method_name, tau, width)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     batches_per_epoch = math.ceil(len(y_train) / batch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)
@@ -148,7 +156,7 @@ def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 8, ta
         "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds),
         "peak_memory_growth_bytes": training_peak,
     }
-    if method_name.startswith("saf-"):
+    if method.deploys_to_lif:
         result["to_lif_accuracy"] = deployment_accuracy(model, x_test, y_test, steps, tau)
     return result
 
@@ -182,27 +190,63 @@ def _format_row(result: dict) -> str:
             f"{result['epoch_seconds']:>9.2f} s {result['peak_memory_growth_bytes'] / 2**20:>9.1f} MiB")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, from {', '.join(METHOD_NAMES)}")
+def _method_list(values) -> list:
+    names = []
+    for value in values:
+        names += [name.strip() for name in value.split(",") if name.strip()]
+    return list(TABLE_METHODS) if names == ["all"] else names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The main job's flags, in the examples' single-dash style."""
+    parser = argparse.ArgumentParser(
+        prog="python -m spikingjelly_saf.digits", description=__doc__.strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="The README's digits table uses these settings with seeds 0-4 "
+               "(python -m benchmarks --only accuracy).")
+    parser.add_argument("-method", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                        help=f"methods to train, space- or comma-separated, from "
+                             f"{', '.join(ALL_METHOD_NAMES)}; 'all' for every method of the README table")
     parser.add_argument("-T", type=int, default=4, help="time steps")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tau", type=float, default=2.0)
+    parser.add_argument("-epochs", type=int, default=5, help="epochs per method")
+    parser.add_argument("-seed", type=int, default=0, help="seed of weights and data order")
+    parser.add_argument("-tau", type=float, default=2.0, help="membrane time constant")
+    parser.add_argument("-lr", type=float, default=2e-2, help="Adam learning rate (cosine schedule)")
+    parser.add_argument("-b", type=int, default=64, help="batch size")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the main job; returns the exit status (2 for bad flags, 1 when a method failed)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _method_list(args.method)
     for name in methods:
-        if name not in METHOD_NAMES:
-            parser.error(f"--methods: {name!r} is unknown; choose from {', '.join(METHOD_NAMES)}")
+        if name not in ALL_METHOD_NAMES:
+            parser.error(f"argument -method: {name!r} is unknown; choose from "
+                         f"{', '.join(ALL_METHOD_NAMES)} or all")
+    if not methods:
+        parser.error("argument -method: give at least one method")
+    for flag, value in (("-T", args.T), ("-epochs", args.epochs), ("-b", args.b)):
+        if value < 1:
+            parser.error(f"argument {flag}: {value} must be a positive integer")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"argument -lr: {args.lr} must be a finite number above 0")
+    if not 0 <= args.seed <= 2**32 - 1:
+        parser.error(f"argument -seed: {args.seed} must lie in 0 .. 2**32 - 1")
+    for name in methods:
+        try:
+            get_method(name).check_neuron_arguments(args.tau)
+        except ValueError as error:
+            parser.error(f"argument -tau: {error}")
 
     print(f"digits (scikit-learn), T={args.T}, tau={args.tau}, {args.epochs} epochs, seed {args.seed}, "
-          f"{torch.get_num_threads()} CPU threads")
+          f"Adam lr {args.lr}, batch {args.b}, {torch.get_num_threads()} CPU threads")
     print(f"{'method':<10} {'test acc':>9} {'to_lif acc':>10} {'epoch time':>11} {'peak memory':>13}")
     failed = False
     for name in methods:
         result = train_in_fresh_process(method_name=name, seed=args.seed, steps=args.T,
-                                        epochs=args.epochs, tau=args.tau)
+                                        epochs=args.epochs, tau=args.tau, lr=args.lr, batch=args.b)
         failed |= "error" in result
         print(_format_row(result), flush=True)
     print("peak memory: growth of the process's maximum resident set during training.")

@@ -87,3 +87,57 @@ def make_cifar10_dvs(root, per_class: int = 2, events: int = 400, seed: int = 0)
         for i in range(per_class):
             _write_events(folder / f"cifar10_{name}_{i}.npz", rng, events)
     return Path(root)
+
+
+# ---- MNIST family: the original gzipped idx files ------------------------------------------------
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An idx file's bytes: two zero bytes, the type byte (0x08 = uint8), the number of dimensions,
+    each dimension as a big-endian uint32, then the data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def make_mnist_family(root, torchvision_name: str = None, train_count: int = 8, test_count: int = 4,
+                      seed: int = 0, gzipped: bool = True) -> Path:
+    """The four idx files of MNIST or Fashion-MNIST with tiny splits, labels cycling 0..9.
+
+    ``torchvision_name`` (``"MNIST"`` or ``"FashionMNIST"``) puts them in torchvision's layout
+    ``root/<name>/raw``; otherwise they lie in ``root`` itself, as in Debian's package.
+    """
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / torchvision_name / "raw" if torchvision_name else Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for train, count in ((True, train_count), (False, test_count)):
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        labels = np.arange(count, dtype=np.uint8) % 10
+        for stem, array in zip(MNIST_FILES[train], (images, labels)):
+            data = idx_bytes(array)
+            if gzipped:
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / stem).write_bytes(data)
+    return Path(root)
+
+
+# ---- damaged files, as a bad download or a full disk leaves them ---------------------------------
+def rewrite_cifar10_batch(root, name: str = "data_batch_1", **entries) -> None:
+    """Replace entries (``labels``, ``data``) of one CIFAR-10 batch of :func:`make_cifar10`."""
+    path = Path(root) / "cifar-10-batches-py" / name
+    with open(path, "rb") as file:
+        batch = pickle.load(file, encoding="latin1")
+    batch.update(entries)
+    _dump(path, batch)
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    """Cut a file to ``keep`` of its length."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:int(len(data) * keep)])

@@ -14,7 +14,7 @@ import torch
 
 from spikingjelly_saf.methods import METHOD_NAMES, get_method
 from spikingjelly_saf.trainer import build_parser, main
-from spikingjelly_saf.trainer.cli import DEFAULT_MODELS
+from spikingjelly_saf.trainer.cli import DEFAULT_MODELS, INJECT_NAN_EPOCH_ENV
 from spikingjelly_saf.trainer.data import DATASETS, Cutout, seeded_class_split
 from spikingjelly_saf.trainer.models import build_model
 
@@ -48,9 +48,13 @@ def data(tmp_path_factory):
 
 
 def _train(dataset, data_dir, out_dir, *flags):
+    """The example's exit status: ``main``'s return value, or argparse's for a refused flag."""
     datasets = CIFAR if dataset in CIFAR else DVS
-    return main(["-dataset", dataset, "-data-dir", str(data_dir), "-out-dir", str(out_dir), *TINY,
-                 *flags], datasets=datasets)
+    try:
+        return main(["-dataset", dataset, "-data-dir", str(data_dir), "-out-dir", str(out_dir),
+                     *TINY, *flags], datasets=datasets)
+    except SystemExit as exit:
+        return exit.code
 
 
 def _checkpoint(out_dir, name="checkpoint_last.pth"):
@@ -82,6 +86,12 @@ def _check_run(out_dir, dataset, flags):
                  "firing_rates.png", "cost.png", "summary.json"):
         assert (out_dir / name).is_file(), name
     assert list((out_dir / "tb").iterdir()), "no TensorBoard events"
+    # args.json records the flags this script shows, nothing hidden, no other data set's flags.
+    recorded = json.loads((out_dir / "args.json").read_text())
+    shown = {action.dest for action in build_parser(CIFAR if dataset in CIFAR else DVS)._actions}
+    assert "inject_nan_epoch" not in recorded
+    assert not {"cutout", "train_split"} <= set(recorded)
+    assert set(recorded) - shown <= {"overwrite", "test_only"}, set(recorded) - shown
     trained = _checkpoint(out_dir)["model"]
     initial = _initial_state(dataset, flags)
     assert trained.keys() == initial.keys()
@@ -192,12 +202,14 @@ def test_resume_without_restored_rng_would_differ(data, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys, monkeypatch):
     flags = ["-method", "saf-e-acc", "-epochs", "3", "-channels", "4"]
     reference = tmp_path / "reference"
     assert _train("cifar10", data["cifar10"], reference, *flags, "-stop-after", "1") == 0
     run = tmp_path / "run"
-    assert _train("cifar10", data["cifar10"], run, *flags, "-inject-nan-epoch", "1") == 3
+    monkeypatch.setenv(INJECT_NAN_EPOCH_ENV, "1")
+    assert _train("cifar10", data["cifar10"], run, *flags) == 3
+    assert "inject" not in (run / "args.json").read_text()
     message = capsys.readouterr().err
     assert "nan" in message and "epoch 1" in message and str(run / "checkpoint_last.pth") in message
     kept, good = _checkpoint(run), _checkpoint(reference)
@@ -238,8 +250,8 @@ def test_partial_dvs_names_missing_class_folders(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _torchrun(args, out_dir):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _torchrun(args, out_dir, **environment):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **environment)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                "--standalone",
                str(ROOT / "examples" / "train_cifar.py"), *args, "-out-dir", str(out_dir)]
@@ -251,12 +263,12 @@ def test_ddp_two_processes_gloo_syncs_once_per_minibatch(data, tmp_path):
     one process stops both (no hang) and keeps the last good checkpoint."""
     steps = 3
     syncs = {}
-    for method, extra in (("saf-f", ["-epochs", "2", "-inject-nan-epoch", "1"]),
-                          ("saf-e", ["-epochs", "1"])):
+    for method, extra, env in (("saf-f", ["-epochs", "2"], {INJECT_NAN_EPOCH_ENV: "1"}),
+                               ("saf-e", ["-epochs", "1"], {})):
         out = tmp_path / method
         result = _torchrun(["-data-dir", str(data["cifar10"]), "-device", "cpu", "-T", str(steps),
                             "-b", "2", "-j", "0", "-channels", "4", "-method", method,
-                            "-no-progress", "-count-grad-syncs", *extra], out)
+                            "-no-progress", "-count-grad-syncs", *extra], out, **env)
         history = json.loads((out / "history.json").read_text())
         assert [row["epoch"] for row in history] == [0]
         syncs[method] = history[0]["grad_syncs_per_batch"]
@@ -274,10 +286,10 @@ def test_parser_takes_spikingjelly_flags_and_defaults():
     args = build_parser(CIFAR).parse_args(
         ["-T", "4", "-device", "cpu", "-b", "8", "-epochs", "2", "-j", "1", "-data-dir", "d",
          "-out-dir", "o", "-resume", "r.pth", "-amp", "-opt", "adam", "-momentum", "0.8", "-lr",
-         "0.01", "-model", "ottt_spiking_vggws", "-method", "sltt", "-tau", "3", "-v-threshold",
+         "0.01", "-model", "ottt_spiking_vggws", "-method", "saf-f", "-tau", "3", "-v-threshold",
          "0.5", "-surrogate", "atan", "-backend", "torch", "-seed", "1", "-deploy-lif",
          "-download", "-dataset", "cifar100"])
-    assert (args.T, args.b, args.opt, args.method, args.dataset) == (4, 8, "adam", "sltt", "cifar100")
+    assert (args.T, args.b, args.opt, args.method, args.dataset) == (4, 8, "adam", "saf-f", "cifar100")
     defaults = build_parser(CIFAR).parse_args(["-data-dir", "d"])
     assert (defaults.T, defaults.tau, defaults.lr, defaults.momentum, defaults.epochs, defaults.b,
             defaults.opt, defaults.loss_lambda, defaults.surrogate) == (
@@ -308,3 +320,45 @@ def test_seeded_split_and_cutout():
     image = Cutout(4)(torch.ones(3, 8, 8))
     holes = (image == 0).all(dim=0)
     assert 0 < int(holes.sum()) <= 16 and (image[:, ~holes] == 1).all()
+
+
+_FUSED_CHILD = r"""
+import json, sys
+from spikingjelly_saf.methods import get_method
+from spikingjelly_saf.neuron import SAFNode
+from spikingjelly_saf.trainer import build_parser, main
+from spikingjelly_saf.trainer.models import build_model
+
+argv = sys.argv[1:]
+args = build_parser(("cifar10", "cifar100")).parse_args(argv)
+args.model = "ottt_spiking_vggws"
+model = build_model(args, get_method(args.method), 10, 3, False)
+nodes = [(m.backend, m.step_mode) for m in model.modules() if isinstance(m, SAFNode)]
+print("NODES " + json.dumps(nodes), flush=True)
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.parametrize("method", ["saf-e", "saf-f"])
+def test_fused_backend_trains_every_saf_schedule_under_triton_interpreter(data, tmp_path, method):
+    """-backend triton builds the SAF neurons in multi-step mode (SAF-E and SAF-F default to
+    single-step, where a fused backend cannot run) and trains, on Triton's CPU interpreter."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    argv = ["-data-dir", str(data["cifar10"]), "-out-dir", str(tmp_path), *TINY, "-epochs", "1",
+            "-channels", "2", "-method", method, "-backend", "triton"]
+    result = subprocess.run([sys.executable, "-c", _FUSED_CHILD, *argv], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    nodes = json.loads(result.stdout.split("NODES ", 1)[1].splitlines()[0])
+    assert nodes and all(node == ["triton", "m"] for node in nodes), nodes
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["test_loss"])
+
+
+def test_fused_backend_refused_for_methods_without_saf_neurons(data, tmp_path, capsys):
+    assert _train("cifar10", data["cifar10"], tmp_path, "-method", "ottt-o", "-backend",
+                  "triton") == 2
+    err = capsys.readouterr().err
+    assert "-backend" in err and "saf-e, saf-e-acc, saf-f" in err and "Traceback" not in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

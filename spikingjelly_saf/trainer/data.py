@@ -1,13 +1,18 @@
 r"""
-Datasets: CIFAR-10/100 through torchvision, DVS128 Gesture and CIFAR10-DVS through SpikingJelly as
-``T`` frames per sample. Missing or partial data raises :class:`DataMissingError`, whose message names
-the path looked at, the files expected and how to get them.
+Datasets: CIFAR-10/100 through torchvision, MNIST and Fashion-MNIST from their gzipped idx files read
+in place, DVS128 Gesture and CIFAR10-DVS through SpikingJelly as ``T`` frames per sample. Missing,
+partial or malformed data raises :class:`DataMissingError`, whose message names the path looked at,
+what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import argparse
+import numbers
+import os
 import pickle
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +21,12 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["DataMissingError", "Cutout", "DatasetInfo", "DATASETS", "build_datasets", "to_sequence"]
+__all__ = ["DataMissingError", "Cutout", "DatasetInfo", "DATASETS", "build_datasets", "to_sequence",
+           "ImageTensorDataset", "check_event_file"]
 
 
 class DataMissingError(RuntimeError):
-    """The dataset is not where the run looked, or only part of it is."""
+    """The dataset is not where the run looked, only part of it is, or a file of it is malformed."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class DatasetInfo:
 DATASETS = {
     "cifar10": DatasetInfo(10, 3, False),
     "cifar100": DatasetInfo(100, 3, False),
+    "fashion_mnist": DatasetInfo(10, 1, False),
+    "mnist": DatasetInfo(10, 1, False),
     "dvs128_gesture": DatasetInfo(11, 2, True),
     "cifar10_dvs": DatasetInfo(10, 2, True),
 }
@@ -153,7 +161,72 @@ def _cifar_datasets(name: str, args: argparse.Namespace):
             f"  expected:  {', '.join(files)}\n"
             f"  to fix it: delete {root / folder} and rerun with -download, or extract the archive "
             "from https://www.cs.toronto.edu/~kriz/cifar.html again.") from None
+    for split, dataset in (("training", train), ("test", test)):
+        _check_cifar_content(name, split, dataset, root / folder)
     return train, test
+
+
+def _check_cifar_content(name: str, split: str, dataset, folder: Path) -> None:
+    """Refuse what torchvision reads without complaint but cannot train: images that are not
+    bytes, labels that are not class indices."""
+    files = ", ".join(entry[0] for entry in (dataset.train_list if split == "training"
+                                             else dataset.test_list))
+    howto = (f"  to fix it: delete {folder} and rerun with -download, or extract the archive from "
+             "https://www.cs.toronto.edu/~kriz/cifar.html again.")
+    data = dataset.data
+    if data.dtype != np.uint8:
+        raise DataMissingError(
+            f"{folder}: {files} hold {data.dtype.name} pixels; the python version of {name} stores "
+            f"every pixel as one byte (uint8, 0..255).\n{howto}")
+    classes = DATASETS[name].num_classes
+    for index, label in enumerate(dataset.targets):
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+            raise DataMissingError(
+                f"{folder}: {files} hold the label {label!r} ({type(label).__name__}) at sample "
+                f"{index}; labels must be class indices 0..{classes - 1}.\n{howto}")
+        if not 0 <= label < classes:
+            raise DataMissingError(
+                f"{folder}: {files} hold the label {label} at sample {index}, outside the "
+                f"{classes} classes 0..{classes - 1} of {name}.\n{howto}")
+
+
+# ---- MNIST and Fashion-MNIST -------------------------------------------------------------------
+_MNIST_MEAN_STD = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images ``[N, H, W]`` and int64 labels held in memory, served as normalised float
+    ``[1, H, W]`` tensors (module level, so that spawned data-loading workers can pickle it)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float):
+        self.images, self.labels, self.mean, self.std = images, labels, float(mean), float(std)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index].unsqueeze(0).float().div_(255.0)
+        return (image - self.mean) / self.std, int(self.labels[index])
+
+
+def _mnist_family_datasets(name: str, args: argparse.Namespace):
+    from . import idx
+
+    root = Path(args.data_dir)
+    if args.download:
+        cls = (torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST)
+        try:
+            for train in (True, False):
+                # torchvision keeps the .gz files in root/<MNIST|FashionMNIST>/raw, where idx looks.
+                cls(str(root), train=train, download=True)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; bad checksums raise RuntimeError
+            raise DataMissingError(f"-download could not fetch {name} into {root} ({error}).") from None
+    try:
+        splits = [idx.load_mnist_family(name, root, train=train) for train in (True, False)]
+    except (idx.IdxDataMissing, idx.IdxFormatError) as error:
+        raise DataMissingError(str(error)) from None
+    mean, std = _MNIST_MEAN_STD[name]
+    return tuple(ImageTensorDataset(images, labels, mean, std) for images, labels in splits)
 
 
 # ---- DVS -----------------------------------------------------------------------------------------
@@ -166,11 +239,7 @@ def _dvs_layout(name: str):
 
 
 def _dvs_download_files(name: str):
-    if name == "dvs128_gesture":
-        from spikingjelly.datasets.dvs128_gesture import DVS128Gesture as cls
-    else:
-        from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS as cls
-    return [entry[0] for entry in cls.resource_url_md5()]
+    return [entry[0] for entry in _dvs_class(name).resource_url_md5()]
 
 
 _DVS_HOWTO = {
@@ -211,18 +280,161 @@ def _check_dvs(name: str, args: argparse.Namespace) -> None:
             f"(archives)\n  missing:   {', '.join(missing)}\n  to get it: {howto}.")
 
 
-def _dvs_datasets(name: str, args: argparse.Namespace):
-    _check_dvs(name, args)
-    frames = dict(data_type="frame", frames_number=args.T, split_by="number")
+def _dvs_class(name: str):
     if name == "dvs128_gesture":
         from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
 
-        return (DVS128Gesture(args.data_dir, train=True, **frames),
-                DVS128Gesture(args.data_dir, train=False, **frames))
+        return DVS128Gesture
     from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
 
-    dataset = CIFAR10DVS(args.data_dir, **frames)
-    return seeded_class_split(dataset, args.train_split, args.seed)
+    return CIFAR10DVS
+
+
+#: An unfinished conversion whose files changed more recently than this may still be running in a
+#: process that is not one of this trainer's (SpikingJelly's marker records no owner).
+STALE_MARKER_AGE_S = 120.0
+
+
+def check_event_file(path, height: int = 128, width: int = 128) -> "str | None":
+    """What is wrong with one SpikingJelly events file (``.npz`` with 1-D arrays ``t, x, y, p`` of
+    equal length, pixels inside ``height`` x ``width``), or ``None`` when it is sound."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                return "is a single .npy array, not an .npz archive of t, x, y, p"
+            missing = [key for key in "txyp" if key not in archive.files]
+            if missing:
+                return (f"lacks the array(s) {', '.join(missing)} (it holds "
+                        f"{', '.join(archive.files) or 'nothing'})")
+            arrays = {key: archive[key] for key in "txyp"}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        return f"cannot be read ({type(error).__name__}: {error}); it is truncated or not an .npz file"
+    shapes = {key: array.shape for key, array in arrays.items()}
+    if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
+        return f"has arrays of shapes {shapes}; t, x, y and p must be 1-D of one length"
+    for key, limit in (("x", width), ("y", height)):
+        values = arrays[key]
+        if values.size and (values.min() < 0 or values.max() >= limit):
+            return f"has {key} values in {values.min()}..{values.max()}, outside 0..{limit - 1}"
+    return None
+
+
+def _bad_event_files(events: Path, height: int, width: int, limit: int = 3) -> list:
+    bad = []
+    for path in sorted(events.rglob("*.npz")):
+        problem = check_event_file(path, height, width)
+        if problem is not None:
+            bad.append(f"{path} {problem}")
+            if len(bad) == limit:
+                break
+    return bad
+
+
+def _latest_write(*paths: Path) -> float:
+    latest = 0.0
+    for path in paths:
+        if not path.exists():
+            continue
+        latest = max(latest, path.stat().st_mtime)
+        if path.is_dir():
+            for folder, _, files in os.walk(path):
+                for file in files:
+                    try:
+                        latest = max(latest, (Path(folder) / file).stat().st_mtime)
+                    except OSError:  # removed while walking
+                        pass
+    return latest
+
+
+class _ConversionLock:
+    """An exclusive lock on ``<data-dir>/.frames.lock`` while frames are converted, so that a
+    second run of this trainer waits instead of meeting a half-built folder. ``fcntl`` locks vanish
+    with their process, so a killed conversion never leaves this lock behind."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".frames.lock"
+        self.file = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: convert without waiting for other runs
+            return self
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process converting events into frames in {self.path.parent} "
+                  f"(it holds {self.path}) ...", flush=True)
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
+
+
+def _clear_stale_marker(frames: Path, marker: Path, events: Path) -> None:
+    """Remove the unfinished frame conversion an earlier run left behind, unless it may be live."""
+    age = time.time() - _latest_write(frames, marker)
+    if age < STALE_MARKER_AGE_S:
+        raise DataMissingError(
+            f"{frames} is being converted from {events}, or was until {age:.0f} s ago "
+            f"(SpikingJelly's marker {marker}).\n  to fix it: wait for the other process to finish; "
+            f"if none is running, delete {frames} and {marker}, then rerun.")
+    # Frames are derived from the events and rebuilt from them, so removing a partial set loses nothing.
+    shutil.rmtree(frames, ignore_errors=True)
+    marker.unlink(missing_ok=True)
+    print(f"note: removed {frames}, a frame conversion an earlier run did not finish (marker "
+          f"{marker}, last written {age / 60:.0f} min ago); converting again.", flush=True)
+
+
+def _dvs_datasets(name: str, args: argparse.Namespace):
+    _check_dvs(name, args)
+    root = Path(args.data_dir)
+    cls = _dvs_class(name)
+    frames_options = dict(data_type="frame", frames_number=args.T, split_by="number")
+
+    def build():
+        if name == "dvs128_gesture":
+            return cls(args.data_dir, train=True, **frames_options), cls(args.data_dir, train=False,
+                                                                          **frames_options)
+        return seeded_class_split(cls(args.data_dir, **frames_options), args.train_split, args.seed)
+
+    frames = root / f"frames_number_{args.T}_split_by_number"
+    marker = frames.with_name(f"{frames.name}.building")
+    if frames.is_dir() and not marker.exists():
+        return build()
+    events = root / "events_np"
+    with _ConversionLock(root):
+        if marker.exists():
+            _clear_stale_marker(frames, marker, events)
+        if frames.is_dir():  # another run converted while this one waited
+            return build()
+        try:
+            return build()
+        except BaseException as error:
+            # The conversion started here and stopped: remove what it left, so the next run
+            # converts again instead of meeting SpikingJelly's "unfinished" marker.
+            shutil.rmtree(frames, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            if not isinstance(error, Exception):
+                raise
+            height, width = cls.get_H_W()
+            bad = _bad_event_files(events, height, width)
+            if not bad:
+                raise DataMissingError(
+                    f"converting {events} into {args.T} frames per sample failed "
+                    f"({type(error).__name__}: {error}); the unfinished {frames} was removed.") from None
+            raise DataMissingError(
+                f"{name} events are malformed, so they cannot be converted into frames:\n  "
+                + "\n  ".join(bad)
+                + f"\n  expected:  .npz files with 1-D arrays t, x, y, p of one length, pixels inside "
+                f"{width}x{height}\n  to fix it: replace the file(s) with good copies (or delete "
+                f"them to train without them), then rerun; the unfinished {frames} was removed, so "
+                "the conversion starts afresh.") from None
 
 
 def seeded_class_split(dataset: Dataset, train_fraction: float, seed: int):
@@ -253,6 +465,8 @@ def build_datasets(args: argparse.Namespace):
         raise ValueError(f"-dataset {args.dataset!r} is unknown; choose one of {', '.join(DATASETS)}.")
     if args.dataset in _CIFAR_FILES:
         train, test = _cifar_datasets(args.dataset, args)
+    elif args.dataset in _MNIST_MEAN_STD:
+        train, test = _mnist_family_datasets(args.dataset, args)
     else:
         train, test = _dvs_datasets(args.dataset, args)
     for split, subset in (("training", train), ("test", test)):

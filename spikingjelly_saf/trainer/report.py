@@ -13,7 +13,8 @@ import torch
 
 from ..measure import max_rss_bytes
 
-__all__ = ["peak_memory_mib", "reset_peak_memory", "write_history", "plot_history", "summary_line"]
+__all__ = ["peak_memory_mib", "reset_peak_memory", "write_history", "plot_history", "summary_line",
+           "short_layer_names", "minibatch_logger"]
 
 _SCALAR_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
                 "train_samples_per_s", "peak_memory_mib", "grad_syncs_per_batch")
@@ -43,6 +44,24 @@ def write_history(history: list, out_dir: Path) -> None:
             writer.writerow([row.get(k, "") for k in _SCALAR_KEYS] + [rates.get(n, "") for n in layers])
 
 
+def short_layer_names(names) -> list:
+    """Layer names as a plot shows them: without DDP's ``module.`` and without a leading index that
+    every name shares (``1.`` when an ``nn.Sequential`` puts ``InputAverage`` in front)."""
+    names = [name.removeprefix("module.") for name in names]
+    parts = [name.split(".") for name in names]
+    common = 0
+    while (len(parts) > 1 and all(len(p) > common + 1 for p in parts)
+           and len({p[common] for p in parts}) == 1 and parts[0][common].isdigit()):
+        common += 1
+    return [".".join(p[common:]) for p in parts]
+
+
+def _integer_epochs(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_history(history: list, out_dir: Path, title: str, memory_kind: str) -> list:
     """``curves.png`` (accuracy, loss), ``firing_rates.png`` and ``cost.png`` (time, memory per epoch)."""
     import matplotlib
@@ -59,10 +78,12 @@ def plot_history(history: list, out_dir: Path, title: str, memory_kind: str) -> 
         acc_axis.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
         loss_axis.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
     acc_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    loss_axis.set(xlabel="epoch", ylabel="loss (0.95 CE + 0.05 MSE)", title="loss")
+    # Both losses are the loss of the prediction scores, so the curves are on one scale.
+    loss_axis.set(xlabel="epoch", ylabel="loss of the prediction scores", title="loss")
     for axis in (acc_axis, loss_axis):
         axis.legend()
         axis.grid(alpha=0.3)
+        _integer_epochs(axis)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(out_dir / "curves.png", dpi=120)
@@ -73,9 +94,11 @@ def plot_history(history: list, out_dir: Path, title: str, memory_kind: str) -> 
     if rates:
         figure, axis = plt.subplots(figsize=(max(6, 0.5 * len(rates) + 2), 4))
         axis.bar(range(len(rates)), list(rates.values()))
-        axis.set_xticks(range(len(rates)), list(rates), rotation=60, ha="right", fontsize=7)
+        axis.set_xticks(range(len(rates)), short_layer_names(rates), rotation=60, ha="right",
+                        fontsize=7)
         axis.set(ylabel="spikes per neuron per step", title=f"firing rate per layer (test set, "
                  f"epoch {history[-1]['epoch']})")
+        axis.set_ylim(bottom=0)
         figure.suptitle(title)
         figure.tight_layout()
         figure.savefig(out_dir / "firing_rates.png", dpi=120)
@@ -89,12 +112,26 @@ def plot_history(history: list, out_dir: Path, title: str, memory_kind: str) -> 
     memory_axis.set(xlabel="epoch", ylabel="MiB", title=f"peak memory ({memory_kind})")
     for axis in (time_axis, memory_axis):
         axis.grid(alpha=0.3)
+        _integer_epochs(axis)
+        axis.set_ylim(bottom=0)  # a flat line near its top must not look like a large change
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(out_dir / "cost.png", dpi=120)
     plt.close(figure)
     written.append(out_dir / "cost.png")
     return written
+
+
+def minibatch_logger(writer, epoch: int, batches_per_epoch: int):
+    """A ``train_one_epoch(on_minibatch=...)`` callback that writes each minibatch's values to
+    TensorBoard under ``iteration/<name>``, at the global minibatch index."""
+
+    def log(batch: int, values: dict) -> None:
+        step = epoch * batches_per_epoch + batch
+        for name, value in values.items():
+            writer.add_scalar(f"iteration/{name}", value, step)
+
+    return log
 
 
 def summary_line(title: str, history: list, best: dict, memory_kind: str, deployed_acc=None) -> str:
