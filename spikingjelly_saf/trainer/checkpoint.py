@@ -19,6 +19,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -94,9 +95,10 @@ def _atomic(path: Path, write) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=_TEMPORARY_SUFFIX)
+    os.close(handle)  # reopened by name: the file object then names the file it writes
     try:
         try:
-            with os.fdopen(handle, "wb") as file:
+            with open(temporary, "wb") as file:
                 _write_temporary(write, file)
             os.replace(temporary, path)
         except BaseException:
@@ -185,12 +187,18 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_save(state, path)
 
 
-def _refusal(error: Exception) -> str:
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    what = f" (it asks for {found.group(1)})" if found else ""
-    return ("refused: it holds Python objects other than tensors and plain containers"
-            f"{what}; loading it could run code, so it is loaded only with weights_only=True. "
-            "Use only checkpoints written by this trainer.")
+def _unpickling_problem(path: Path, error: Exception) -> str:
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"{path}: refused: it asks for the Python object {found.group(1)}, and a checkpoint "
+                "may hold only tensors and plain containers (it is loaded with weights_only=True, "
+                "since unpickling anything else can run code). Use only checkpoints written by "
+                "this trainer.")
+    operand = re.search(r"Unsupported operand \d+", text)
+    reason = operand.group(0) if operand else "not a weights-only pickle"
+    return (f"{path} is not a checkpoint that loads with weights_only=True (damaged, or a pickle of "
+            f"another kind: {reason}).")
 
 
 def read_checkpoint(path) -> dict:
@@ -202,9 +210,11 @@ def read_checkpoint(path) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): a copy or save that never finished.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. the pickle-protocol note on a foreign file
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: {_refusal(error)}") from None
+        raise CheckpointError(_unpickling_problem(path, error)) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError,
             TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as error:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__

@@ -53,7 +53,10 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
-    namespace, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    # The base class's parsing: a parser subclass may check combinations of values, and here
+    # only the flags that were written are present.
+    namespace, _ = argparse.ArgumentParser.parse_known_args(
+        parser, list(sys.argv[1:] if argv is None else argv), argparse.Namespace())
     return set(vars(namespace))
 
 
@@ -62,7 +65,7 @@ def merge_arguments(args: argparse.Namespace, saved: dict, given: set,
     """Fill ``args`` from the checkpoint's arguments where the user gave no flag; return the
     changes ``{dest: (old, new)}``; raise :class:`ResumeError` for changes of :data:`FIXED`."""
     for key, old in saved.items():
-        if key in PER_INVOCATION or key in given or not hasattr(args, key):
+        if key in PER_INVOCATION or key in given or key not in vars(args):
             continue
         setattr(args, key, old)
     changes = {key: (saved[key], getattr(args, key)) for key in sorted(given)
@@ -138,8 +141,8 @@ def reconcile_folder(out_dir: Path, state: dict, last_path: Path, best_path: Pat
             present = ckpt.load_checkpoint(best_path)
         except ckpt.CheckpointError:
             present = None
-    if present is not None and present["epoch"] == best_epoch and present["history"] == \
-            state["history"][:best_epoch + 1 - _first_epoch(state)]:
+    if present is not None and present["epoch"] == best_epoch and \
+            present["history"] == state["history"][:len(present["history"])]:
         return said
     if best_epoch == epoch:
         ckpt.save_checkpoint(state, best_path)
@@ -154,8 +157,3 @@ def reconcile_folder(out_dir: Path, state: dict, last_path: Path, best_path: Pat
     state["best"] = {"test_acc": -1.0, "epoch": -1}
     said.append("the next epoch writes a new best checkpoint")
     return said
-
-
-def _first_epoch(state: dict) -> int:
-    history = state.get("history") or []
-    return history[0]["epoch"] if history else 0

@@ -269,21 +269,28 @@ class _Trainer:
                 self.grad_scaler.load_state_dict(state["grad_scaler"])
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
             raise refuse("its optimizer or schedule state does not fit this model", error) from None
-        rng = state["rng"]
-        if not (isinstance(rng, list) and rng and all(isinstance(r, dict) for r in rng)):
-            raise CheckpointError(f"-resume {path}: its random generator states are damaged.")
+        self._check_rng(state, path)
         said = apply_changes(self.args, changes, self.optimizer, self.scheduler, state["epoch"] + 1)
         return state["epoch"] + 1, list(state["history"]), dict(state["best"]), said
 
-    def set_rng(self, state: dict, path) -> None:
+    def _chosen_rng(self, state: dict) -> dict:
         rng = state["rng"]
         # One state per process; a run resumed with another process count reuses the first.
-        chosen = rng[self.ddp.rank] if len(rng) == self.ddp.world_size else rng[0]
+        return rng[self.ddp.rank] if len(rng) == self.ddp.world_size else rng[0]
+
+    def _check_rng(self, state: dict, path) -> None:
+        """Try the saved generator states now, so a damaged one is refused before any writing."""
+        current = ckpt.rng_state()
         try:
-            ckpt.set_rng_state(chosen)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            ckpt.set_rng_state(self._chosen_rng(state))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
             raise CheckpointError(f"-resume {path}: its random generator states are damaged "
-                                  f"({error}).") from None
+                                  f"({type(error).__name__}: {error}).") from None
+        finally:
+            ckpt.set_rng_state(current)
+
+    def set_rng(self, state: dict) -> None:
+        ckpt.set_rng_state(self._chosen_rng(state))
 
     def train_epoch(self, epoch: int, progress=None) -> tuple:
         """One training pass; returns ``(loss_sum, correct, samples, seconds)`` over all processes."""
@@ -528,7 +535,7 @@ def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
         ckpt.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
     memory_kind = peak_memory_mib(device)[1]
     if plan.state is not None:
-        trainer.set_rng(plan.state, args.resume)
+        trainer.set_rng(plan.state)
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     try:
         for epoch in range(start_epoch, end_epoch):
