@@ -253,10 +253,11 @@ class _ContractedModel:
             raise
         except torch.cuda.OutOfMemoryError:
             raise
-        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        except (RuntimeError, ValueError, IndexError) as error:
             raise ModelContractError(
-                f"the model failed on its first call, with input {_shape(x)}: it is called with "
-                f"{calls}. {_CONTRACT_FIX} The model's error was {type(error).__name__}: {error}"
+                f"the model failed on its first call, with input {_shape(x)} "
+                f"({type(error).__name__}: {error}). It is called with {calls}. If its forward adds "
+                f"or removes the time dimension itself, that is the cause. {_CONTRACT_FIX}"
             ) from error
         finally:
             for handle in handles:
