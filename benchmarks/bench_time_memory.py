@@ -9,6 +9,10 @@ Peak memory:
   it trained (the baseline); ``train_peak_bytes`` is their difference.
 * CUDA: ``torch.cuda.max_memory_allocated`` during training, minus the memory allocated before.
 
+``bptt+memopt`` is BPTT after SpikingJelly 2.0's ``memopt.optimize_memory`` (level 1 on the CPU:
+selective checkpointing of the neuron-terminated blocks or residual blocks, with bit-compressed
+spike inputs): exact BPTT gradients with less memory, the option a SpikingJelly user has today.
+
 The ideals are the same network with ReLU in place of the neurons (``ReLUNode``):
 
 * ``ideal-e``: T forward+backward passes with an optimizer step each (SAF-E's schedule);
@@ -33,11 +37,16 @@ from spikingjelly_saf.methods import get_method
 from . import common
 
 SPIKING_METHODS = ["saf-e", "saf-e-acc", "saf-e-acc-loop", "saf-f", "ottt-o", "ottt-a", "bptt",
-                   "sltt", "dsr"]
+                   common.MEMOPT_VARIANT, "sltt", "dsr"]
 IDEALS = ["ideal-e", "ideal-e-acc", "ideal-f"]
 #: Each SAF method's ideal: the ReLU network with the same schedule.
 IDEAL_OF = {"saf-e": "ideal-e", "saf-e-acc": "ideal-e-acc", "saf-e-acc-loop": "ideal-e",
             "saf-f": "ideal-f"}
+
+#: "Why SAF instead of memopt?": memopt against plain BPTT, and SAF against memopt.
+MEMOPT_RATIOS = [(common.MEMOPT_VARIANT, "bptt"), ("saf-e", common.MEMOPT_VARIANT),
+                 ("saf-f", common.MEMOPT_VARIANT), ("saf-e-acc", common.MEMOPT_VARIANT),
+                 ("sltt", common.MEMOPT_VARIANT)]
 
 STEPS = [1, 2, 4, 6, 8, 16, 32]
 #: What fits the 30-minute budget on 2 shared CPU cores: ottt_spiking_vggws with every conv width
@@ -92,7 +101,7 @@ def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
 
 
 def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int, image: int,
-            device: str, repeats: int) -> dict:
+            device: str, repeats: int, memopt_level: int = 1) -> dict:
     """Runs in a fresh process: build, record the baseline, warm up, time ``repeats`` minibatches."""
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -113,6 +122,8 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
     x = torch.rand(batch, 3, image, image, device=dev)
     x_seq = x.unsqueeze(1).repeat(1, steps, 1, 1, 1)  # direct encoding: the image at every step
     target = torch.randint(0, 10, (batch,), device=dev)
+    if name == common.MEMOPT_VARIANT:
+        common.apply_memopt(model, arch, x_seq.transpose(0, 1), memopt_level)
     warm_up_runtime(dev)
     common.synchronize(dev)
     baseline_rss = max_rss_bytes()
@@ -181,6 +192,10 @@ def summarize(models: dict) -> dict:
             r["saf-e-acc/saf-e-acc-loop time"] = ratio("saf-e-acc", "saf-e-acc-loop", steps)
             r["saf-e/ottt-o memory"] = ratio("saf-e", "ottt-o", steps, "train_peak_bytes")
             r["saf-f/ottt-a memory"] = ratio("saf-f", "ottt-a", steps, "train_peak_bytes")
+            for a, b in MEMOPT_RATIOS:
+                if a in rows and b in rows:
+                    r[f"{a}/{b} time"] = ratio(a, b, steps)
+                    r[f"{a}/{b} memory"] = ratio(a, b, steps, "train_peak_bytes")
             entry["per_T"][str(steps)] = r
         flat = {}
         top = max(measured_steps) if measured_steps else 0
@@ -195,7 +210,12 @@ def summarize(models: dict) -> dict:
 
 
 def run(results_dir: Path, quick: bool = False, device: str = "cpu",
-        archs: tuple[str, ...] = ("vggws", "resnet18"), steps_list=None, log=print) -> dict:
+        archs: tuple[str, ...] = ("vggws", "resnet18"), steps_list=None, log=print,
+        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None) -> dict:
+    """Measure every variant (or ``only_variants``) and write ``time_memory[_<tag>][_cuda].json``.
+
+    A subset goes to its own file (give ``tag``), so that ratios are only taken within one run.
+    """
     cuda = device.startswith("cuda")
     config = {k: dict(v) for k, v in (CUDA_CONFIG if cuda else CPU_CONFIG).items()}
     if quick:
@@ -205,8 +225,13 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         for arch in archs:
             config[arch]["T"] = steps_list
     variants, skipped = variants_for(device)
+    if only_variants:
+        unknown = sorted(set(only_variants) - set(variants))
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; measurable here: {', '.join(variants)}.")
+        variants = [v for v in variants if v in only_variants]
     repeats = 1
-    rounds = 1 if quick else 2
+    rounds = rounds or (1 if quick else 2)
     models = {}
     for arch in archs:
         rows = models.setdefault(arch, {})
@@ -222,7 +247,7 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
                         continue
                     result = common.run_in_fresh_process(
                         measure, arch, variant, steps, cfg["batch"], cfg["width_divisor"],
-                        cfg["image"], device, repeats)
+                        cfg["image"], device, repeats, memopt_level)
                     if "error" in result:
                         cannot_run[variant] = result
                     cell = rows.setdefault(variant, {}).setdefault(str(steps), result)
@@ -247,11 +272,15 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
                                 if cuda else
                                 "ru_maxrss of a fresh forked process after training minus its "
                                 "ru_maxrss after building model, optimizer and input"),
-                     "skipped_backends": skipped},
+                     "skipped_backends": skipped,
+                     "memopt": f"{common.MEMOPT_VARIANT}: memopt.optimize_memory(level={memopt_level}, "
+                               "compress=True) on ResNet-18's BasicBlocks / the VGG's "
+                               "neuron-terminated blocks, probed with the measured input",
+                     "variants": variants},
         "models": models,
         "summary": summarize(models),
     }
-    name = "time_memory" if not cuda else "time_memory_cuda"
+    name = "time_memory" + (f"_{tag}" if tag else "") + ("_cuda" if cuda else "")
     common.write_json(results_dir, name, payload)
     plot(results_dir, payload, name)
     return payload
@@ -301,6 +330,8 @@ def profile(results_dir: Path, arch: str, variants: list[str], steps: int, devic
         x_seq = torch.rand(cfg["batch"], 1, 3, cfg["image"], cfg["image"], device=dev).repeat(
             1, steps, 1, 1, 1)
         target = torch.randint(0, 10, (cfg["batch"],), device=dev)
+        if name == common.MEMOPT_VARIANT:
+            common.apply_memopt(model, arch, x_seq.transpose(0, 1))
 
         one_minibatch = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
 
@@ -323,16 +354,38 @@ def main(argv=None):
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
     parser.add_argument("--archs", default="vggws,resnet18")
     parser.add_argument("--steps", default=None, help="comma-separated T values")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset of variants (written to time_memory_<tag>.json)")
+    parser.add_argument("--tag", default=None, help="results file suffix; required with --variants")
+    parser.add_argument("--memopt-level", type=int, default=1,
+                        help=f"optimize_memory level for {common.MEMOPT_VARIANT} (2-4 need CUDA)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2)")
     parser.add_argument("--profile", default=None,
                         help="comma-separated variants to profile (one minibatch each) instead of timing")
     args = parser.parse_args(argv)
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    try:
+        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    except ValueError:
+        parser.error(f"--steps: expected comma-separated integers, got {args.steps!r}.")
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    if only and not args.tag:
+        parser.error("--variants writes a separate file: give --tag NAME (time_memory_NAME.json), "
+                     "so that ratios are never taken between runs.")
+    if only:
+        known, _ = variants_for(args.device)
+        unknown = sorted(set(only) - set(known))
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; choose from {', '.join(known)}.")
+    if args.memopt_level > 1 and not args.device.startswith("cuda"):
+        parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; use 1 "
+                     "on the CPU or --device cuda.")
     if args.profile:
         for arch in args.archs.split(","):
             print(profile(args.results_dir, arch, args.profile.split(","), (steps or [6])[0],
                           args.device))
         return
-    run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")), steps)
+    run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")), steps,
+        only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds)
 
 
 if __name__ == "__main__":

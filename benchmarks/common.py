@@ -182,10 +182,59 @@ def build_resnet18(neuron_type: Callable, kwargs: dict, width_divisor: int = 1,
 
 ARCHS = {"vggws": build_vgg, "resnet18": build_resnet18}
 
+#: Benchmark variant: BPTT with SpikingJelly 2.0's ``memopt.optimize_memory``.
+MEMOPT_VARIANT = "bptt+memopt"
+
+
+class MemoptBlock(nn.Sequential):
+    """Layers from one neuron's output up to and including the next neuron: the unit that
+    ``memopt.optimize_memory`` checkpoints. Every block after the first receives spikes, so memopt
+    can bit-compress the input it saves."""
+
+
+def group_neuron_blocks(layers) -> nn.Sequential:
+    """``layers`` (a Sequential) regrouped into :class:`MemoptBlock` units, each ending with a
+    neuron; layers after the last neuron stay outside any block. Parameters and order are kept."""
+    blocks, current = [], []
+    for module in layers:
+        current.append(module)
+        if isinstance(module, neuron.BaseNode):
+            blocks.append(MemoptBlock(*current))
+            current = []
+    return nn.Sequential(*blocks, *current)
+
+
+def memopt_targets(arch: str) -> tuple:
+    """The module types memopt checkpoints: ResNet-18's residual blocks, elsewhere :class:`MemoptBlock`."""
+    return (spiking_resnet.BasicBlock,) if arch == "resnet18" else (MemoptBlock,)
+
+
+def apply_memopt(model: nn.Module, arch: str, example_input: torch.Tensor, level: int = 1) -> nn.Module:
+    """Selective checkpointing with spike compression (``memopt.optimize_memory``) on a multi-step model.
+
+    ``example_input`` ``[T, B, *]`` must look like real input: memopt compresses a block's saved
+    input when its probe finds it binary (true for spikes, wrong for an all-zero image). Level 1
+    runs anywhere; levels 2-4 search by measuring CUDA memory.
+    """
+    from spikingjelly.activation_based import memopt
+
+    with torch.random.fork_rng(devices=[example_input.device] if example_input.is_cuda else []):
+        memopt.optimize_memory(model, memopt_targets(arch), lambda current: current(example_input),
+                               level=level, compress=True)
+    functional.reset_net(model)
+    return model
+
 
 def build(arch: str, method_name: str, steps: int, width_divisor: int = 1,
           num_classes: int = 10, tau: float = 2.0) -> tuple[nn.Module, Method]:
-    """The model of ``arch`` built for ``method_name`` (a methods-table name, or ``dsr``)."""
+    """The model of ``arch`` built for ``method_name`` (a methods-table name, ``dsr`` or
+    ``bptt+memopt``; the latter still needs :func:`apply_memopt`)."""
+    if method_name == MEMOPT_VARIANT:
+        # The BPTT model with neuron-terminated blocks; apply_memopt needs an example input.
+        model, method = build(arch, "bptt", steps, width_divisor, num_classes, tau)
+        if arch == "vggws":
+            model.features = group_neuron_blocks(model.features)
+        return model, method
     if method_name == "dsr":
         # DSR trains like BPTT (whole sequence, loss on the mean output), with DSRIFNode.
         method = get_method("bptt")

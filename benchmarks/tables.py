@@ -95,6 +95,69 @@ def accuracy_rows(results_dir: Path) -> list[str]:
     return rows
 
 
+def _pct(cell: Optional[dict]) -> str:
+    if not cell:
+        return "-"
+    return f"{cell['mean'] * 100:.2f} ± {cell['std'] * 100:.2f} %"
+
+
+def fashion_mnist_rows(results_dir: Path, name: str = "fashion_mnist") -> list[str]:
+    """Accuracy, deployment, time and memory per method on Fashion-MNIST."""
+    payload = read_json(results_dir, name)
+    if not payload or not payload.get("summary"):
+        return []
+    s, meta = payload["settings"], payload["meta"]
+    seeds = sorted({seed for row in payload["summary"].values() for seed in row["seeds"]})
+    status = ("" if payload.get("complete") else
+              f" **Partial results: {payload.get('finished_runs')} runs finished.**")
+    images = "all 60000" if not s.get("train_subset") else f"the first {s['train_subset']}"
+    lines = [f"Fashion-MNIST ({images} training images, {s['epochs']:g} epoch(s) = "
+             f"{payload['runs'][0].get('minibatches', '?')} minibatches of {s['batch']}; all 10000 test "
+             f"images), CSNN C={s['channels']} with {s['pool']} pooling, T={s['T']}, {s['optimizer']}, "
+             f"seeds {seeds}, {meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores"
+             f"{', shared with other jobs' if s.get('machine_shared') else ''}), {meta['date_utc']}."
+             + status, "",
+             "| Method | test accuracy (own readout) | rate readout | to_lif deployment | s / epoch | "
+             "s / minibatch (median) | training peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    for method, row in payload["summary"].items():
+        lines.append(f"| {method} | {_pct(row.get('accuracy'))} | {_pct(row.get('accuracy_rate_readout'))} | "
+                     f"{_pct(row.get('to_lif_accuracy'))} | {row['epoch_seconds_mean']:.0f} | "
+                     f"{row['minibatch_seconds_median']:.3f} | {row['train_peak_mib_mean']:.0f} MiB |")
+    return lines
+
+
+def memopt_rows(results_dir: Path, name: str = "time_memory_memopt") -> list[str]:
+    """BPTT with memopt against BPTT and SAF, per T, from one run."""
+    timing = read_json(results_dir, name)
+    if not timing:
+        return []
+    lines = [f"Why SAF instead of memopt? One run ({_machine_line(timing)}), seconds per minibatch "
+             "and training peak memory (MiB):", "",
+             "| model | T | bptt | bptt+memopt | saf-e | saf-f | sltt | memopt/bptt time, memory | "
+             "saf-e/memopt time, memory | saf-f/memopt time, memory |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for arch, rows in timing["models"].items():
+        per_t = timing["summary"][arch]["per_T"]
+        for steps in timing["settings"]["config"][arch]["T"]:
+            def cell(variant):
+                c = rows.get(variant, {}).get(str(steps))
+                if c is None:
+                    return "-"
+                if "error" in c:
+                    return "cannot run"
+                return f"{c['time_s']:.3f} s, {c['train_peak_bytes'] / 2 ** 20:.0f}"
+
+            def pair(a, b):
+                r = per_t.get(str(steps), {})
+                return f"{_fmt(r.get(f'{a}/{b} time'))}, {_fmt(r.get(f'{a}/{b} memory'))}"
+
+            lines.append(f"| {arch} | {steps} | {cell('bptt')} | {cell('bptt+memopt')} | {cell('saf-e')} | "
+                         f"{cell('saf-f')} | {cell('sltt')} | {pair('bptt+memopt', 'bptt')} | "
+                         f"{pair('saf-e', 'bptt+memopt')} | {pair('saf-f', 'bptt+memopt')} |")
+    return lines
+
+
 def readme_markdown(results_dir: Path) -> str:
     lines = []
     timing = read_json(results_dir, "time_memory")
@@ -108,6 +171,12 @@ def readme_markdown(results_dir: Path) -> str:
             f"T in {c['T']}" for arch, c in cfg.items()) + ".")
     lines.append("")
     lines += claims_rows(results_dir)
+    memopt = memopt_rows(results_dir)
+    if memopt:
+        lines += [""] + memopt
+    fashion = fashion_mnist_rows(results_dir)
+    if fashion:
+        lines += [""] + fashion
     lines.append("")
     lines += accuracy_rows(results_dir)
     lines += ["", "Details, plots and the profile of missed targets: "
@@ -186,6 +255,12 @@ def results_markdown(results_dir: Path) -> str:
         lines += ["", "## Time and peak memory per minibatch", "",
                   f"Machine: {_machine_line(timing)}.", ""]
         lines += _time_memory_tables(timing)
+    memopt = memopt_rows(results_dir)
+    if memopt:
+        lines += ["", "## BPTT with memopt", ""] + memopt
+    fashion = fashion_mnist_rows(results_dir)
+    if fashion:
+        lines += ["", "## Fashion-MNIST", ""] + fashion
     accuracy = accuracy_rows(results_dir)
     if accuracy:
         lines += ["", "## Accuracy parity", ""] + accuracy

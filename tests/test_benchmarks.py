@@ -102,3 +102,140 @@ def test_quick_suite_writes_results_and_the_readme_table(tmp_path):
     assert (results / "time_memory_vggws_time.png").stat().st_size > 0
     text = readme.read_text()
     assert "old" not in text and "| Claim |" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST benchmark and BPTT with SpikingJelly's memopt
+
+
+def _write_idx(path: Path, array) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.tobytes())
+
+
+def _fabricate_fashion_mnist(root: Path, train: int = 16, test: int = 8) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz",
+                   rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(count) % 10).astype(np.uint8))
+    return root
+
+
+def test_csnn_is_exact_for_saf_with_average_pooling_only():
+    from benchmarks import bench_fashion_mnist as fm
+
+    found = fm.check_exactness_of_pools(channels=2)
+    assert found["avg"] == {"exact": True, "kinds": []}
+    assert not found["max"]["exact"] and "max-pool" in found["max"]["kinds"]
+    assert "batch-statistics" in found["avg_train_mode"]["kinds"]
+
+
+def test_bptt_with_memopt_trains_exactly_like_bptt():
+    from spikingjelly.activation_based import functional
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from benchmarks import bench_fashion_mnist as fm
+
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(6) % 10
+    x_seq = fm.to_input_seq(images, 3, torch.device("cpu"))
+    trained = {}
+    for name in ("bptt", "bptt+memopt"):
+        torch.manual_seed(0)
+        model, method = fm.build_csnn(name, channels=3)
+        if name == "bptt+memopt":
+            fm.apply_memopt(model, x_seq.transpose(0, 1).contiguous())
+            wrappers = [m for m in model.modules() if isinstance(m, CheckpointWrapper)]
+            assert len(wrappers) == 4
+            compressed = [w.checkpoint_fn.keywords["compressor"] is not None for w in wrappers]
+            assert compressed == [False, True, True, True]  # the image is not binary, spikes are
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = []
+        for _ in range(2):
+            functional.reset_net(model)
+            loss, _ = method.train_step(model, optimizer, x_seq, labels, fm.mse_one_hot)
+            losses.append(float(loss))
+        trained[name] = (losses, [p.detach().clone() for p in model.parameters()])
+    assert trained["bptt"][0] == pytest.approx(trained["bptt+memopt"][0], abs=1e-6)
+    for plain, checkpointed in zip(trained["bptt"][1], trained["bptt+memopt"][1]):
+        torch.testing.assert_close(plain, checkpointed, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(trained["bptt"][1], _initial_bptt_parameters()))
+
+
+def _initial_bptt_parameters():
+    from benchmarks import bench_fashion_mnist as fm
+
+    torch.manual_seed(0)
+    model, _ = fm.build_csnn("bptt", channels=3)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_vgg_regrouped_for_memopt_computes_the_same_outputs():
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(0)
+    plain, _ = common.build("vggws", "bptt", 2, width_divisor=16)
+    torch.manual_seed(0)
+    grouped, _ = common.build("vggws", common.MEMOPT_VARIANT, 2, width_divisor=16)
+    assert any(isinstance(m, common.MemoptBlock) for m in grouped.modules())
+    x = torch.rand(2, 2, 3, 16, 16)
+    outputs = []
+    for model in (plain, grouped):
+        functional.reset_net(model)
+        outputs.append(model.eval()(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_time_memory_measures_memopt():
+    from benchmarks import bench_time_memory
+
+    result = bench_time_memory.measure("vggws", common.MEMOPT_VARIANT, 2, 2, 16, 16, "cpu", 1)
+    assert "error" not in result and result["time_s"] > 0
+
+
+def test_fashion_mnist_cli_rejects_bad_input(tmp_path, monkeypatch, capsys):
+    from benchmarks import bench_fashion_mnist as fm
+    from spikingjelly_saf.trainer import idx
+
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    with pytest.raises(SystemExit) as info:
+        fm.parse_args(["--data-root", str(tmp_path / "empty")])
+    assert info.value.code == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    _fabricate_fashion_mnist(tmp_path / "data")
+    for argv, message in ((["--methods", "saf-e,adam"], "--methods: unknown ['adam']"),
+                          (["--seeds", "a"], "--seeds"), (["--epochs", "0"], "--epochs"),
+                          (["--memopt-level", "3"], "levels 2-4 measure CUDA memory")):
+        with pytest.raises(SystemExit) as info:
+            fm.parse_args(["--data-root", str(tmp_path / "data")] + argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
+    data = _fabricate_fashion_mnist(tmp_path / "data")
+    results = tmp_path / "results"
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_fashion_mnist", "--data-root", str(data),
+                    "--methods", "saf-e,ottt-o,bptt+memopt", "--seeds", "0", "--channels", "2",
+                    "--batch", "4", "--epochs", "1", "--evals", "2", "--curve-test-subset", "4",
+                    "--results-dir", str(results), "--tag", "fm", "--no-readme"],
+                   cwd=REPO, check=True, timeout=300, capture_output=True)
+    payload = json.loads((results / "fm.json").read_text())
+    assert payload["complete"] and set(payload["summary"]) == {"saf-e", "ottt-o", "bptt+memopt"}
+    assert payload["exactness"]["avg"]["exact"]
+    runs = {r["method"]: r for r in payload["runs"]}
+    assert all("error" not in r for r in runs.values())
+    assert runs["saf-e"]["to_lif_prediction_mismatches"] == 0  # Theorem 1: deployment is exact
+    assert runs["saf-e"]["to_lif_accuracy"] == runs["saf-e"]["accuracy"]
+    assert "to_lif_accuracy" not in runs["ottt-o"]
+    curve = runs["bptt+memopt"]["curve"]
+    assert [p["minibatches"] for p in curve] == [2, 4] and [p["test_images"] for p in curve] == [4, 8]
+    assert (results / "fm_accuracy.png").stat().st_size > 0

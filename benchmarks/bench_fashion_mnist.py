@@ -1,0 +1,615 @@
+"""Full Fashion-MNIST: SAF-E, SAF-E-acc, SAF-F against OTTT_O, OTTT_A, BPTT, SLTT and BPTT with
+SpikingJelly's ``memopt.optimize_memory``, all on one network with the same settings.
+
+    python -m benchmarks.bench_fashion_mnist                       # the committed CPU run
+    python -m benchmarks.bench_fashion_mnist --epochs 1 --train-subset 10000 --seeds 0 \\
+        --tag fashion_mnist_lr_check --lr 0.01                     # a learning-rate check
+    python -m benchmarks.bench_fashion_mnist --device cuda --channels 128 --epochs 64
+
+The network is the CSNN of SpikingJelly's ``examples/conv_fashion_mnist.py``
+(conv3x3(1->C)-BN-neuron-pool, conv3x3(C->C)-BN-neuron-pool, flatten, linear(C*7*7 -> C*4*4)-neuron,
+linear(C*4*4 -> 10)-neuron, no biases) with average pooling in place of max pooling: max pooling of
+SAF's weighted averages is not the average of max-pooled spikes, so only average pooling keeps the
+SAF network equal to its LIF twin (``spikingjelly_saf.check_exactness``). Every method uses the
+same neuron (soft-reset LIF, tau=2, V_th=1, detach_reset: the OTTT setting), T steps of direct
+input, the example's loss (MSE between the output spikes' readout and the one-hot label), one
+optimizer and cosine schedule, the same data order and the same seeds. BatchNorm runs in train
+mode (batch statistics, the way the example trains) for every method.
+
+Each (method, seed) trains in a fresh process; runs are interleaved round-robin (seed 0 of every
+method, then seed 1, ...) so that load from other jobs on a shared machine spreads over all
+methods. Results go to ``benchmarks/results/<tag>.json`` (rewritten after every run, so an
+interrupted run keeps what finished) and ``<tag>_accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import math
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer
+
+from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq
+from spikingjelly_saf.measure import max_rss_bytes, warm_up_runtime
+from spikingjelly_saf.methods import evaluate_sequence, get_method
+
+from . import common
+
+METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "bptt+memopt")
+#: The variant built on top of a method of :mod:`spikingjelly_saf.methods`.
+MEMOPT_SUFFIX = "+memopt"
+NUM_CLASSES = 10
+
+
+# ----------------------------------------------------------------------------------------------
+# network
+
+
+class CSNNBlock(nn.Sequential):
+    """The unit that ``memopt.optimize_memory`` checkpoints: the layers from one neuron's output to
+    the next neuron (inclusive), so that every block after the first receives binary spikes and its
+    saved input can be bit-compressed."""
+
+
+def csnn_blocks(neuron_factory, neuron_kwargs: dict, channels: int, pool: str = "avg") -> list:
+    """The example's CSNN as four lists of layers, each ending with a neuron."""
+    if pool not in ("avg", "max"):
+        raise ValueError(f"pool={pool!r}: use 'avg' (exact for SAF) or 'max' (the example's).")
+
+    def make_pool():
+        return layer.AvgPool2d(2, 2) if pool == "avg" else layer.MaxPool2d(2, 2)
+
+    def make_neuron():
+        return neuron_factory(**copy.deepcopy(neuron_kwargs))
+
+    c = channels
+    return [
+        [layer.Conv2d(1, c, 3, padding=1, bias=False), layer.BatchNorm2d(c), make_neuron()],
+        [make_pool(), layer.Conv2d(c, c, 3, padding=1, bias=False), layer.BatchNorm2d(c), make_neuron()],
+        [make_pool(), layer.Flatten(), layer.Linear(c * 7 * 7, c * 4 * 4, bias=False), make_neuron()],
+        [layer.Linear(c * 4 * 4, NUM_CLASSES, bias=False), make_neuron()],
+    ]
+
+
+def base_method_name(name: str) -> str:
+    return name[:-len(MEMOPT_SUFFIX)] if name.endswith(MEMOPT_SUFFIX) else name
+
+
+def _is_saf(method) -> bool:
+    # Method capabilities (deploys_to_lif) where methods.py provides them, else the SAF name prefix.
+    return getattr(method, "deploys_to_lif", method.name.startswith("saf-"))
+
+
+def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg"):
+    """``(model, method)`` for a benchmark method name (``'bptt+memopt'`` included).
+
+    Layers are created in the same order for every method, so one seed gives every method the same
+    initial weights. The plain model is one flat ``OTTTSequential`` (OTTT needs it; the other
+    methods run it like ``nn.Sequential``); ``+memopt`` groups the same layers into
+    :class:`CSNNBlock` units for :func:`apply_memopt`.
+    """
+    method = get_method(base_method_name(name))
+    blocks = csnn_blocks(method.neuron_type, common.neuron_kwargs(method, tau), channels, pool)
+    if name.endswith(MEMOPT_SUFFIX):
+        model = nn.Sequential(*[CSNNBlock(*block) for block in blocks])
+    else:
+        model = layer.OTTTSequential(*[m for block in blocks for m in block])
+    method.prepare(model)
+    return model, method
+
+
+def apply_memopt(model: nn.Module, example_x_seq: torch.Tensor, level: int = 1) -> nn.Module:
+    """SpikingJelly 2.0's ``memopt.optimize_memory`` on the :class:`CSNNBlock` units.
+
+    ``example_x_seq`` ``[T, B, 1, 28, 28]`` must be real data: memopt compresses a block's saved
+    input when the probe finds it binary, which an all-zero example would wrongly claim of the
+    image. Level 1 (selective checkpointing with spike compression) runs anywhere; levels 2-4 search
+    by measuring CUDA memory.
+    """
+    from spikingjelly.activation_based import memopt
+
+    memopt.optimize_memory(model, CSNNBlock, lambda current: current(example_x_seq), level=level,
+                           compress=True)
+    functional.reset_net(model)
+    return model
+
+
+def mse_one_hot(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The example's loss: MSE between the output readout and the one-hot label."""
+    return F.mse_loss(output, F.one_hot(target, NUM_CLASSES).to(output.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def load_data(root, train_subset: int = 0, test_subset: int = 0):
+    """Fashion-MNIST as uint8 images ``[N, 28, 28]`` and int64 labels (first ``*_subset`` images
+    of each split when nonzero)."""
+    from spikingjelly_saf.trainer.idx import load_mnist_family
+
+    x_train, y_train = load_mnist_family("fashion_mnist", root, train=True)
+    x_test, y_test = load_mnist_family("fashion_mnist", root, train=False)
+    if train_subset:
+        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+    if test_subset:
+        x_test, y_test = x_test[:test_subset], y_test[:test_subset]
+    return x_train, y_train, x_test, y_test
+
+
+def to_input_seq(images: torch.Tensor, steps: int, device: torch.device) -> torch.Tensor:
+    """Direct encoding, the example's ``ToTensor`` scaling: ``[B, T, 1, 28, 28]`` in [0, 1]."""
+    x = images.to(device).unsqueeze(1).float().div_(255.0)
+    return x.unsqueeze(1).expand(x.shape[0], steps, *x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _step_mode(model: nn.Module) -> str:
+    return next((m.step_mode for m in model.modules() if hasattr(m, "step_mode")), "s")
+
+
+def readout_scores(spikes: torch.Tensor, decay: float) -> dict:
+    """Two readouts of output spikes ``[B, T, C]``: the firing rate (the example's) and the
+    lam^(T-t)-weighted average (SAF's Obar[T], finer-grained, so fewer ties at small T)."""
+    steps = spikes.shape[1]
+    weights = torch.tensor([decay ** (steps - 1 - t) for t in range(steps)], dtype=spikes.dtype,
+                           device=spikes.device)
+    return {"rate": spikes.mean(1),
+            "weighted": (spikes * weights.view(1, steps, 1)).sum(1) / weights.sum()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: torch.device,
+             batch: int = 256, saf_outputs: bool = False) -> dict:
+    """Test accuracy of the method's own prediction and of both readouts, plus the predictions.
+
+    ``saf_outputs``: the model's outputs are SAF weighted averages, whose spikes are recovered first.
+    """
+    model.eval()
+    step_mode = _step_mode(model)
+    correct = {"own": 0, "rate": 0, "weighted": 0}
+    predictions = []
+    for i in range(0, len(y), batch):
+        functional.reset_net(model)
+        target = y[i:i + batch].to(device)
+        y_seq = evaluate_sequence(model, to_input_seq(x[i:i + batch], steps, device), step_mode)
+        spikes = (recover_instantaneous_seq(y_seq.transpose(0, 1), decay).transpose(0, 1)
+                  if saf_outputs else y_seq)
+        scores = readout_scores(spikes, decay)
+        scores["own"] = method.prediction_scores(y_seq) if method is not None else scores["weighted"]
+        for key, value in scores.items():
+            correct[key] += (value.argmax(1) == target).sum().item()
+        predictions.append(scores["own"].argmax(1).cpu())
+    functional.reset_net(model)
+    model.train()
+    result = {key: value / len(y) for key, value in correct.items()}
+    result["predictions"] = torch.cat(predictions)
+    return result
+
+
+def deployment(model: nn.Module, x, y, steps: int, decay: float, device: torch.device,
+               saf_predictions: torch.Tensor) -> dict:
+    """``to_lif(model)`` evaluated as an ordinary LIF network, predicting from the weighted average
+    of its output spikes (the same readout as SAF's Obar[T])."""
+    from spikingjelly_saf import to_lif
+
+    lif_model = to_lif(model, memoryless="keep")
+    functional.set_step_mode(lif_model, "s")
+    result = evaluate(lif_model, None, x, y, steps, decay, device)
+    return {"to_lif_accuracy": result["weighted"],
+            "to_lif_prediction_mismatches": int((result["predictions"] != saf_predictions).sum())}
+
+
+# ----------------------------------------------------------------------------------------------
+# one run (in a fresh process)
+
+
+def _sync(device: torch.device) -> None:
+    common.synchronize(device)
+
+
+def make_optimizer(name: str, parameters, lr: float, momentum: float):
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"optimizer={name!r}: use 'sgd' or 'adam'.")
+
+
+def train_run(name: str, seed: int, cfg: dict) -> dict:
+    """Train one method from one seed; test accuracy after every epoch, time, peak memory."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    steps, batch = cfg["T"], cfg["batch"]
+    x_train, y_train, x_test, y_test = load_data(cfg["data_root"], cfg["train_subset"], cfg["test_subset"])
+    curve_test = cfg.get("curve_test_subset") or len(y_test)
+    torch.manual_seed(seed)
+    model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"])
+    model = model.to(device).train()
+    saf = _is_saf(method)
+    decay = decay_factor(cfg["tau"])
+    generator = torch.Generator().manual_seed(seed)
+    if name.endswith(MEMOPT_SUFFIX):
+        example = to_input_seq(x_train[:batch], steps, device).transpose(0, 1).contiguous()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            apply_memopt(model, example, cfg["memopt_level"])
+    optimizer = make_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["momentum"])
+    batches_per_epoch = len(y_train) // batch  # drop_last, as in the example
+    total = max(1, round(cfg["epochs"] * batches_per_epoch))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    # Test points after every 1/evals of the training; the last one on the whole test set.
+    evals = cfg.get("evals", 1)
+    eval_after = {max(1, round(total * (k + 1) / evals)) for k in range(evals)}
+    warm_up_runtime(device)
+    _sync(device)
+    baseline_rss = max_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline_cuda = torch.cuda.memory_allocated(device)
+    result = {"method": name, "seed": seed, "curve": [], "nonfinite_loss_batches": 0,
+              "minibatches": total, "batches_per_epoch": batches_per_epoch}
+    minibatch_seconds, losses, correct, seen, train_seconds = [], [], 0, 0, 0.0
+    order = None
+    segment_start = time.perf_counter()
+    for b in range(total):
+        if b % batches_per_epoch == 0:
+            order = torch.randperm(len(y_train), generator=generator)
+        idx = order[(b % batches_per_epoch) * batch:(b % batches_per_epoch + 1) * batch]
+        x_seq = to_input_seq(x_train[idx], steps, device)
+        target = y_train[idx].to(device)
+        functional.reset_net(model)
+        _sync(device)
+        start = time.perf_counter()
+        loss, y_seq = method.train_step(model, optimizer, x_seq, target, mse_one_hot)
+        _sync(device)
+        minibatch_seconds.append(time.perf_counter() - start)
+        scheduler.step()
+        loss = float(loss)
+        if not math.isfinite(loss):
+            result["nonfinite_loss_batches"] += 1
+        losses.append(loss)
+        correct += (method.prediction_scores(y_seq).argmax(1) == target).sum().item()
+        seen += len(idx)
+        if b + 1 not in eval_after:
+            continue
+        train_seconds += time.perf_counter() - segment_start
+        if "train_peak_bytes" not in result:
+            # Read before any evaluation, whose batches must not count as training memory.
+            if device.type == "cuda":
+                result["train_peak_bytes"] = torch.cuda.max_memory_allocated(device) - baseline_cuda
+            else:
+                result["train_peak_bytes"] = max_rss_bytes() - baseline_rss
+                result["baseline_rss_bytes"] = baseline_rss
+        last = b + 1 == total
+        count = len(y_test) if last else curve_test
+        test = evaluate(model, method, x_test[:count], y_test[:count], steps, decay, device,
+                        saf_outputs=saf)
+        predictions = test.pop("predictions")
+        result["curve"].append({"epoch": round((b + 1) / batches_per_epoch, 4), "minibatches": b + 1,
+                                "test_images": count, "test": test,
+                                "train_loss": statistics.mean(losses),
+                                "train_accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"]})
+        losses, correct, seen = [], 0, 0
+        segment_start = time.perf_counter()
+    result["train_seconds"] = train_seconds
+    result["epoch_seconds"] = train_seconds * batches_per_epoch / total
+    result["minibatch_seconds_mean"] = statistics.mean(minibatch_seconds)
+    result["minibatch_seconds_median"] = statistics.median(minibatch_seconds)
+    final = result["curve"][-1]["test"]
+    result["accuracy"] = final["own"]
+    result["accuracy_rate_readout"] = final["rate"]
+    result["accuracy_weighted_readout"] = final["weighted"]
+    if saf:
+        result.update(deployment(model, x_test, y_test, steps, decay, device, predictions))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# summary, plot, tables
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list, methods) -> dict:
+    summary = {}
+    for name in methods:
+        mine = [r for r in runs if r.get("method") == name and "error" not in r]
+        if not mine:
+            continue
+        row = {"seeds": [r["seed"] for r in mine]}
+        for key in ("accuracy", "accuracy_rate_readout", "accuracy_weighted_readout", "to_lif_accuracy"):
+            mean, std = _mean_std([r.get(key) for r in mine])
+            if mean is not None:
+                row[key] = {"mean": mean, "std": std, "values": [r.get(key) for r in mine]}
+        if any("to_lif_prediction_mismatches" in r for r in mine):
+            row["to_lif_prediction_mismatches"] = [r["to_lif_prediction_mismatches"] for r in mine]
+        row["epoch_seconds_mean"] = statistics.mean(r["epoch_seconds"] for r in mine)
+        row["epoch_seconds_min"] = min(r["epoch_seconds"] for r in mine)
+        row["minibatch_seconds_mean"] = statistics.mean(r["minibatch_seconds_mean"] for r in mine)
+        row["minibatch_seconds_median"] = statistics.median(r["minibatch_seconds_median"] for r in mine)
+        row["train_peak_mib_mean"] = statistics.mean(r["train_peak_bytes"] for r in mine) / 2 ** 20
+        row["train_peak_mib_max"] = max(r["train_peak_bytes"] for r in mine) / 2 ** 20
+        points = min(len(r["curve"]) for r in mine)
+        row["curve_epochs"] = [p["epoch"] for p in mine[0]["curve"][:points]]
+        row["curve_test_images"] = [p["test_images"] for p in mine[0]["curve"][:points]]
+        row["curve_accuracy_mean"] = [statistics.mean(r["curve"][k]["test"]["own"] for r in mine)
+                                      for k in range(points)]
+        row["curve_accuracy_std"] = [
+            statistics.stdev([r["curve"][k]["test"]["own"] for r in mine]) if len(mine) > 1 else 0.0
+            for k in range(points)]
+        summary[name] = row
+    return summary
+
+
+def plot(results_dir: Path, tag: str, payload: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = payload["summary"]
+    s = payload["settings"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.get_cmap("tab10").colors
+    for index, (name, row) in enumerate(summary.items()):
+        mean = [100 * v for v in row["curve_accuracy_mean"]]
+        std = [100 * v for v in row["curve_accuracy_std"]]
+        epochs = row["curve_epochs"]
+        style = "-" if name.startswith("saf") else "--"
+        ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=3, capsize=2, linestyle=style,
+                    label=f"{name} (n={len(row['seeds'])})", color=colors[index % len(colors)])
+        ax2.scatter(row["epoch_seconds_mean"], row["train_peak_mib_mean"], color=colors[index % len(colors)])
+        ax2.annotate(name, (row["epoch_seconds_mean"], row["train_peak_mib_mean"]), fontsize=7,
+                     xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("epochs trained (60000 images each)" if not s.get("train_subset") else "epochs trained")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"Fashion-MNIST, CSNN C={s['channels']} ({s['pool']} pool), T={s['T']}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax2.set_xlabel("seconds per epoch (mean, shared machine)" if s.get("machine_shared")
+                   else "seconds per epoch (mean)")
+    ax2.set_ylabel("training peak memory (MiB)")
+    ax2.set_title("time and memory per method", fontsize=10)
+    ax2.grid(True, alpha=0.3)
+    meta = payload["meta"]
+    curve_note = (f"; points before the last on the first {s['curve_test_subset']} test images"
+                  if s.get("curve_test_subset") else "")
+    fig.text(0.01, 0.01, f"{meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores, "
+             f"{'shared' if s.get('machine_shared') else 'dedicated'}), batch {s['batch']}, "
+             f"{s['optimizer']}, {meta['date_utc']}{curve_note}", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = results_dir / f"{tag}_accuracy.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def check_exactness_of_pools(channels: int = 4, tau: float = 2.0) -> dict:
+    """What ``spikingjelly_saf.check_exactness`` says of the SAF CSNN (eval mode) per pooling."""
+    from spikingjelly_saf import check_exactness
+
+    findings = {}
+    for pool in ("max", "avg"):
+        model, _ = build_csnn("saf-e", channels, tau, pool)
+        report = check_exactness(model.eval())
+        findings[pool] = {"exact": report.exact, "kinds": sorted(report.kinds())}
+    model, _ = build_csnn("saf-e", channels, tau, "avg")
+    findings["avg_train_mode"] = {"exact": check_exactness(model.train()).exact,
+                                  "kinds": sorted(check_exactness(model.train()).kinds())}
+    return findings
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_fashion_mnist",
+                                     description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
+                        + ", ".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    parser.add_argument("--epochs", type=float, default=1.0,
+                        help="epochs of training, fractions allowed (0.5: half an epoch's minibatches)")
+    parser.add_argument("--evals", type=int, default=4,
+                        help="test evaluations spread over the training (the accuracy curve's points)")
+    parser.add_argument("--curve-test-subset", type=int, default=2000,
+                        help="test images for the curve's points before the last (0: all); the "
+                             "final accuracy always uses the whole test split")
+    parser.add_argument("--channels", type=int, default=16, help="C of the CSNN (the example's default: 128)")
+    parser.add_argument("-T", "--steps", type=int, default=4, dest="T")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--momentum", type=float, default=0.9, help="for SGD")
+    parser.add_argument("--tau", type=float, default=2.0)
+    parser.add_argument("--pool", choices=("avg", "max"), default="avg")
+    parser.add_argument("--memopt-level", type=int, default=1,
+                        help="optimize_memory level for bptt+memopt (2-4 need CUDA)")
+    parser.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all 60000)")
+    parser.add_argument("--test-subset", type=int, default=0, help="first N test images (0: all 10000)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with the idx files (also searched: its FashionMNIST/raw, "
+                             "/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (0: torch's default); one thread is the fastest "
+                             "for this small network on a loaded machine")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at the same time (each in its own process)")
+    parser.add_argument("--shared-machine", action="store_true",
+                        help="record that other jobs shared the machine during the run")
+    parser.add_argument("--tag", default="fashion_mnist", help="results file name stem")
+    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
+    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}.")
+    if not args.seeds:
+        parser.error("--seeds: give at least one seed.")
+    if args.epochs <= 0:
+        parser.error(f"--epochs: must be > 0, got {args.epochs}.")
+    if args.curve_test_subset < 0:
+        parser.error(f"--curve-test-subset: must be >= 0, got {args.curve_test_subset}.")
+    for flag in ("channels", "T", "batch", "workers", "evals"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}.")
+    if args.lr <= 0:
+        parser.error(f"--lr: must be > 0, got {args.lr}.")
+    if args.tau <= 1:
+        parser.error(f"--tau: LIF needs tau > 1, got {args.tau}.")
+    if not 0 <= args.memopt_level <= 4:
+        parser.error(f"--memopt-level: 0..4, got {args.memopt_level}.")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available here; use --device cpu.")
+    elif args.device != "cpu":
+        parser.error(f"--device: 'cpu' or 'cuda[:i]', got {args.device!r}.")
+    elif args.memopt_level > 1 and "bptt+memopt" in args.methods:
+        parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; "
+                     "use --memopt-level 1 on the CPU or --device cuda.")
+    from spikingjelly_saf.trainer.idx import IdxDataMissing, IdxFormatError
+
+    try:
+        load_data(args.data_root, 1, 1)
+    except (IdxDataMissing, IdxFormatError) as error:
+        parser.error(str(error))
+    return args
+
+
+def settings_of(args) -> dict:
+    return {
+        "data": "Fashion-MNIST idx files" + (f", first {args.train_subset} training images" if args.train_subset
+                                             else ", all 60000 training images")
+                + (f", first {args.test_subset} test images" if args.test_subset else ", all 10000 test images"),
+        "network": (f"CSNN of SpikingJelly's conv_fashion_mnist.py, C={args.channels}: conv3x3(1-C)-BN-N-"
+                    f"{args.pool}pool, conv3x3(C-C)-BN-N-{args.pool}pool, flatten, linear(C*49-C*16)-N, "
+                    "linear(C*16-10)-N, no biases"),
+        "channels": args.channels, "pool": args.pool, "T": args.T, "epochs": args.epochs,
+        "evals": args.evals, "curve_test_subset": args.curve_test_subset,
+        "batch": args.batch, "drop_last": True,
+        "optimizer": (f"SGD(lr={args.lr}, momentum={args.momentum})" if args.optimizer == "sgd"
+                      else f"Adam(lr={args.lr})") + ", cosine schedule stepped every minibatch to 0",
+        "loss": "MSE(readout, one-hot): per step on the step's output spikes for SAF-E, SAF-E-acc, "
+                "OTTT_O, OTTT_A, SLTT (losses summed over t); on the firing rate for BPTT; on "
+                "Obar[T] for SAF-F",
+        "readout": "own: SAF Obar[T] (lam-weighted average of output spikes), others the firing rate; "
+                   "both readouts are also reported for every method",
+        "batchnorm": "train mode (batch statistics) for every method during training, running "
+                     "statistics at test time; single-step methods normalise each step's batch, "
+                     "multi-step BPTT and SAF-E-acc the T x B batch",
+        "neuron": f"soft-reset LIF tau={args.tau}, V_th=1, decay_input=False, detach_reset, sigmoid "
+                  "surrogate alpha=4 (SAF-F: SpikeRepresentation); OTTTLIFNode for OTTT, SLTTLIFNode "
+                  "for SLTT, LIFNode for BPTT",
+        "memopt": f"bptt+memopt: memopt.optimize_memory(model, CSNNBlock, level={args.memopt_level}, "
+                  "compress=True) on the four neuron-terminated blocks, probed with the first "
+                  "training minibatch",
+        "encoding": "direct: the image at every step, pixels / 255",
+        "augmentation": "none",
+        "seeds": args.seeds, "tau": args.tau, "device": args.device,
+        "threads": args.threads or torch.get_num_threads(), "workers": args.workers,
+        "train_subset": args.train_subset, "test_subset": args.test_subset,
+        "order": "round-robin: every method for seed 0, then seed 1, ...; each run in a fresh process",
+        "machine_shared": bool(args.shared_machine),
+        "memory": ("torch.cuda.max_memory_allocated during the first epoch minus allocated before"
+                   if args.device.startswith("cuda") else
+                   "ru_maxrss after the first training epoch (before any evaluation) minus ru_maxrss "
+                   "after loading the data and building model and optimizer, fresh process"),
+        "timing": "epoch_seconds: wall time of the epoch's training (data slicing included, "
+                  "evaluations excluded); minibatch_seconds: train_step alone",
+    }
+
+
+def _run_line(result: dict) -> str:
+    if "error" in result:
+        return f"failed: {result['error']}"
+    lif = f", to_lif {100 * result['to_lif_accuracy']:.2f}%" if "to_lif_accuracy" in result else ""
+    return (f"{100 * result['accuracy']:.2f}%{lif}, {result['epoch_seconds']:.1f} s/epoch, "
+            f"{result['minibatch_seconds_median']:.3f} s/minibatch, "
+            f"+{result['train_peak_bytes'] / 2 ** 20:.1f} MiB, curve "
+            + " ".join(f"{100 * p['test']['own']:.2f}" for p in result['curve']))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = {"device": args.device, "T": args.T, "batch": args.batch, "epochs": args.epochs,
+           "channels": args.channels, "tau": args.tau, "pool": args.pool, "optimizer": args.optimizer,
+           "lr": args.lr, "momentum": args.momentum, "memopt_level": args.memopt_level,
+           "data_root": args.data_root, "train_subset": args.train_subset,
+           "test_subset": args.test_subset, "threads": args.threads,
+           "evals": args.evals, "curve_test_subset": args.curve_test_subset}
+    plan = [(name, seed) for seed in args.seeds for name in args.methods]
+    start = time.perf_counter()
+    # Also starts the fork server before any worker thread needs it.
+    exactness = common.run_in_fresh_process(check_exactness_of_pools, 4, args.tau)
+    payload = {"meta": common.metadata(args.device), "settings": settings_of(args),
+               "exactness": exactness, "runs": [], "complete": False}
+    done = {}
+    lock = threading.Lock()
+
+    def run_one(index: int) -> None:
+        name, seed = plan[index]
+        result = common.run_in_fresh_process(train_run, name, seed, cfg, timeout=args.timeout)
+        result.setdefault("method", name)
+        result.setdefault("seed", seed)
+        with lock:
+            done[index] = result
+            payload["runs"] = [done[i] for i in sorted(done)]
+            payload["complete"] = len(done) == len(plan)
+            payload["finished_runs"] = f"{len(done)}/{len(plan)}"
+            payload["wall_seconds"] = time.perf_counter() - start
+            payload["summary"] = summarize(payload["runs"], args.methods)
+            common.write_json(args.results_dir, args.tag, payload)
+            print(f"[{time.perf_counter() - start:7.1f} s] {len(done)}/{len(plan)} {name} seed {seed}: "
+                  f"{_run_line(result)}", flush=True)
+
+    # Runs start in plan order (round-robin over methods); with several workers the next one starts
+    # whenever one finishes.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
+        for future in [pool.submit(run_one, index) for index in range(len(plan))]:
+            future.result()
+    if payload["summary"]:
+        plot(args.results_dir, args.tag, payload)
+    if not args.no_readme and args.tag == "fashion_mnist":
+        from . import tables
+
+        (args.results_dir / "RESULTS.md").write_text(tables.results_markdown(args.results_dir))
+        common.update_readme_table(tables.readme_markdown(args.results_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
