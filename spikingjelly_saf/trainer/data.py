@@ -314,7 +314,7 @@ def check_event_file(path, height: int = 128, width: int = 128) -> "str | None":
     shapes = {key: array.shape for key, array in arrays.items()}
     if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
         return f"has arrays of shapes {shapes}; t, x, y and p must be 1-D of one length"
-    for key, limit in (("x", width), ("y", height)):
+    for key, limit in (("x", width), ("y", height), ("p", 2)):
         values = arrays[key]
         if values.size and (values.min() < 0 or values.max() >= limit):
             return f"has {key} values in {values.min()}..{values.max()}, outside 0..{limit - 1}"
@@ -413,6 +413,12 @@ def _dvs_datasets(name: str, args: argparse.Namespace):
             _clear_stale_marker(frames, marker, events)
         if frames.is_dir():  # another run converted while this one waited
             return build()
+        height, width = cls.get_H_W()
+        # SpikingJelly folds pixels outside the frame into other pixels without a word, so every
+        # file is checked once, before the only conversion for this T.
+        bad = _bad_event_files(events, height, width)
+        if bad:
+            raise DataMissingError(_malformed_events_message(name, bad, width, height, frames))
         try:
             return build()
         except BaseException as error:
@@ -422,19 +428,21 @@ def _dvs_datasets(name: str, args: argparse.Namespace):
             marker.unlink(missing_ok=True)
             if not isinstance(error, Exception):
                 raise
-            height, width = cls.get_H_W()
-            bad = _bad_event_files(events, height, width)
+            bad = _bad_event_files(events, height, width)  # a file changed since the check
             if not bad:
                 raise DataMissingError(
                     f"converting {events} into {args.T} frames per sample failed "
                     f"({type(error).__name__}: {error}); the unfinished {frames} was removed.") from None
-            raise DataMissingError(
-                f"{name} events are malformed, so they cannot be converted into frames:\n  "
-                + "\n  ".join(bad)
-                + f"\n  expected:  .npz files with 1-D arrays t, x, y, p of one length, pixels inside "
-                f"{width}x{height}\n  to fix it: replace the file(s) with good copies (or delete "
-                f"them to train without them), then rerun; the unfinished {frames} was removed, so "
-                "the conversion starts afresh.") from None
+            raise DataMissingError(_malformed_events_message(name, bad, width, height, frames)) from None
+
+
+def _malformed_events_message(name: str, bad: list, width: int, height: int, frames: Path) -> str:
+    return (f"{name} events are malformed, so they cannot be converted into frames:\n  "
+            + "\n  ".join(bad)
+            + f"\n  expected:  .npz files with 1-D arrays t, x, y, p of one length, x < {width}, "
+            f"y < {height}, p in 0..1\n  to fix it: replace the file(s) with good copies (or delete "
+            f"them to train without them), then rerun; nothing was written to {frames}, so the "
+            "conversion starts afresh.")
 
 
 def seeded_class_split(dataset: Dataset, train_fraction: float, seed: int):
