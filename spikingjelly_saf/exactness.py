@@ -365,9 +365,9 @@ def _custom_forward_note(model: nn.Module, trusted: tuple[type, ...]) -> Optiona
             classes.append(cls.__name__)
     if not classes:
         return None
-    return (f"the forward() code of {', '.join(classes)} is yours: check_exactness examines their "
-            "children, not what the forward does with them (inline torch.max, x * y, ...); "
-            "compare_with_lif(model, x_seq) measures it.")
+    return (f"forward() of {', '.join(classes)} is your code: check_exactness examines the modules "
+            "it holds, not operations written inline there (torch.max, x * y, ...); "
+            "compare_with_lif(model, x_seq) measures the equivalence directly.")
 
 
 def check_exactness(model: nn.Module, trust: Iterable[type] = ()) -> ExactnessReport:
@@ -432,7 +432,7 @@ def check_exactness(model: nn.Module, trust: Iterable[type] = ()) -> ExactnessRe
     order = {effect: i for i, effect in enumerate(EFFECTS)}
     findings.sort(key=lambda f: order[f.effect])  # stable: module order within each effect
     custom = _custom_forward_note(model, trusted)
-    notes = (_SCOPE_NOTE,) if custom is None else (custom, _SCOPE_NOTE)
+    notes = (_SCOPE_NOTE if custom is None else custom,)
     return ExactnessReport(tuple(findings), type(model).__name__, notes)
 
 
