@@ -362,3 +362,83 @@ def test_fused_backend_refused_for_methods_without_saf_neurons(data, tmp_path, c
     err = capsys.readouterr().err
     assert "-backend" in err and "saf-e, saf-e-acc, saf-f" in err and "Traceback" not in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def _tiny_model_and_loader(method_name, channels=4, samples=8):
+    from spikingjelly_saf.trainer.loop import ce_mse_loss
+
+    args = build_parser(CIFAR).parse_args(["-data-dir", "unused", "-device", "cpu", "-T", "3",
+                                           "-method", method_name, "-channels", str(channels)])
+    args.model = "ottt_spiking_vggws"
+    torch.manual_seed(0)
+    model = build_model(args, get_method(method_name), 10, 3, False)
+    x = 3.0 * torch.rand(samples, 3, 16, 16)
+    y = torch.arange(samples) % 10
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    return model, loader, ce_mse_loss(10)
+
+
+@pytest.mark.parametrize("method", ["saf-e", "ottt-o", "bptt"])
+def test_train_and_test_loss_share_one_scale(method):
+    """With a learning rate of 0 the weights stay, so the training pass must report exactly the
+    test pass's loss: per sample, the loss of the prediction scores (not a sum over T steps)."""
+    from spikingjelly_saf.trainer.loop import evaluate, train_one_epoch
+
+    model, loader, f_loss = _tiny_model_and_loader(method)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = []
+    train_loss, train_correct, samples, _ = train_one_epoch(
+        model, get_method(method), optimizer, loader, f_loss, epoch=0, steps=3, sequence=False,
+        device=torch.device("cpu"), on_minibatch=lambda batch, values: seen.append((batch, values)))
+    test_loss, test_correct, test_samples = evaluate(
+        model, get_method(method), loader, f_loss, steps=3, sequence=False,
+        device=torch.device("cpu"), check_health=False)
+    assert samples == test_samples == 8 and train_correct == test_correct
+    assert train_loss == pytest.approx(test_loss, rel=1e-5)
+    # Per-minibatch values for TensorBoard: both minibatches, the same loss, the method's objective.
+    assert [batch for batch, _ in seen] == [0, 1]
+    assert sum(values["loss"] * 4 for _, values in seen) == pytest.approx(train_loss, rel=1e-6)
+    assert {"loss", "acc", "objective", "lr"} <= set(seen[0][1])
+
+
+def test_evaluation_warns_about_a_dead_network_once_and_not_about_a_live_one(capsys):
+    from spikingjelly_saf.trainer.loop import evaluate
+
+    model, loader, f_loss = _tiny_model_and_loader("saf-e-acc")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.5, 0.5)  # every layer fires, none everywhere
+    evaluate(model, get_method("saf-e-acc"), loader, f_loss, steps=3, sequence=False,
+             device=torch.device("cpu"))
+    assert "warning" not in capsys.readouterr().err
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(-0.1)  # nothing reaches a threshold: every layer silent
+    for _ in range(2):
+        evaluate(model, get_method("saf-e-acc"), loader, f_loss, steps=3, sequence=False,
+                 device=torch.device("cpu"))
+    err = capsys.readouterr().err
+    silent = [line for line in err.splitlines() if line.startswith("warning: layer")]
+    assert silent and all("is silent" in line for line in silent)
+    assert "'features.1'" in silent[0]  # the first neuron layer, by its clean name
+    assert len(silent) == len(set(silent)), "a second evaluation repeated the warnings"
+
+
+def test_plot_names_and_minibatch_logger():
+    from spikingjelly_saf.trainer.report import minibatch_logger, short_layer_names
+
+    assert short_layer_names(["1.features.1", "1.classifier.2"]) == ["features.1", "classifier.2"]
+    assert short_layer_names(["module.features.1", "module.features.4"]) == ["features.1",
+                                                                             "features.4"]
+
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+    writer = Writer()
+    log = minibatch_logger(writer, epoch=2, batches_per_epoch=5)
+    log(3, {"loss": 1.5})
+    assert writer.scalars == [("iteration/loss", 1.5, 13)]
