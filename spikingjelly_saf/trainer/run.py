@@ -346,6 +346,10 @@ def _banner(plan: _Plan, ddp: Distributed, start_epoch: int, said: list) -> None
         lines.append(f"  start: a new run, epochs 0 to {args.epochs - 1}")
     elif plan.test_only:
         lines.append(f"  test only: {args.resume} (epoch {plan.state['epoch']}), no training")
+    elif start_epoch >= args.epochs:
+        lines.append(f"  resumed from {args.resume} (epoch {plan.state['epoch']} done): all "
+                     f"{args.epochs} epochs are trained; give a larger -epochs to train on, or "
+                     "-test-only to evaluate")
     else:
         lines.append(f"  resumed from {args.resume} (epoch {plan.state['epoch']} done): continues "
                      f"at epoch {start_epoch} of {args.epochs}")
