@@ -38,7 +38,8 @@ from .distributed import Distributed
 from .guard import FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite
 from .loop import FiringRateRecorder, NonFiniteLossError, ce_mse_loss, evaluate, train_one_epoch
 from .models import ModelChoiceError, build_model
-from .report import peak_memory_mib, plot_history, reset_peak_memory, summary_line, write_history
+from .report import (minibatch_logger, peak_memory_mib, plot_history, reset_peak_memory,
+                     summary_line, write_history)
 from .resume import ResumeError, apply_changes, explicit_flags, flag, merge_arguments, reconcile_folder
 from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir
 
@@ -292,8 +293,9 @@ class _Trainer:
     def set_rng(self, state: dict) -> None:
         ckpt.set_rng_state(self._chosen_rng(state))
 
-    def train_epoch(self, epoch: int, progress=None) -> tuple:
-        """One training pass; returns ``(loss_sum, correct, samples, seconds)`` over all processes."""
+    def train_epoch(self, epoch: int, progress=None, writer=None) -> tuple:
+        """One training pass; returns ``(loss_sum, correct, samples, seconds)`` over all processes.
+        With a TensorBoard ``writer`` each minibatch's values go to ``iteration/<name>``."""
         self.epoch = epoch
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
@@ -304,7 +306,9 @@ class _Trainer:
             self.model, self.method, self.optimizer, self.train_loader, self.f_loss, epoch=epoch,
             steps=self.args.T, sequence=self.info.sequence, device=self.ddp.device,
             grad_scaler=self.grad_scaler, amp=self.args.amp, progress=progress,
-            inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true)
+            inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true,
+            on_minibatch=None if writer is None else minibatch_logger(writer, epoch,
+                                                                      len(self.train_loader)))
         return (*self.ddp.sum(loss_sum, correct, samples), seconds)
 
     def evaluate(self, model=None, readout=None) -> tuple:
@@ -549,7 +553,7 @@ def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
                 progress = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch}/{args.epochs}",
                                 dynamic_ncols=True, leave=False)
             try:
-                loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress)
+                loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress, writer)
             finally:
                 if progress is not None:
                     progress.close()
