@@ -133,22 +133,25 @@ def test_triton_operator_matches_reference():
     # Triton's CPU interpreter must be chosen before Triton is imported: use a fresh interpreter.
     script = textwrap.dedent(
         """
+        import os
         import torch
-        from spikingjelly._ops.saf import backends
-        from spikingjelly.activation_based import surrogate
-        backends.check_backend("triton", "m")
-        triton_run = backends.get_multi_step("triton")
+        from spikingjelly.activation_based import functional, surrogate
         for sg in (surrogate.Sigmoid(alpha=4.0), surrogate.ATan(), surrogate.SpikeRepresentation()):
             x = (torch.rand(5, 3, 7) * 2).requires_grad_()
+            weights = torch.arange(1.0, 8.0)
             outs, grads = [], []
-            for run in (triton_run, backends.torch_multi_step):
+            for implementation in ("triton", "torch"):
+                os.environ["SJ_SAF_CUDA_IMPLEMENTATION"] = implementation
                 x.grad = None
-                abar_seq, c = run(x, torch.zeros(3, 7), 0.0, 0.5, 1.0, 1.0, sg)
-                (abar_seq * torch.arange(1.0, 8.0)).sum().backward()
+                abar_seq, (abar, c), _ = functional.saf_multi_step(x, tau=2.0, surrogate_function=sg)
+                (abar_seq * weights).sum().backward()
                 outs.append(abar_seq.detach())
                 grads.append(x.grad.clone())
             torch.testing.assert_close(outs[0], outs[1])
             torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+        from spikingjelly._ops.saf import implementation
+        os.environ["SJ_SAF_CUDA_IMPLEMENTATION"] = "triton"
+        assert implementation(torch.device("cpu")) == "triton"
         print("ok")
         """
     )

@@ -4,7 +4,8 @@
 fused multi-step Triton operator. :func:`multi_step` chooses between them from the input's device,
 like the other neuron operators: the torch reference on CPU; on CUDA, Triton when it is installed
 (the operator itself falls back to the reference for a dtype or surrogate without a kernel), else
-the reference. ``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch`` overrides the choice on CUDA.
+the reference. ``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch`` overrides the choice on CUDA; with
+``triton`` and ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors, through Triton's interpreter.
 """
 
 import math
@@ -46,7 +47,10 @@ def implementation(device: torch.device) -> str:
     requested = os.environ.get(_ENVIRONMENT_VARIABLE, "auto")
     if requested not in ("auto", "triton", "torch"):
         raise ValueError(f"{_ENVIRONMENT_VARIABLE} must be auto, triton, or torch; got {requested!r}")
-    if device.type != "cuda" or requested == "torch":
+    # Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) runs the kernels on
+    # CPU tensors when Triton is requested explicitly: a test aid, never chosen automatically.
+    interpreted = requested == "triton" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if requested == "torch" or (device.type != "cuda" and not interpreted):
         return "torch"
     try:
         backends.check_backend("triton", "m")
