@@ -18,8 +18,9 @@ Steps, each of which fails the check:
 5. with ``--spikingjelly-tests DIR`` (SpikingJelly's own ``test/activation_based``, e.g. from a
    checkout), run the files named in ``OWN_TESTS`` that pass on ``original/`` against ``patched/``.
 
-``--dev-head DIR`` applies the series to a SpikingJelly source checkout (never modified: it is
-copied) and reports, per patch, whether it applies; it does not fail the check.
+``--dev-head DIR`` applies the series to a SpikingJelly source checkout or bare clone (never
+modified: it is copied or exported) and reports, per patch, whether it applies; it does not fail
+the check.
 """
 
 from __future__ import annotations
@@ -166,7 +167,15 @@ def try_dev_head(checkout: Path, log=print) -> list[tuple[str, bool, str]]:
     patches = sorted(SERIES.glob("*.patch"))
     with tempfile.TemporaryDirectory() as scratch:
         tree = Path(scratch) / "head"
-        shutil.copytree(checkout, tree, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+        bare = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--is-bare-repository"],
+                              capture_output=True, text=True).stdout.strip() == "true"
+        if bare:  # a mirror without a work tree: export its HEAD
+            tree.mkdir()
+            archive = subprocess.run(["git", "-C", str(checkout), "archive", "HEAD"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        else:
+            shutil.copytree(checkout, tree, ignore=shutil.ignore_patterns(".git", "__pycache__"))
         results = apply_series(tree, patches)
     for name, applied, message in results:
         log(f"dev head: {name}: {'applies' if applied else 'does not apply'}"
