@@ -157,10 +157,10 @@ class ExactnessReport:
         title = f"SAF exactness report for {self.model_type or 'the model'}: "
         if self.exact:
             return title + "exact. Its spikes equal those of the LIF network with the same weights."
-        counts = [f"{len(group)} {label}" for group, label in (
-            (self.breaking, "break the LIF equivalence"),
-            (self.train_mode_only, "matter in train mode only"),
-            (self.unproven, "unproven")) if group]
+        counts = [f"{len(group)} {one if len(group) == 1 else many}" for group, one, many in (
+            (self.breaking, "breaks the LIF equivalence", "break the LIF equivalence"),
+            (self.train_mode_only, "matters in train mode only", "matter in train mode only"),
+            (self.unproven, "unproven", "unproven")) if group]
         verdict = "exact in eval mode" if self.exact_in_eval else "not exact"
         return title + f"{verdict}; {len(self.findings)} module(s): " + ", ".join(counts) + "."
 
@@ -560,10 +560,13 @@ class LIFComparison:
                     f"first in '{mismatched[0]}'.")
         elif self.conclusive:
             head = f"LIF twin: spikes equal in all {total} neuron layer(s), every one exercised."
+        elif not exercised:
+            head = (f"LIF twin: spikes equal in all {total} neuron layer(s), but none was "
+                    "exercised: not conclusive.")
         else:
             head = (f"LIF twin: spikes equal in all {total} neuron layer(s), but only "
-                    f"{len(exercised)} were exercised"
-                    + (f" ({_names(exercised)})" if exercised else "") + ": not conclusive.")
+                    f"{len(exercised)} {'was' if len(exercised) == 1 else 'were'} exercised "
+                    f"({_names(exercised)}): not conclusive.")
         lines = [head, f"  largest output difference: {self.output_difference:.3g}"]
         for name in mismatched[:_NAMES_SHOWN]:
             different, compared = self.spike_mismatches[name]

@@ -516,7 +516,7 @@ def test_only_the_exercised_layers_count():
     assert comparison.spikes_equal and not comparison.conclusive
     assert comparison.exercised_neurons() == ["2"]
     assert set(comparison.silent_neurons()) == {"5", "8"}
-    assert "only 1 were exercised (2)" in str(comparison)
+    assert "only 1 was exercised (2)" in str(comparison)
 
 
 def test_conclusive_comparison_summary():
