@@ -1,51 +1,77 @@
 r"""
-The mathematics of Spike Accumulation Forwarding, one function per formula.
+The mathematics of Spike Accumulation Forwarding, one place per formula.
 
 **API Language** - 中文 | English
 
-* **中文**: SAF 的全部公式，每个公式一个纯函数。模块（``SAFNode`` 等）只保存状态并选择后端。
-* **English**: every SAF formula as a small pure function. Modules (``SAFNode`` and friends)
-  only hold state and choose a backend; CuPy and Triton kernels implement these same functions.
+* **中文**: SAF 的全部公式。参数与状态是小的类型化对象（:class:`SAFParameters`、:class:`SAFState`），每一步的系数来自
+  同一张表（:func:`step_coefficients`），由 torch 路径与所有融合内核共同使用；唯一的步进函数 :func:`step` 以梯度
+  策略对象（:class:`Gradient`）决定反向传播的种类。公式见 ``docs/theory.md``。
+* **English**: every SAF formula. Parameters and state are small typed objects
+  (:class:`SAFParameters`, :class:`SAFState`); the per-step coefficients come from one table
+  (:func:`step_coefficients`) that the torch path and every fused kernel consume; the one step
+  function :func:`step` takes the kind of gradient as a strategy object (:class:`Gradient`).
+  The equations are in ``docs/theory.md``.
 
-Notation (SAF_SPEC): ``decay`` is :math:`\lambda = 1 - 1/\tau`, ``weight_sum`` is
+Notation (``docs/theory.md``): ``decay`` is :math:`\lambda = 1 - 1/\tau`, ``weight_sum`` is
 :math:`c[t] = \lambda c[t-1] + 1` with :math:`c[0] = 0`, ``abar`` is the weighted firing rate
 :math:`\bar A[t] = A[t] / c[t]` and ``input_current`` is :math:`I[t]`, the layer applied to the previous
-neuron's :math:`\bar A`. ``input_scale`` is ``1/tau`` when ``decay_input`` is set and ``1`` otherwise.
+neuron's :math:`\bar A`. ``input_scale`` :math:`s` is ``1/tau`` when ``decay_input`` is set and ``1``
+otherwise. All ``weight_sum`` values are Python floats: they are the same for every neuron of a layer.
 
-All ``weight_sum`` values are Python floats: they are the same for every neuron of a layer.
+Precision: the step runs in :func:`compute_dtype`, never below float32. :math:`H[t]` is the
+difference of two terms that grow like :math:`c[t]`, so 16-bit arithmetic would cancel away the
+membrane at long ``T`` and large ``tau``; 16-bit inputs are therefore computed (and the state kept)
+in float32.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
 __all__ = [
+    "SAFParameters",
+    "SAFState",
+    "StepCoefficients",
     "decay_factor",
     "input_scale_factor",
+    "compute_dtype",
     "next_weight_sum",
     "weight_sums",
+    "step_coefficients",
+    "coefficient_table",
     "membrane_before_fire",
     "average_update",
-    "saf_step",
-    "saf_multi_step",
+    "heaviside",
+    "fire_and_average",
+    "Gradient",
+    "SpikeLevelAutograd",
+    "SpikeLevelExplicit",
+    "RepresentationLevel",
+    "RepresentationTraceable",
+    "gradient_for",
+    "step",
+    "multi_step",
     "lif_membrane_after_reset",
     "recover_instantaneous",
     "recover_instantaneous_seq",
     "running_average",
-    "representation_mapping",
+    "weighted_average",
     "normalised_input",
-    "saf_step_representation",
-    "saf_step_spike_level",
-    "saf_step_representation_traceable",
-    "fire_and_average",
-    "heaviside",
+    "representation_mapping",
     "spike_level_input_gradient",
     "has_explicit_backward",
+    # the step under its earlier names, with the 7-argument signature
+    "saf_step",
+    "saf_step_spike_level",
+    "saf_step_representation",
+    "saf_step_representation_traceable",
+    "saf_multi_step",
 ]
 
 
+# ---- parameters, state, coefficients -----------------------------------------------------------
 def decay_factor(tau: float) -> float:
     r"""The leak :math:`\lambda = 1 - 1/\tau`; ``tau = inf`` gives the IF neuron (:math:`\lambda = 1`)."""
     return 1.0 - 1.0 / tau
@@ -54,6 +80,53 @@ def decay_factor(tau: float) -> float:
 def input_scale_factor(tau: float, decay_input: bool) -> float:
     """The factor applied to the input current: ``1/tau`` with ``decay_input``, else ``1``."""
     return 1.0 / tau if decay_input else 1.0
+
+
+class SAFParameters(NamedTuple):
+    r"""The constants of one SAF layer: leak :math:`\lambda`, threshold :math:`V_{th}`, input scale :math:`s`."""
+
+    decay: float
+    v_threshold: float = 1.0
+    input_scale: float = 1.0
+
+    @classmethod
+    def from_tau(cls, tau: float, v_threshold: float = 1.0, decay_input: bool = False) -> "SAFParameters":
+        return cls(decay_factor(tau), float(v_threshold), input_scale_factor(tau, decay_input))
+
+
+class SAFState(NamedTuple):
+    r"""The state carried between steps: :math:`\bar A[t-1]` (a tensor, or ``0.0`` before the first
+    step) and :math:`c[t-1]`, which encodes the step count."""
+
+    abar: Union[torch.Tensor, float] = 0.0
+    weight_sum: float = 0.0
+
+
+class StepCoefficients(NamedTuple):
+    r"""The scalars of one step, from which every tensor formula of the step is built.
+
+    The last four, in this order, are the rows of the table the fused kernels read
+    (:data:`KERNEL_COLUMNS`).
+    """
+
+    weight_sum: float       #: c[t]
+    weight_sum_prev: float  #: c[t-1]
+    input: float            #: c[t] s, the factor of I[t] in H[t]
+    reset: float            #: V_th lam c[t-1], the factor of Abar[t-1] in H[t]
+    carry: float            #: lam c[t-1], the factor of Abar[t-1] in Abar[t] c[t]
+    average: float          #: 1 / c[t]
+
+
+#: The per-step columns the fused kernels read, in kernel order.
+KERNEL_COLUMNS = ("input", "reset", "carry", "average")
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype a step computes in: the promotion of ``dtypes``, at least float32 (see the module notes)."""
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        result = torch.promote_types(result, dtype)
+    return torch.float32 if result in (torch.float16, torch.bfloat16) else result
 
 
 def next_weight_sum(weight_sum_prev: float, decay: float) -> float:
@@ -71,37 +144,42 @@ def weight_sums(weight_sum_prev: float, decay: float, steps: int) -> list[float]
     return sums
 
 
-def membrane_before_fire(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum: float,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-) -> torch.Tensor:
+def step_coefficients(params: SAFParameters, weight_sum_prev: float) -> StepCoefficients:
+    r"""The coefficients of the step after :math:`c[t-1] =` ``weight_sum_prev``, in double precision."""
+    weight_sum = next_weight_sum(weight_sum_prev, params.decay)
+    carry = params.decay * weight_sum_prev
+    return StepCoefficients(weight_sum, weight_sum_prev, weight_sum * params.input_scale,
+                            params.v_threshold * params.decay * weight_sum_prev, carry, 1.0 / weight_sum)
+
+
+def coefficient_table(params: SAFParameters, weight_sum_prev: float, steps: int) -> list[StepCoefficients]:
+    """:func:`step_coefficients` for ``steps`` consecutive steps."""
+    table = []
+    for _ in range(steps):
+        table.append(step_coefficients(params, weight_sum_prev))
+        weight_sum_prev = table[-1].weight_sum
+    return table
+
+
+# ---- the formulas of one step ------------------------------------------------------------------
+def membrane_before_fire(input_current: torch.Tensor, abar_prev: torch.Tensor,
+                         k: StepCoefficients) -> torch.Tensor:
     r"""The LIF membrane before firing, rebuilt from SAF's state.
 
-    :math:`H[t] = c[t]\, s\, I[t] - V_{th} \lambda c[t-1] \bar A[t-1]`, with :math:`s` the input scale.
-    It equals SpikingJelly ``LIFNode``'s :math:`H[t]` (SAF_SPEC section 2).
+    :math:`H[t] = c[t]\, s\, I[t] - V_{th} \lambda c[t-1] \bar A[t-1]`; it equals SpikingJelly
+    ``LIFNode``'s :math:`H[t]` (``docs/theory.md``, Theorem 1).
     """
-    driven = (weight_sum * input_scale) * input_current
-    if weight_sum_prev == 0.0:  # first step: nothing carried, and this saves two tensor ops
+    driven = k.input * input_current
+    if k.weight_sum_prev == 0.0:  # first step: nothing carried, and this saves two tensor ops
         return driven.to(torch.promote_types(driven.dtype, abar_prev.dtype))
-    return driven - (v_threshold * decay * weight_sum_prev) * abar_prev
+    return driven - k.reset * abar_prev
 
 
-def average_update(
-    spike: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum: float,
-    weight_sum_prev: float,
-    decay: float,
-) -> torch.Tensor:
+def average_update(spike: torch.Tensor, abar_prev: torch.Tensor, k: StepCoefficients) -> torch.Tensor:
     r""":math:`\bar A[t] = (\lambda c[t-1] \bar A[t-1] + S[t]) / c[t]`."""
-    if weight_sum_prev == 0.0:
-        return (spike * (1.0 / weight_sum)).to(torch.promote_types(spike.dtype, abar_prev.dtype))
-    return (spike + (decay * weight_sum_prev) * abar_prev) * (1.0 / weight_sum)
+    if k.weight_sum_prev == 0.0:
+        return (spike * k.average).to(torch.promote_types(spike.dtype, abar_prev.dtype))
+    return (spike + k.carry * abar_prev) * k.average
 
 
 def heaviside(x: torch.Tensor) -> torch.Tensor:
@@ -109,21 +187,23 @@ def heaviside(x: torch.Tensor) -> torch.Tensor:
     return (x >= 0).to(x.dtype)
 
 
-def fire_and_average(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum: float,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fire_and_average(input_current: torch.Tensor, abar_prev: torch.Tensor, k: StepCoefficients,
+                     v_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The exact SAF step without a graph: ``(abar, x)`` with :math:`x = H[t] - V_{th}`, the argument of
     every spike-level surrogate, and :math:`S[t] = \mathrm{heaviside}(x)`."""
-    x = membrane_before_fire(
-        input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold, input_scale
-    ) - v_threshold
-    return average_update(heaviside(x), abar_prev, weight_sum, weight_sum_prev, decay), x
+    x = membrane_before_fire(input_current, abar_prev, k) - v_threshold
+    return average_update(heaviside(x), abar_prev, k), x
+
+
+def normalised_input(input_current: torch.Tensor, v_threshold: float, input_scale: float) -> torch.Tensor:
+    r""":math:`u = s I / V_{th}`, the argument of every representation-level surrogate."""
+    return input_current * (input_scale / v_threshold)
+
+
+def representation_mapping(input_current: torch.Tensor, v_threshold: float,
+                           input_scale: float) -> torch.Tensor:
+    r"""Spike Representation's mapping :math:`\mathrm{clamp}(s I / V_{th}, 0, 1)`, SAF-F's surrogate primitive."""
+    return torch.clamp(normalised_input(input_current, v_threshold, input_scale), 0.0, 1.0)
 
 
 def spike_level_input_gradient(grad_abar: torch.Tensor, x: torch.Tensor, surrogate_function,
@@ -143,18 +223,53 @@ def has_explicit_backward(surrogate_function) -> bool:
     )
 
 
-class _SpikeLevelStep(torch.autograd.Function):
+# ---- kinds of gradient -------------------------------------------------------------------------
+class Gradient:
+    r"""How a step is differentiated. The forward value is always the exact SAF step, unless the
+    surrogate is in non-spiking mode (then the network is the smooth network the surrogate defines).
+
+    ``abar_prev`` is constant for the gradient: SAF's online gradient treats :math:`\bar A[t-1]` as
+    given (``docs/theory.md``, Theorems 2 and 3).
+    """
+
+    #: Whether a step compiled by ``torch.compile`` can run this kind (no custom autograd node).
+    traceable = True
+
+    def __init__(self, surrogate_function):
+        self.surrogate_function = surrogate_function
+
+    def value(self, input_current, abar_prev, k: StepCoefficients, params: SAFParameters) -> torch.Tensor:
+        """The step without a graph (inference, and SAF-F's first T-1 steps)."""
+        return fire_and_average(input_current, abar_prev, k, params.v_threshold)[0]
+
+    def with_graph(self, input_current, abar_prev, k: StepCoefficients,
+                   params: SAFParameters) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SpikeLevelAutograd(Gradient):
+    r"""Spike level, by autograd through the surrogate: :math:`\partial \bar A[t]/\partial I[t] = s\,
+    \sigma'(H[t] - V_{th})`. Works for any callable surrogate, and under ``torch.compile``."""
+
+    def value(self, input_current, abar_prev, k, params):
+        if getattr(self.surrogate_function, "spiking", False) is True:
+            return super().value(input_current, abar_prev, k, params)
+        with torch.no_grad():  # a non-spiking surrogate's forward is its smooth primitive
+            return self.with_graph(input_current, abar_prev, k, params)
+
+    def with_graph(self, input_current, abar_prev, k, params):
+        h = membrane_before_fire(input_current, abar_prev, k)
+        return average_update(self.surrogate_function(h - params.v_threshold), abar_prev, k)
+
+
+class _SpikeLevelNode(torch.autograd.Function):
     """The exact step as one autograd node that saves only ``x = H - V_th``."""
 
     @staticmethod
-    def forward(ctx, input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-                surrogate_function):
-        weight_sum = next_weight_sum(weight_sum_prev, decay)
-        abar, x = fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
-                                   v_threshold, input_scale)
+    def forward(ctx, input_current, abar_prev, k, v_threshold, input_scale, surrogate_function):
+        abar, x = fire_and_average(input_current, abar_prev, k, v_threshold)
         ctx.save_for_backward(x)
-        ctx.surrogate_function = surrogate_function
-        ctx.input_scale = input_scale
+        ctx.surrogate_function, ctx.input_scale = surrogate_function, input_scale
         ctx.input_dtype = input_current.dtype
         return abar
 
@@ -162,96 +277,149 @@ class _SpikeLevelStep(torch.autograd.Function):
     def backward(ctx, grad_abar):
         (x,) = ctx.saved_tensors
         grad_input = spike_level_input_gradient(grad_abar, x, ctx.surrogate_function, ctx.input_scale)
-        return grad_input.to(ctx.input_dtype), None, None, None, None, None, None
+        return grad_input.to(ctx.input_dtype), None, None, None, None, None
 
 
-def saf_step_spike_level(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-    surrogate_function,
-) -> tuple[torch.Tensor, float]:
-    """:func:`saf_step` for surrogates with an explicit backward: one autograd node per step, and no
-    node at all without a graph (SAF-F's first T-1 steps)."""
-    if torch.is_grad_enabled() and input_current.requires_grad:
-        abar = _SpikeLevelStep.apply(input_current, abar_prev, weight_sum_prev, decay, v_threshold,
-                                     input_scale, surrogate_function)
-        return abar, next_weight_sum(weight_sum_prev, decay)
-    weight_sum = next_weight_sum(weight_sum_prev, decay)
-    return fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
-                            v_threshold, input_scale)[0], weight_sum
+class SpikeLevelExplicit(Gradient):
+    """Spike level with SpikingJelly's explicit surrogate backward: one autograd node per step that
+    saves one tensor (eager mode; see :func:`has_explicit_backward`)."""
+
+    traceable = False
+
+    def with_graph(self, input_current, abar_prev, k, params):
+        return _SpikeLevelNode.apply(input_current, abar_prev, k, params.v_threshold, params.input_scale,
+                                     self.surrogate_function)
 
 
-def saf_step(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-    surrogate_function: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, float]:
-    r"""One SAF time step with a spike-level surrogate.
+class RepresentationLevel(Gradient):
+    r"""Representation level (SAF-F): :math:`\partial \bar A[t] / \partial I[t] := (s / V_{th})\,
+    g'(s I[t] / V_{th})` with ``g`` the surrogate's primitive (``docs/theory.md``, Theorem 3).
+    One autograd node per step that saves the slope, as ``bool`` when it is 0/1."""
 
-    ``abar_prev`` must already be detached (SAF's online gradient treats :math:`\bar A[t-1]` as a
-    constant). Autograd then gives :math:`\partial \bar A[t] / \partial I[t] = s\, \sigma'(H[t] - V_{th})`:
-    the factor :math:`c[t]` of the membrane cancels against :math:`1/c[t]` of the average.
+    traceable = False
 
-    :return: ``(abar, weight_sum)``
+    def value(self, input_current, abar_prev, k, params):
+        if self.surrogate_function.spiking:
+            return super().value(input_current, abar_prev, k, params)
+        # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
+        return self.surrogate_function.primitive_function(
+            normalised_input(input_current, params.v_threshold, params.input_scale))
+
+    def slope(self, input_current, params) -> torch.Tensor:
+        return self.surrogate_function.derivative(
+            normalised_input(input_current, params.v_threshold, params.input_scale))
+
+    def with_graph(self, input_current, abar_prev, k, params):
+        return _RepresentationNode.apply(input_current, abar_prev, k, params, self)
+
+
+class _RepresentationNode(torch.autograd.Function):
+    """Forward: :meth:`RepresentationLevel.value`. Backward: the representation-level slope."""
+
+    @staticmethod
+    def forward(ctx, input_current, abar_prev, k, params, gradient):
+        abar = gradient.value(input_current, abar_prev, k, params)
+        slope = gradient.slope(input_current, params)
+        storage = gradient.surrogate_function.derivative_storage_dtype or slope.dtype
+        ctx.save_for_backward(slope.to(storage))
+        ctx.gain = params.input_scale / params.v_threshold
+        ctx.grad_dtype = input_current.dtype
+        return abar
+
+    @staticmethod
+    def backward(ctx, grad_abar):
+        (slope,) = ctx.saved_tensors
+        return grad_abar * slope.to(ctx.grad_dtype) * ctx.gain, None, None, None, None
+
+
+class RepresentationTraceable(RepresentationLevel):
+    """:class:`RepresentationLevel` in plain tensor operations, for ``torch.compile``: the value is
+    the exact step, and ``path - path.detach()`` (zero in the forward) carries the slope backward."""
+
+    traceable = True
+
+    def with_graph(self, input_current, abar_prev, k, params):
+        detached = input_current.detach()
+        abar = self.value(detached, abar_prev, k, params)
+        gain = params.input_scale / params.v_threshold
+        path = input_current * (self.slope(detached, params).to(input_current.dtype) * gain)
+        return abar + (path - path.detach())
+
+
+def gradient_for(surrogate_function, traceable: Optional[bool] = None) -> Gradient:
+    """The kind of gradient for a surrogate: representation level for a
+    :class:`~spikingjelly_saf.surrogate.RepresentationSurrogate`, otherwise spike level (one explicit
+    node where the surrogate allows it). ``traceable`` (default: while ``torch.compile`` traces)
+    picks the kinds without a custom autograd node."""
+    from .surrogate import is_representation_level
+
+    if traceable is None:
+        # Dynamo cannot trace an autograd.Function that takes symbolic floats; compiled code needs no
+        # hand-made node anyway, since Inductor fuses the elementwise operations itself.
+        traceable = torch.compiler.is_compiling()
+    if is_representation_level(surrogate_function):
+        return (RepresentationTraceable if traceable else RepresentationLevel)(surrogate_function)
+    if has_explicit_backward(surrogate_function) and not traceable:
+        return SpikeLevelExplicit(surrogate_function)
+    return SpikeLevelAutograd(surrogate_function)
+
+
+# ---- the step ----------------------------------------------------------------------------------
+def _as_gradient(gradient) -> Gradient:
+    return gradient if isinstance(gradient, Gradient) else gradient_for(gradient)
+
+
+def step(input_current: torch.Tensor, state: SAFState, params: SAFParameters,
+         gradient) -> tuple[torch.Tensor, SAFState]:
+    r"""
+    **API Language** - 中文 | English
+
+    * **中文**: SAF 的一步。``state.abar`` 视为常数（在线梯度）；计算在 :func:`compute_dtype` 中进行。
+    * **English**: one SAF step, the only one. ``state.abar`` is treated as a constant (the online
+      gradient); the step computes in :func:`compute_dtype`.
+
+    :param input_current: :math:`I[t]`
+    :param state: :math:`(\bar A[t-1], c[t-1])`; ``abar`` may be ``0.0`` before the first step
+    :param params: the layer's :class:`SAFParameters`
+    :param gradient: a :class:`Gradient`, or a surrogate function (then :func:`gradient_for` chooses)
+    :return: ``(abar, SAFState(abar.detach(), c[t]))``; ``abar`` is :math:`\bar A[t]` in the compute dtype
     """
-    weight_sum = next_weight_sum(weight_sum_prev, decay)
-    h = membrane_before_fire(
-        input_current, abar_prev, weight_sum, weight_sum_prev, decay, v_threshold, input_scale
-    )
-    spike = surrogate_function(h - v_threshold)
-    return average_update(spike, abar_prev, weight_sum, weight_sum_prev, decay), weight_sum
+    gradient = _as_gradient(gradient)
+    abar_prev = state.abar
+    if not isinstance(abar_prev, torch.Tensor):
+        abar_prev = torch.zeros((), dtype=input_current.dtype, device=input_current.device)
+    dtype = compute_dtype(input_current.dtype, abar_prev.dtype)
+    current, abar_prev = input_current.to(dtype), abar_prev.detach().to(dtype)
+    k = step_coefficients(params, state.weight_sum)
+    if torch.is_grad_enabled() and current.requires_grad:
+        abar = gradient.with_graph(current, abar_prev, k, params)
+    else:  # no graph: the slope or surrogate intermediate would never be used
+        abar = gradient.value(current, abar_prev, k, params)
+    return abar, SAFState(abar.detach(), k.weight_sum)
 
 
-def saf_multi_step(
-    input_seq: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-    step: Callable[..., tuple[torch.Tensor, float]],
-) -> tuple[torch.Tensor, float]:
-    """Run ``step`` (e.g. :func:`saf_step`) over dim 0 of ``input_seq``, detaching the carried state.
-
-    :return: ``(abar_seq, weight_sum)`` where ``weight_sum`` is :math:`c` at the last step
-    """
+def multi_step(input_seq: torch.Tensor, state: SAFState, params: SAFParameters,
+               gradient) -> tuple[torch.Tensor, SAFState]:
+    """:func:`step` over dim 0 of ``input_seq``; returns ``(abar_seq, final state)``."""
+    if input_seq.shape[0] == 0:
+        raise ValueError("input_seq has T=0 steps; a SAF sequence needs at least one step.")
+    gradient = _as_gradient(gradient)
     abar_steps = []
-    abar = abar_prev
-    weight_sum = weight_sum_prev
     for input_current in input_seq:
-        abar, weight_sum = step(
-            input_current, abar.detach(), weight_sum, decay, v_threshold, input_scale
-        )
+        abar, state = step(input_current, state, params, gradient)
         abar_steps.append(abar)
-    return torch.stack(abar_steps), weight_sum
+    return torch.stack(abar_steps), state
 
 
-def lif_membrane_after_reset(
-    input_current: torch.Tensor,
-    abar: torch.Tensor,
-    weight_sum: float,
-    v_threshold: float,
-    input_scale: float,
-) -> torch.Tensor:
+# ---- reading SAF's state -----------------------------------------------------------------------
+def lif_membrane_after_reset(input_current: torch.Tensor, abar: torch.Tensor, weight_sum: float,
+                             v_threshold: float, input_scale: float) -> torch.Tensor:
     r"""The LIF membrane after the soft reset: :math:`V[t] = c[t] (s I[t] - V_{th} \bar A[t])`."""
     return weight_sum * (input_scale * input_current - v_threshold * abar)
 
 
-def recover_instantaneous(
-    average: torch.Tensor,
-    average_prev: Optional[torch.Tensor],
-    weight_sum: float,
-    weight_sum_prev: float,
-    decay: float,
-) -> torch.Tensor:
+def recover_instantaneous(average: torch.Tensor, average_prev: Optional[torch.Tensor],
+                          weight_sum: float, weight_sum_prev: float, decay: float) -> torch.Tensor:
     r"""The instantaneous value behind a weighted average.
 
     :math:`o[t] = c[t] \bar O[t] - \lambda c[t-1] \bar O[t-1]`. Applied to a neuron's output it gives the
@@ -263,11 +431,9 @@ def recover_instantaneous(
     return weight_sum * average - (decay * weight_sum_prev) * average_prev
 
 
-def recover_instantaneous_seq(
-    average_seq: torch.Tensor, decay: float, weight_sum_prev: float = 0.0,
-    average_prev: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """:func:`recover_instantaneous` over dim 0 of a sequence of weighted averages.
+def recover_instantaneous_seq(average_seq: torch.Tensor, decay: float, weight_sum_prev: float = 0.0,
+                              average_prev: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r""":func:`recover_instantaneous` over dim 0 of a sequence of weighted averages.
 
     Each previous average is detached, as in the online step: the gradient of o[t] reaches
     :math:`\bar O[t]` only, so a sum of per-step losses gives the sum of per-step SAF-E gradients.
@@ -282,112 +448,56 @@ def recover_instantaneous_seq(
     return torch.stack(outputs)
 
 
-def running_average(
-    x: torch.Tensor,
-    average_prev: Optional[torch.Tensor],
-    weight_sum: float,
-    weight_sum_prev: float,
-    decay: float,
-) -> torch.Tensor:
-    r"""The weighted running average of inputs :math:`\bar x[t] = (\lambda c[t-1] \bar x[t-1] + x[t]) / c[t]`."""
+def running_average(x: torch.Tensor, average_prev: Optional[torch.Tensor], weight_sum: float,
+                    weight_sum_prev: float, decay: float) -> torch.Tensor:
+    r"""The weighted running average :math:`\bar x[t] = (\lambda c[t-1] \bar x[t-1] + x[t]) / c[t]`.
+
+    The same update as :func:`average_update`; ``average_prev`` is ``None`` at the first step.
+    """
     if average_prev is None or weight_sum_prev == 0.0:
         return x * (1.0 / weight_sum)
-    return average_update(x, average_prev, weight_sum, weight_sum_prev, decay)
+    return (x + (decay * weight_sum_prev) * average_prev) * (1.0 / weight_sum)
 
 
-def normalised_input(input_current: torch.Tensor, v_threshold: float,
-                     input_scale: float) -> torch.Tensor:
-    r""":math:`u = s I / V_{th}`, the argument of every representation-level surrogate."""
-    return input_current * (input_scale / v_threshold)
+def weighted_average(seq: torch.Tensor, decay: float, dim: int = 0) -> torch.Tensor:
+    r"""The weighted average of a whole sequence, :math:`\bar x[T] = \sum_t \lambda^{T-t} x[t] / c[T]`.
 
-
-def representation_mapping(
-    input_current: torch.Tensor, v_threshold: float, input_scale: float
-) -> torch.Tensor:
-    r"""Spike Representation's mapping :math:`\mathrm{clamp}(s I / V_{th}, 0, 1)`, SAF-F's surrogate primitive."""
-    return torch.clamp(normalised_input(input_current, v_threshold, input_scale), 0.0, 1.0)
-
-
-def _representation_forward(input_current, abar_prev, weight_sum_prev, decay, v_threshold,
-                            input_scale, representation_surrogate) -> torch.Tensor:
-    if representation_surrogate.spiking:
-        weight_sum = next_weight_sum(weight_sum_prev, decay)
-        return fire_and_average(input_current, abar_prev, weight_sum, weight_sum_prev, decay,
-                                v_threshold, input_scale)[0]
-    # Non-spiking mode is the rate network itself: its forward is the surrogate's primitive.
-    return representation_surrogate.primitive_function(
-        normalised_input(input_current, v_threshold, input_scale))
-
-
-class _RepresentationStep(torch.autograd.Function):
-    """Forward: the exact SAF step. Backward: a representation-level surrogate of the map I -> Abar."""
-
-    @staticmethod
-    def forward(ctx, input_current, abar_prev, weight_sum_prev, decay, v_threshold,
-                input_scale, representation_surrogate):
-        abar = _representation_forward(input_current, abar_prev, weight_sum_prev, decay,
-                                       v_threshold, input_scale, representation_surrogate)
-        slope = representation_surrogate.derivative(
-            normalised_input(input_current, v_threshold, input_scale))
-        # A 0/1 slope (the clamp's) is stored as bool: a quarter of float32's bytes, still exact.
-        ctx.save_for_backward(slope.to(representation_surrogate.derivative_storage_dtype or slope.dtype))
-        ctx.gain = input_scale / v_threshold
-        ctx.grad_dtype = input_current.dtype
-        return abar
-
-    @staticmethod
-    def backward(ctx, grad_abar):
-        (slope,) = ctx.saved_tensors
-        grad_input = grad_abar * slope.to(ctx.grad_dtype) * ctx.gain
-        return grad_input, None, None, None, None, None, None
-
-
-def saf_step_representation_traceable(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-    representation_surrogate,
-) -> tuple[torch.Tensor, float]:
-    """:func:`saf_step_representation` in plain tensor operations, for ``torch.compile``.
-
-    The value is the exact step; ``path - path.detach()`` is zero in the forward and carries the
-    surrogate slope in the backward.
+    * **中文**: LIF 网络输出的 SAF 读出：对 ``dim`` 维（时间）做加权平均，等于 SAF 网络最后的 :math:`\bar O[T]`。
+    * **English**: the SAF readout of a LIF network's outputs: the weighted average over ``dim``
+      (time), which equals the SAF network's last output :math:`\bar O[T]`. Uses :func:`running_average`.
     """
-    gain = input_scale / v_threshold
-    abar = _representation_forward(input_current.detach(), abar_prev, weight_sum_prev, decay,
-                                   v_threshold, input_scale, representation_surrogate)
-    slope = representation_surrogate.derivative(
-        normalised_input(input_current.detach(), v_threshold, input_scale)).to(input_current.dtype)
-    path = input_current * (slope * gain)
-    return abar + (path - path.detach()), next_weight_sum(weight_sum_prev, decay)
+    average, weight_sum = None, 0.0
+    for x in seq.unbind(dim):
+        weight_sum_next = next_weight_sum(weight_sum, decay)
+        average = running_average(x, average, weight_sum_next, weight_sum, decay)
+        weight_sum = weight_sum_next
+    if average is None:
+        raise ValueError(f"the sequence has no steps along dim={dim} (shape {tuple(seq.shape)}).")
+    return average
 
 
-def saf_step_representation(
-    input_current: torch.Tensor,
-    abar_prev: torch.Tensor,
-    weight_sum_prev: float,
-    decay: float,
-    v_threshold: float,
-    input_scale: float,
-    representation_surrogate,
-) -> tuple[torch.Tensor, float]:
-    r"""One SAF time step whose gradient is a representation-level surrogate (SAF-F).
+# ---- the step under its earlier names ----------------------------------------------------------
+def _seven_argument_step(kind: Callable[[object], Gradient]):
+    def run(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
+            surrogate_function) -> tuple[torch.Tensor, float]:
+        abar, state = step(input_current, SAFState(abar_prev, weight_sum_prev),
+                           SAFParameters(decay, v_threshold, input_scale), kind(surrogate_function))
+        return abar, state.weight_sum
 
-    The forward is that of :func:`saf_step` (with the surrogate in non-spiking mode, the rate
-    mapping itself, so that the step is the Spike Representation network). The backward is
-    :math:`\partial \bar A[t] / \partial I[t] := (s / V_{th})\, g'(s I[t] / V_{th})`, where ``g`` is the
-    surrogate's primitive; for :class:`~spikingjelly_saf.surrogate.SpikeRepresentation`,
-    :math:`g = \mathrm{clamp}(\cdot, 0, 1)`, the Spike Representation mapping.
-    """
-    if torch.is_grad_enabled() and input_current.requires_grad:
-        abar = _RepresentationStep.apply(
-            input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-            representation_surrogate,
-        )
-    else:  # no graph (SAF-F's first T-1 steps): the slope would never be used
-        abar = _representation_forward(input_current, abar_prev, weight_sum_prev, decay,
-                                       v_threshold, input_scale, representation_surrogate)
-    return abar, next_weight_sum(weight_sum_prev, decay)
+    run.__doc__ = (f":func:`step` with ``{kind.__name__}``, as ``(input_current, abar_prev, weight_sum_prev, "
+                   "decay, v_threshold, input_scale, surrogate_function) -> (abar, weight_sum)``.")
+    return run
+
+
+saf_step = _seven_argument_step(SpikeLevelAutograd)
+saf_step_spike_level = _seven_argument_step(SpikeLevelExplicit)
+saf_step_representation = _seven_argument_step(RepresentationLevel)
+saf_step_representation_traceable = _seven_argument_step(RepresentationTraceable)
+
+
+def saf_multi_step(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
+                   surrogate_function) -> tuple[torch.Tensor, float]:
+    """:func:`multi_step` with the 7-argument signature; the gradient kind follows the surrogate."""
+    abar_seq, state = multi_step(input_seq, SAFState(abar_prev, weight_sum_prev),
+                                 SAFParameters(decay, v_threshold, input_scale), surrogate_function)
+    return abar_seq, state.weight_sum

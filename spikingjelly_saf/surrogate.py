@@ -49,7 +49,7 @@ class SpikeRepresentation(RepresentationSurrogate):
 
     * **中文**: SAF-F 的表示层替代梯度，:math:`\partial \bar A/\partial I = (s/V_{th})\,\mathbb 1\{0<u<1\}`。
     * **English**: SAF-F's representation-level surrogate,
-      :math:`\partial \bar A / \partial I := (s / V_{th})\, \mathbb{1}\{0 < u < 1\}` (SAF_SPEC section 3).
+      :math:`\partial \bar A / \partial I := (s / V_{th})\, \mathbb{1}\{0 < u < 1\}` (``docs/theory.md``, Theorem 3).
     """
 
     derivative_storage_dtype = torch.bool

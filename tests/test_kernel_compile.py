@@ -1,4 +1,4 @@
-"""The CUDA source of the CuPy backend compiles, for every surrogate and dtype.
+"""The CUDA source of the CuPy backend compiles, for every surrogate (float32; 16-bit tensors are converted).
 
 Two compilers, neither needs a GPU: ``nvcc --ptx`` (skipped when ``nvcc`` is not on PATH) and NVRTC,
 the run-time compiler CuPy itself uses, through its C API (skipped when no ``libnvrtc`` is found,
@@ -81,26 +81,30 @@ def test_every_surrogate_and_dtype_compiles(tmp_path):
         entries = set(re.findall(r"\.entry (\w+)\(", text))
         assert entries == set(kernel_source.kernel_names(dtype)), (name, entries)
         # No FMA in the neuron update: the forward must round like PyTorch's separate mul and add.
-        for entry in ("saf_forward", "saf_forward_pairs"):
-            if entry in entries:
-                assert "fma." not in entry_body(text, entry), (name, entry)
+        assert "fma." not in entry_body(text, "saf_forward"), name
 
 
-@needs_nvcc
-def test_paired_kernels_use_vector_loads(tmp_path):
-    code = surrogate_codes.surrogate_code_by_id(
-        surrogate_codes.resolve_surrogate_code(surrogate.Sigmoid(), "cupy"))
-    result, ptx = compile_to_ptx(kernel_source.cuda_source(code, "float16"), tmp_path, "pairs")
-    assert result.returncode == 0, result.stderr
-    body = entry_body(ptx.read_text(), "saf_forward_pairs")
-    assert re.search(r"ld\.global(\.nc)?\.(b32|u32)", body), "half2 loads should be 32-bit"
+def test_kernels_read_the_functional_coefficient_table():
+    """The kernels take their per-step numbers from functional.coefficient_table, column by column."""
+    from spikingjelly_saf import functional as F
+    from spikingjelly_saf.backends import custom_ops
+
+    params = F.SAFParameters.from_tau(4.0, v_threshold=0.7, decay_input=True)
+    table = F.coefficient_table(params, 1.5, 3)
+    flat = custom_ops.step_coefficients(1.5, params.decay, params.v_threshold, params.input_scale, 3)
+    assert flat == [getattr(k, c) for k in table for c in F.KERNEL_COLUMNS]
+    assert F.KERNEL_COLUMNS == ("input", "reset", "carry", "average")
+    k = table[0]
+    assert k.input == k.weight_sum * params.input_scale and k.average == 1.0 / k.weight_sum
+    assert k.reset == params.v_threshold * params.decay * 1.5 and k.carry == params.decay * 1.5
 
 
 def test_unknown_dtype_is_refused():
     code = surrogate_codes.surrogate_code_by_id(
         surrogate_codes.resolve_surrogate_code(surrogate.Sigmoid(), "cupy"))
-    with pytest.raises(ValueError, match="float64"):
-        kernel_source.cuda_source(code, "float64")
+    for dtype in ("float64", "float16"):
+        with pytest.raises(ValueError, match=dtype):
+            kernel_source.cuda_source(code, dtype)
 
 
 def find_nvrtc():

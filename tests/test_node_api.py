@@ -95,9 +95,11 @@ def test_to_functional_forward_is_pure():
     outputs, new_states = f((x,), states)
     out = outputs[0] if isinstance(outputs, tuple) else outputs
     torch.testing.assert_close(out, expected)
-    # States come back in module order: (abar, weight_sum) per SAFNode; c[4] = 1.875 for tau = 2.
-    assert len(new_states) == 4 and new_states[1] == new_states[3] == 1.875
+    # States come back in module order: (v, abar, weight_sum) per SAFNode; c[4] = 1.875 for tau = 2.
+    assert len(new_states) == 6 and new_states[2] == new_states[5] == 1.875
     assert net[1].weight_sum == 0.0, "the functional call must not touch module memories"
+    # v is the equivalent LIF membrane after reset, V[T] = c[T] (s I[T] - V_th Abar[T]).
+    torch.testing.assert_close(new_states[3], 1.875 * (net[:3](x)[-1] - new_states[4]))
 
 
 def test_torch_compile_matches_eager():
@@ -199,3 +201,151 @@ def test_compiled_representation_step_matches_eager():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     outs[-1].sum().backward()
     torch.testing.assert_close(net[0].weight.grad, eager_grad)
+
+
+# ---- arguments and attributes are validated, at construction and afterwards ----------------------
+@pytest.mark.parametrize("name", ["decay_input", "detach_reset", "store_v_seq"])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_flags_must_be_bool(name, value):
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        SAFNode(**{name: value})
+
+
+def test_attributes_are_validated_after_construction():
+    node = SAFNode(tau=4.0)
+    for name, value, error, pattern in [
+        ("v_threshold", -1, ValueError, "v_threshold must be positive"),
+        ("v_threshold", math.nan, ValueError, "v_threshold must be positive"),
+        ("v_threshold", "1", TypeError, "v_threshold must be a real number"),
+        ("tau", 0.5, ValueError, "tau must be >= 1"),
+        ("tau", True, TypeError, "tau must be a real number"),
+        ("decay_input", "no", TypeError, "decay_input must be True or False"),
+        ("v_reset", 0.0, ValueError, "v_reset=None"),
+        ("backend", "cuda", ValueError, "valid backends"),
+    ]:
+        with pytest.raises(error, match=pattern):
+            setattr(node, name, value)
+    assert (node.tau, node.v_threshold, node.decay_input, node.v_reset) == (4.0, 1.0, False, None)
+    node.v_threshold, node.decay_input = 2, True
+    assert node.v_threshold == 2.0 and node.input_scale == 0.25
+    with pytest.raises(ValueError, match="decay_input=False"):
+        node.tau = math.inf
+    if_node = SAFNode(tau=math.inf)
+    with pytest.raises(ValueError, match="decay_input=False"):
+        if_node.decay_input = True
+
+
+@pytest.mark.parametrize("tau, error", [(True, TypeError), ("2", TypeError), (0.5, ValueError),
+                                        (math.nan, ValueError)])
+def test_input_average_validates_tau(tau, error):
+    with pytest.raises(error, match="tau"):
+        InputAverage(tau=tau)
+    average = InputAverage()
+    with pytest.raises(error, match="tau"):
+        average.tau = tau
+
+
+def test_input_average_batch_change_says_reset_net():
+    average = InputAverage(step_mode="m")
+    average(torch.rand(3, 4, 5))
+    with pytest.raises(ValueError, match="reset_net"):
+        average(torch.rand(3, 2, 5))
+    functional.reset_net(average)
+    assert average(torch.rand(3, 2, 5)).shape == (3, 2, 5)
+
+
+@pytest.mark.parametrize("module", [SAFNode(step_mode="m"), InputAverage(step_mode="m")],
+                         ids=["SAFNode", "InputAverage"])
+def test_empty_sequence_is_refused(module):
+    with pytest.raises(ValueError, match="T=0"):
+        module(torch.rand(0, 3, 4))
+
+
+def test_empty_sequence_is_refused_by_backends_and_functional():
+    from spikingjelly_saf import backends
+
+    with pytest.raises(ValueError, match="T >= 1"):
+        backends.torch_multi_step(torch.rand(0, 3), torch.zeros(3), 0.0, 0.5, 1.0, 1.0, surrogate.ATan())
+    with pytest.raises(ValueError, match="T=0"):
+        F.multi_step(torch.rand(0, 3), F.SAFState(), F.SAFParameters(0.5), surrogate.ATan())
+
+
+# ---- BaseNode's contract: v, v_seq, MemoryModule helpers -----------------------------------------
+def test_v_is_the_lif_membrane_in_both_step_modes():
+    T, tau = 9, 4.0
+    x = torch.rand(T, 3, 5, dtype=torch.float64) * 1.5  # static input: no InputAverage needed
+    x = x[:1].expand(T, 3, 5)
+    lif = neuron.LIFNode(tau=tau, decay_input=False, v_reset=None, step_mode="m", store_v_seq=True)
+    lif(x)
+    for step_mode in ("s", "m"):
+        saf = SAFNode(tau=tau, step_mode=step_mode, store_v_seq=True)
+        if step_mode == "s":
+            for xt in x:
+                saf(xt)
+        else:
+            saf(x)
+        torch.testing.assert_close(saf.v, lif.v, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(saf.v_seq, lif.v_seq, rtol=1e-10, atol=1e-10)
+        functional.reset_net(saf)
+        assert saf.v == 0.0 and saf.v_seq is None
+
+
+def test_output_recovery_is_a_memory_module_reset_by_reset_net():
+    from spikingjelly_saf import OutputRecovery
+
+    recovery = OutputRecovery(0.5)
+    assert isinstance(recovery, base.MemoryModule)
+    averages = torch.rand(4, 2, 3, dtype=torch.float64)
+    first = torch.stack([recovery(a) for a in averages])
+    torch.testing.assert_close(first, F.recover_instantaneous_seq(averages, 0.5))
+    functional.reset_net(nn.Sequential(recovery))
+    assert recovery.weight_sum == 0.0 and recovery.average_prev is None
+    torch.testing.assert_close(torch.stack([recovery(a) for a in averages]), first)
+    with pytest.raises(ValueError, match="decay"):
+        OutputRecovery(1.5)
+
+
+def test_public_classes_document_themselves_and_when_to_reset():
+    from spikingjelly_saf import OutputRecovery, SpikeTap
+    from spikingjelly_saf.surrogate import RepresentationSurrogate
+
+    for cls in (SAFNode, InputAverage, OutputRecovery, SpikeTap, SpikeRepresentation,
+                RepresentationSurrogate):
+        assert cls.__doc__ and len(cls.__doc__) > 80, cls
+    for cls in (SAFNode, InputAverage, OutputRecovery):
+        assert "functional.reset_net" in cls.__doc__ and "中文" in cls.__doc__, cls
+
+
+# ---- low precision: SAF is no worse than LIF at the same precision ------------------------------------
+@pytest.mark.parametrize("tau", [math.inf, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_saf_is_no_worse_than_lif(dtype, tau):
+    """A pure 16-bit model (no autocast), T=1000: spikes against a float64 LIF, SAF versus a 16-bit LIF.
+
+    SAF's membrane c[t] s I[t] - V_th lam c[t-1] Abar[t-1] is a difference of terms that grow like
+    c[t]; computed in 16 bits it cancels away (about a fifth of the spikes differed). The step
+    therefore computes, and keeps its state, in float32 (docs/theory.md, "Precision").
+    """
+    T, N = 1000, 64
+    g = torch.Generator().manual_seed(0)
+    # A static input (the same current every step), so that SAF needs no InputAverage.
+    current = (torch.rand(N, generator=g) * 0.8 - 0.1).to(dtype).expand(T, N)
+
+    def lif_spikes(lif_dtype):
+        lif = (neuron.IFNode(v_reset=None, step_mode="m") if math.isinf(tau)
+               else neuron.LIFNode(tau=tau, decay_input=False, v_reset=None, step_mode="m"))
+        with torch.no_grad():
+            return lif(current.to(lif_dtype))
+
+    reference, low = lif_spikes(torch.float64), lif_spikes(dtype)
+    saf = SAFNode(tau=tau, step_mode="m")
+    recorded = []
+    saf.spikes.register_forward_hook(lambda module, args, output: recorded.append(output))
+    with torch.no_grad():
+        out = saf(current)
+    assert out.dtype == dtype and saf.abar.dtype == torch.float32
+    assert 0.1 < reference.mean().item() < 0.5
+    saf_mismatch = (recorded[0] != reference).double().mean().item()
+    lif_mismatch = (low != reference).double().mean().item()
+    assert saf_mismatch <= lif_mismatch, (saf_mismatch, lif_mismatch)
+    assert saf_mismatch < 0.01, saf_mismatch

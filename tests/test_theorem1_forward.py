@@ -1,4 +1,4 @@
-"""Theorem 1 (SAF_SPEC section 2): SAF's spikes are exactly those of the LIF network with the same weights.
+"""Theorem 1 (docs/theory.md): SAF's spikes are exactly those of the LIF network with the same weights.
 
 Statement proven here, in float64 against SpikingJelly's own ``LIFNode``/``IFNode``: for a network whose
 modules between neurons are affine and fixed over time (conv and linear with biases, eval-mode

@@ -1,4 +1,4 @@
-"""Theorem 2 (SAF_SPEC section 3): SAF-E's per-step gradients are OTTT_O's.
+"""Theorem 2 (docs/theory.md): SAF-E's per-step gradients are OTTT_O's.
 
 Statement proven here, in float64 against SpikingJelly's ``OTTTLIFNode`` + ``OTTTSequential``: with the
 same weights and a static direct-encoded input, at every step t the SAF-E loss on the recovered

@@ -1,4 +1,4 @@
-"""Theorem 3 (SAF_SPEC section 3): SAF-F with the representation surrogate is Spike Representation.
+"""Theorem 3 (docs/theory.md): SAF-F with the representation surrogate is Spike Representation.
 
 Statements proven here, in float64:
 

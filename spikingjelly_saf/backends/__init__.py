@@ -1,109 +1,120 @@
-"""
-Backends that run SAFNode's step functions.
+r"""
+Backends that run SAF's step: typed objects with a declared contract, and the registry that owns them.
 
-Every backend implements the same contract, the multi-step function
+**API Language** - 中文 | English
 
-    run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale, surrogate_function)
-        -> (abar_seq, weight_sum)
+* **中文**: 每个后端是一个 :class:`Backend` 对象，声明其名称、可用性（缺失时的错误信息给出安装命令）、支持的步进模式、
+  dtype、设备与替代函数，以及前向/反向的实现。:data:`REGISTRY` 负责延迟加载、选择与回退到 torch（只在一处）。
+* **English**: each backend is a :class:`Backend` object that declares its name, its availability
+  (the error names the install extra), the step modes, dtypes, devices and surrogates it supports,
+  and its forward and backward. :data:`REGISTRY` owns lazy loading, selection and the fallback to
+  the torch backend, in one place. See ``docs/backends.md``.
 
-with ``input_seq`` of shape ``[T, *]``, ``abar_prev`` of shape ``[*]`` (already detached), and the
-gradient of :mod:`spikingjelly_saf.functional`. ``'torch'`` runs everywhere and in both step modes;
-fused backends run the whole sequence in one launch and are multi-step only. Importing this package
-never imports CuPy or Triton.
+The math is :mod:`spikingjelly_saf.functional`; fused kernels read its coefficient table
+(:func:`~spikingjelly_saf.functional.coefficient_table`). Importing this package never imports CuPy
+or Triton, and never imports :mod:`spikingjelly_saf.neuron`.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+import importlib
+import importlib.util
+import os
+import threading
+from collections.abc import Mapping
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from .. import functional as F
-from ..surrogate import is_representation_level
+from .surrogate_codes import register_surrogate_code
 
 __all__ = [
+    "Backend",
+    "TorchBackend",
+    "FusedBackend",
+    "BackendRegistry",
+    "REGISTRY",
+    "BackendSelectable",
     "SUPPORTED_BACKENDS",
+    "set_backend",
+    "register_surrogate_code",
+    # 7-argument entry points, kept for existing callers
     "torch_step",
     "torch_multi_step",
     "get_multi_step",
     "check_backend",
-    "register_multi_step_backend",
-    "set_backend",
-    "register_surrogate_code",
 ]
 
-#: Backends per step mode, the same shape as SpikingJelly's ``supported_backends``.
-SUPPORTED_BACKENDS = {"s": ("torch",), "m": ("torch",)}
-
-_MULTI_STEP: dict[str, Callable] = {}
-_AVAILABILITY_CHECKS: dict[str, Callable[[], None]] = {}
+_FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def torch_step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-               surrogate_function):
-    """The torch single step: representation-level, spike-level with SpikingJelly's explicit surrogate
-    backward (one autograd node), or plain autograd for any other callable surrogate."""
-    # Dynamo cannot trace an autograd.Function that takes symbolic floats; compiled code needs no
-    # hand-made node anyway, since Inductor fuses the elementwise operations itself.
-    compiling = torch.compiler.is_compiling()
-    if is_representation_level(surrogate_function):
-        step = F.saf_step_representation_traceable if compiling else F.saf_step_representation
-    elif F.has_explicit_backward(surrogate_function) and not compiling:
-        step = F.saf_step_spike_level
-    else:
-        step = F.saf_step
-    return step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-                surrogate_function)
+class Backend:
+    """The contract of a backend.
+
+    :ivar name: the value of ``SAFNode(backend=...)``
+    :ivar step_modes: step modes it runs (``'s'``, ``'m'``)
+    :ivar dtypes: input dtypes it computes itself; others run on the torch backend
+    :ivar install_extra: the ``pip install "spikingjelly-saf[extra]"`` that provides it, if any
+    :ivar surrogates: what surrogates it supports, in words (for documentation and errors)
+
+    Forward and backward: :meth:`multi_step` (and :meth:`single_step` where ``'s'`` is supported)
+    return the step's value with an autograd graph whose backward is the gradient of
+    :mod:`spikingjelly_saf.functional`.
+    """
+
+    name: str = ""
+    step_modes: tuple[str, ...] = ()
+    dtypes: tuple[torch.dtype, ...] = ()
+    install_extra: Optional[str] = None
+    surrogates: str = ""
+
+    def device_types(self) -> tuple[str, ...]:
+        """Device types whose tensors it computes on."""
+        return ()
+
+    def unavailable_reason(self) -> Optional[str]:
+        """``None`` when it can run here, else a sentence saying what is missing and how to get it."""
+        return None
+
+    def is_available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def load(self) -> None:
+        """Import what it needs (idempotent). Called when the backend is chosen, never while tracing."""
+
+    def accepts(self, input_seq: torch.Tensor, state: F.SAFState, surrogate_function) -> bool:
+        """Whether it computes this call itself; ``False`` sends the call to the torch backend."""
+        return True
+
+    def single_step(self, input_current, state: F.SAFState, params: F.SAFParameters,
+                    surrogate_function) -> tuple[torch.Tensor, F.SAFState]:
+        raise NotImplementedError(f"backend {self.name!r} has no single-step mode")
+
+    def multi_step(self, input_seq, state: F.SAFState, params: F.SAFParameters,
+                   surrogate_function) -> tuple[torch.Tensor, F.SAFState]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, step_modes={self.step_modes})"
 
 
-def torch_multi_step(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-                     surrogate_function):
-    step = functools.partial(torch_step, surrogate_function=surrogate_function)
-    return F.saf_multi_step(input_seq, abar_prev, weight_sum_prev, decay, v_threshold,
-                            input_scale, step)
+class TorchBackend(Backend):
+    """Plain PyTorch: every device, dtype and callable surrogate, in both step modes."""
 
+    name = "torch"
+    step_modes = ("s", "m")
+    dtypes = _FLOATING
+    surrogates = "any callable surrogate; representation-level surrogates of spikingjelly_saf.surrogate"
 
-def register_multi_step_backend(name: str, run: Callable, availability_check: Callable[[], None]):
-    """Add a fused multi-step backend. ``availability_check`` raises a clear error when it cannot run."""
-    _MULTI_STEP[name] = run
-    _AVAILABILITY_CHECKS[name] = availability_check
-    if name not in SUPPORTED_BACKENDS["m"]:
-        SUPPORTED_BACKENDS["m"] = SUPPORTED_BACKENDS["m"] + (name,)
+    def device_types(self) -> tuple[str, ...]:
+        return ("cpu", "cuda", "mps", "xpu", "meta")
 
+    def single_step(self, input_current, state, params, surrogate_function):
+        return F.step(input_current, state, params, surrogate_function)
 
-_MULTI_STEP["torch"] = torch_multi_step
-
-
-def check_backend(backend: str, step_mode: str) -> None:
-    """Raise ``ValueError`` for an unknown backend and the backend's own error when it cannot run."""
-    valid = SUPPORTED_BACKENDS.get(step_mode, ())
-    if backend not in valid:
-        raise ValueError(
-            f"backend={backend!r} is not supported in step_mode={step_mode!r}; "
-            f"valid backends: {', '.join(repr(b) for b in valid)}."
-            + (" Fused backends run in multi-step mode: use step_mode='m'."
-               if step_mode == "s" and backend in SUPPORTED_BACKENDS["m"] else "")
-        )
-    check = _AVAILABILITY_CHECKS.get(backend)
-    if check is not None:
-        check()
-        # Import the backend now, when it is chosen: a traced call (torch.compile, strict
-        # torch.export) must not import modules.
-        run = _MULTI_STEP[backend]
-        _MULTI_STEP[backend] = getattr(run, "resolve", lambda: run)()
-
-
-def get_multi_step(backend: str) -> Callable:
-    return _MULTI_STEP[backend]
-
-
-# ---- fused backends, imported on first use --------------------------------------------------------
-import importlib
-import importlib.util
-import os
-
-from .surrogate_codes import register_surrogate_code  # noqa: E402  (imports neither CuPy nor Triton)
+    def multi_step(self, input_seq, state, params, surrogate_function):
+        return F.multi_step(input_seq, state, params, surrogate_function)
 
 
 def _module_missing(name: str) -> bool:
@@ -113,55 +124,231 @@ def _module_missing(name: str) -> bool:
         return True
 
 
-def _check_cupy() -> None:
-    missing = []
-    if _module_missing("cupy"):
-        missing.append("CuPy is not installed")
-    import torch
-
-    if not torch.cuda.is_available():
-        missing.append("no CUDA device is available to PyTorch")
-    if missing:
-        raise RuntimeError(
-            "backend='cupy' cannot run: " + " and ".join(missing) + ". The CuPy backend needs an NVIDIA "
-            'GPU and CuPy: pip install "spikingjelly-saf[cupy]" (or the cupy-cudaXXx wheel matching '
-            "your CUDA). Use backend='torch' otherwise."
-        )
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _check_triton() -> None:
-    import torch
+class FusedBackend(Backend):
+    """A multi-step kernel pair, registered as ``torch.ops.spikingjelly_saf.<name>_*`` custom operators.
 
-    missing = []
-    if _module_missing("triton"):
-        missing.append("Triton is not installed")
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if not interpreting and not torch.cuda.is_available():
-        missing.append("no CUDA device is available to PyTorch (set TRITON_INTERPRET=1 before importing "
-                       "Triton to run its CPU interpreter)")
-    if missing:
-        raise RuntimeError(
-            "backend='triton' cannot run: " + " and ".join(missing) + '. Install it with pip install '
-            '"spikingjelly-saf[triton]", or use backend=\'torch\'.'
-        )
+    The kernel module (``spikingjelly_saf.backends.<module>``) provides ``forward_impl`` and
+    ``backward_impl`` (contract in :mod:`.custom_ops`); it is imported by :meth:`load`. Kernels
+    compute in float32: 16-bit inputs are converted on entry, as the torch backend does
+    (:func:`~spikingjelly_saf.functional.compute_dtype`).
+    """
+
+    step_modes = ("m",)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    surrogates = ("SpikingJelly's Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, "
+                  "Erf; SpikeRepresentation; classes given code with register_surrogate_code")
+
+    def __init__(self, name: str, module: str, requirement: str, install_hint: str):
+        self.name, self.module, self.requirement = name, module, requirement
+        self.install_extra = name
+        self.install_hint = install_hint
+        self.ops = None
+        self._surrogate_code = None
+        self._lock = threading.Lock()
+
+    def device_types(self) -> tuple[str, ...]:
+        return ("cuda",)
+
+    def missing(self) -> list[str]:
+        missing = [] if not _module_missing(self.requirement) else [f"{self.requirement_label} is not installed"]
+        if not torch.cuda.is_available():
+            missing.append("no CUDA device is available to PyTorch")
+        return missing
+
+    @property
+    def requirement_label(self) -> str:
+        return {"cupy": "CuPy", "triton": "Triton"}.get(self.requirement, self.requirement)
+
+    def unavailable_reason(self) -> Optional[str]:
+        missing = self.missing()
+        if not missing:
+            return None
+        return (f"backend={self.name!r} cannot run: " + " and ".join(missing) + ". " + self.install_hint
+                + " Use backend='torch' otherwise.")
+
+    def load(self) -> None:
+        with self._lock:
+            if self.ops is not None:
+                return
+            from .custom_ops import define_backend_ops
+            from .surrogate_codes import resolve_surrogate_code
+
+            kernels = importlib.import_module(f"{__name__}.{self.module}")
+            # The id depends only on the surrogate's class, parameters and registrations, never on
+            # tensors: traced code (torch.compile, strict torch.export) takes it as a constant instead of
+            # tracing code generation and the registry's lock. Applied here: it loads torch._dynamo.
+            self._surrogate_code = torch.compiler.assume_constant_result(resolve_surrogate_code)
+            self.ops = define_backend_ops(self.name, kernels.forward_impl, kernels.backward_impl)
+
+    def kernel_code(self, surrogate_function) -> Optional[int]:
+        """The surrogate's kernel code id, ``None`` (with one warning per class) when it has none."""
+        return self._surrogate_code(surrogate_function, self.name)
+
+    def accepts(self, input_seq, state, surrogate_function) -> bool:
+        state_dtype = state.abar.dtype if isinstance(state.abar, torch.Tensor) else input_seq.dtype
+        if F.compute_dtype(input_seq.dtype, state_dtype) != torch.float32:
+            return False
+        if self.ops is None:  # used without selection (SAFNode selects, and so loads, at construction)
+            self.load()
+        return self.kernel_code(surrogate_function) is not None
+
+    def check_device(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type not in self.device_types():
+            raise RuntimeError(
+                f"SAFNode(backend={self.name!r}) got a tensor on {tensor.device}; its kernels run on "
+                f"{' or '.join(self.device_types())} tensors. Move the model and input to the GPU, or use "
+                "backend='torch'." + self.device_hint())
+
+    def device_hint(self) -> str:
+        return ""
+
+    def multi_step(self, input_seq, state, params, surrogate_function):
+        from .custom_ops import coefficient_tensor
+
+        self.check_device(input_seq)
+        code_id = self.kernel_code(surrogate_function)
+        steps = input_seq.shape[0]
+        flat_input = input_seq.to(torch.float32).reshape(steps, -1).contiguous()
+        abar_prev = state.abar if isinstance(state.abar, torch.Tensor) else input_seq.new_zeros(input_seq.shape[1:])
+        flat_abar = abar_prev.detach().to(flat_input).reshape(-1).contiguous()
+        table = F.coefficient_table(params, state.weight_sum, steps)
+        coefficients = coefficient_tensor(table, flat_input.device)
+        gain = params.input_scale / params.v_threshold
+        if torch.is_grad_enabled() and flat_input.requires_grad:
+            abar_seq, _ = self.ops.forward(flat_input, flat_abar, coefficients, params.v_threshold,
+                                           params.input_scale, gain, code_id)
+        else:
+            abar_seq = self.ops.forward_only(flat_input, flat_abar, coefficients, params.v_threshold,
+                                             gain, code_id)
+        abar_seq = abar_seq.view(input_seq.shape)
+        # clone: a view would keep the whole [T, N] output alive as state.
+        return abar_seq, F.SAFState(abar_seq[-1].detach().clone(), table[-1].weight_sum)
 
 
-def _lazy_run(module_name: str) -> Callable:
-    """A stand-in that imports the backend module on first use; ``resolve()`` gives its real ``run``."""
+class _TritonBackend(FusedBackend):
+    def device_types(self) -> tuple[str, ...]:
+        return ("cuda", "cpu") if _triton_interpreting() else ("cuda",)
 
-    def resolve() -> Callable:
-        return importlib.import_module(f"{__name__}.{module_name}").run
+    def missing(self) -> list[str]:
+        missing = [] if not _module_missing("triton") else ["Triton is not installed"]
+        if not _triton_interpreting() and not torch.cuda.is_available():
+            missing.append("no CUDA device is available to PyTorch (set TRITON_INTERPRET=1 before importing "
+                           "Triton to run its CPU interpreter)")
+        return missing
 
-    def run(*args):
-        return resolve()(*args)
-
-    run.__name__ = f"{module_name}_run"
-    run.resolve = resolve
-    return run
+    def device_hint(self) -> str:
+        return (" To run the kernels through Triton's (slow) CPU interpreter, set TRITON_INTERPRET=1 before "
+                "importing Triton.")
 
 
-register_multi_step_backend("cupy", _lazy_run("cupy_backend"), _check_cupy)
-register_multi_step_backend("triton", _lazy_run("triton_backend"), _check_triton)
+class BackendRegistry:
+    """The backends by name: registration, selection (availability check and lazy load) and dispatch.
+
+    Selection never changes what is registered; dispatch is the one place where a call that a fused
+    backend does not compute (float64, a surrogate without kernel code) runs on the torch backend.
+    """
+
+    def __init__(self, fallback: Backend):
+        self._backends: dict[str, Backend] = {fallback.name: fallback}
+        self.fallback = fallback
+
+    def register(self, backend: Backend) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"expected a Backend, got {backend!r}.")
+        if backend.name in self._backends:
+            raise ValueError(f"a backend named {backend.name!r} is already registered.")
+        self._backends[backend.name] = backend
+
+    def names(self, step_mode: str) -> tuple[str, ...]:
+        return tuple(n for n, b in self._backends.items() if step_mode in b.step_modes)
+
+    def get(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def check(self, name: str, step_mode: str) -> Backend:
+        """The backend, or ``ValueError`` (unknown, wrong step mode) / ``RuntimeError`` (cannot run here)."""
+        valid = self.names(step_mode)
+        if name not in valid:
+            hint = ""
+            if step_mode == "s" and name in self.names("m"):
+                hint = " Fused backends run in multi-step mode: use step_mode='m'."
+            raise ValueError(f"backend={name!r} is not supported in step_mode={step_mode!r}; valid backends: "
+                             f"{', '.join(repr(b) for b in valid)}.{hint}")
+        backend = self._backends[name]
+        reason = backend.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        return backend
+
+    def select(self, name: str, step_mode: str) -> Backend:
+        """:meth:`check`, then load it now: a traced call (torch.compile, torch.export) must not import."""
+        backend = self.check(name, step_mode)
+        backend.load()
+        return backend
+
+    def single_step(self, name, input_current, state, params, surrogate_function):
+        backend = self._backends[name]
+        if "s" not in backend.step_modes:
+            self.check(name, "s")  # raises, naming the valid backends
+        return backend.single_step(input_current, state, params, surrogate_function)
+
+    def multi_step(self, name, input_seq, state, params, surrogate_function):
+        if input_seq.dim() == 0 or input_seq.shape[0] == 0:
+            raise ValueError(f"input_seq of shape {tuple(input_seq.shape)} has no time steps; a SAF sequence "
+                             "[T, N, *] needs T >= 1.")
+        backend = self._backends[name]
+        if backend is not self.fallback and not backend.accepts(input_seq, state, surrogate_function):
+            backend = self.fallback
+        return backend.multi_step(input_seq, state, params, surrogate_function)
+
+
+#: The registry every ``SAFNode`` uses.
+REGISTRY = BackendRegistry(TorchBackend())
+REGISTRY.register(FusedBackend(
+    "cupy", "cupy_backend", "cupy",
+    'The CuPy backend needs an NVIDIA GPU and CuPy: pip install "spikingjelly-saf[cupy]" (or the '
+    "cupy-cudaXXx wheel matching your CUDA)."))
+REGISTRY.register(_TritonBackend(
+    "triton", "triton_backend", "triton", 'Install it with pip install "spikingjelly-saf[triton]".'))
+
+
+class _SupportedBackends(Mapping):
+    """``{'s': names, 'm': names}``, read from :data:`REGISTRY` (the shape of SpikingJelly's ``supported_backends``)."""
+
+    def __getitem__(self, step_mode: str) -> tuple[str, ...]:
+        if step_mode not in ("s", "m"):
+            raise KeyError(step_mode)
+        return REGISTRY.names(step_mode)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("s", "m"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+SUPPORTED_BACKENDS = _SupportedBackends()
+
+
+class BackendSelectable:
+    """Mixin for modules with a ``backend`` attribute chosen from :data:`REGISTRY` (``SAFNode``)."""
+
+    @property
+    def supported_backends(self) -> tuple[str, ...]:
+        return REGISTRY.names(self.step_mode)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        REGISTRY.select(value, self.step_mode)
+        self._backend = value
 
 
 def set_backend(net, backend: str, instance=None) -> int:
@@ -179,7 +366,7 @@ def set_backend(net, backend: str, instance=None) -> int:
 
     :param net: 网络
     :param backend: ``'torch'``、``'cupy'`` 或 ``'triton'``
-    :param instance: 只修改此类型的模块；默认 ``SAFNode``
+    :param instance: 只修改此类型的模块；默认所有可选后端的模块（``SAFNode``）
     :return: 被修改的模块数
 
     ----
@@ -195,14 +382,46 @@ def set_backend(net, backend: str, instance=None) -> int:
 
     :param net: the network
     :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
-    :param instance: only change modules of this type; ``SAFNode`` by default
+    :param instance: only change modules of this type; by default every module that selects a
+        backend from the registry (``SAFNode``)
     :return: the number of modules changed
     """
-    if instance is None:
-        from ..neuron import SAFNode as instance
-    targets = [m for m in net.modules() if isinstance(m, instance)]
+    targets = [m for m in net.modules() if isinstance(m, instance or BackendSelectable)]
     for module in targets:
-        check_backend(backend, module.step_mode)
+        REGISTRY.check(backend, module.step_mode)
     for module in targets:
         module.backend = backend
     return len(targets)
+
+
+# ---- 7-argument entry points ----------------------------------------------------------------------
+def torch_step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
+               surrogate_function):
+    """One torch step, ``-> (abar, weight_sum)``; the gradient kind follows the surrogate."""
+    abar, state = F.step(input_current, F.SAFState(abar_prev, weight_sum_prev),
+                         F.SAFParameters(decay, v_threshold, input_scale), surrogate_function)
+    return abar, state.weight_sum
+
+
+def get_multi_step(backend: str) -> Callable:
+    """``run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale, surrogate_function)
+    -> (abar_seq, weight_sum)`` through :data:`REGISTRY` (with its fallback to torch)."""
+    REGISTRY.select(backend, "m")
+
+    def run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale, surrogate_function):
+        abar_seq, state = REGISTRY.multi_step(backend, input_seq, F.SAFState(abar_prev, weight_sum_prev),
+                                              F.SAFParameters(decay, v_threshold, input_scale),
+                                              surrogate_function)
+        return abar_seq, state.weight_sum
+
+    run.__name__ = f"{backend}_multi_step"
+    return run
+
+
+torch_multi_step = get_multi_step("torch")
+
+
+def check_backend(backend: str, step_mode: str) -> None:
+    """Raise ``ValueError`` for an unknown backend and the backend's own error when it cannot run;
+    load it otherwise."""
+    REGISTRY.select(backend, step_mode)

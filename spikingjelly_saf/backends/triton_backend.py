@@ -2,8 +2,9 @@ r"""
 ``backend='triton'``: SAF's fused multi-step kernels in Triton.
 
 The same algorithm as the CUDA kernels of :mod:`.kernel_source`: a forward kernel over ``[T, N]``
-that loops over ``t`` inside each program and saves only what the surrogate needs, and an
-elementwise backward kernel. With ``TRITON_INTERPRET=1`` (set before Triton is imported) the kernels
+that loops over ``t`` inside each program, reads the per-step coefficient table of
+:func:`spikingjelly_saf.functional.coefficient_table` and saves only what the surrogate needs, and an
+elementwise backward kernel. Everything is float32. With ``TRITON_INTERPRET=1`` (set before Triton is imported) the kernels
 run on CPU tensors, which is how the test suite executes them without a GPU.
 
 This module imports Triton; :mod:`spikingjelly_saf.backends` imports it only when
@@ -18,10 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .custom_ops import define_backend_ops, make_run
+from .custom_ops import new_saved
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
-__all__ = ["run", "ops", "BUILTIN_TRITON_SURROGATES", "interpreting"]
+__all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES", "interpreting"]
 
 _BLOCK = 1024
 
@@ -84,48 +85,32 @@ BUILTIN_TRITON_SURROGATES = {
 }
 
 
-# ---- kernels -------------------------------------------------------------------------------------
-@triton.jit
-def _storage_round(v, STORAGE: tl.constexpr):
-    # PyTorch rounds the result of every eager operation to the tensor dtype (round to nearest even).
-    if STORAGE == tl.bfloat16:
-        # Explicit bit arithmetic: Triton's CPU interpreter does not round float32 -> bfloat16 to
-        # nearest even, and on GPUs this is the same rounding as cvt.rn.bf16.f32.
-        bits = v.to(tl.uint32, bitcast=True)
-        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
-    else:
-        return v.to(STORAGE).to(tl.float32)
-
-
+# ---- kernels (float32; the host converts 16-bit tensors, see FusedBackend) ----------------------------
 @triton.jit
 def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr, saved_ptr,
                         steps, neurons, v_threshold, gain,
                         SAVE: tl.constexpr, REPRESENTATION: tl.constexpr, BLOCK: tl.constexpr):
-    storage = abar_seq_ptr.dtype.element_ty
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
-    abar = tl.load(abar_prev_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    abar = tl.load(abar_prev_ptr + offsets, mask=inside, other=0.0)
     index = offsets  # int64: t * N + n may exceed 2^31
     for t in range(steps):
+        # One row of the coefficient table: c[t] s, V_th lam c[t-1], lam c[t-1], 1 / c[t].
         k_input = tl.load(coefficient_ptr + 4 * t)
         k_reset = tl.load(coefficient_ptr + 4 * t + 1)
         k_carry = tl.load(coefficient_ptr + 4 * t + 2)
         k_average = tl.load(coefficient_ptr + 4 * t + 3)
-        current = tl.load(input_ptr + index, mask=inside, other=0.0).to(tl.float32)
-        h = _storage_round(_storage_round(k_input * current, storage)
-                           - _storage_round(k_reset * abar, storage), storage)
-        over_th = _storage_round(h - v_threshold, storage)
+        current = tl.load(input_ptr + index, mask=inside, other=0.0)
+        over_th = (k_input * current - k_reset * abar) - v_threshold
         spike = tl.where(over_th >= 0.0, 1.0, 0.0)
-        abar = _storage_round(_storage_round(spike + _storage_round(k_carry * abar, storage), storage)
-                              * k_average, storage)
-        tl.store(abar_seq_ptr + index, abar.to(storage), mask=inside)  # abar is representable: exact
+        abar = (spike + k_carry * abar) * k_average
+        tl.store(abar_seq_ptr + index, abar, mask=inside)
         if SAVE:
             if REPRESENTATION:
-                u = _storage_round(current * gain, storage)
+                u = current * gain
                 tl.store(saved_ptr + index, ((u > 0.0) & (u < 1.0)).to(tl.uint8), mask=inside)
             else:
-                tl.store(saved_ptr + index, over_th.to(storage), mask=inside)  # representable
+                tl.store(saved_ptr + index, over_th, mask=inside)
         index += neurons
 
 
@@ -133,17 +118,16 @@ def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr,
 def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_scale, gain,
                          p0, p1, SURROGATE: tl.constexpr, REPRESENTATION: tl.constexpr,
                          BLOCK: tl.constexpr):
-    storage = grad_input_ptr.dtype.element_ty
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
-    grad = tl.load(grad_abar_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    grad = tl.load(grad_abar_ptr + offsets, mask=inside, other=0.0)
     if REPRESENTATION:
         mask = tl.load(saved_ptr + offsets, mask=inside, other=0).to(tl.float32)
-        grad_input = _storage_round(_storage_round(grad * mask, storage) * gain, storage)
+        grad_input = (grad * mask) * gain
     else:
-        over_th = tl.load(saved_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        grad_input = _storage_round(grad * SURROGATE(over_th, p0, p1) * input_scale, storage)
-    tl.store(grad_input_ptr + offsets, grad_input.to(storage), mask=inside)
+        over_th = tl.load(saved_ptr + offsets, mask=inside, other=0.0)
+        grad_input = grad * SURROGATE(over_th, p0, p1) * input_scale
+    tl.store(grad_input_ptr + offsets, grad_input, mask=inside)
 
 
 # ---- host side -----------------------------------------------------------------------------------
@@ -152,24 +136,11 @@ def _launch_options() -> dict:
     return {"enable_fp_fusion": False}
 
 
-def _check_device(tensor: torch.Tensor) -> None:
-    if tensor.device.type == "cpu" and not interpreting():
-        raise RuntimeError(
-            "SAFNode(backend='triton') got a CPU tensor. Triton kernels run on a GPU; move the model and "
-            "input to CUDA, use backend='torch' on CPU, or set TRITON_INTERPRET=1 before importing "
-            "Triton to run the kernels through Triton's (slow) CPU interpreter."
-        )
-
-
-def _forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save):
-    code = surrogate_code_by_id(code_id)
-    representation = code.level == REPRESENTATION_LEVEL
+def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save):
+    representation = surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL
     steps, neurons = input_seq.shape
     abar_seq = torch.empty_like(input_seq)
-    if save:
-        saved = torch.empty_like(input_seq, dtype=torch.uint8 if representation else input_seq.dtype)
-    else:
-        saved = abar_seq.new_empty(0)
+    saved = new_saved(input_seq, code_id, save)
     if abar_seq.numel():
         grid = (triton.cdiv(neurons, _BLOCK),)
         _saf_forward_kernel[grid](
@@ -186,7 +157,7 @@ def _surrogate_function(code):
     return code.triton
 
 
-def _backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
+def backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
     code = surrogate_code_by_id(code_id)
     representation = code.level == REPRESENTATION_LEVEL
     grad_input = torch.empty_like(grad_abar_seq)
@@ -200,15 +171,3 @@ def _backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
             SURROGATE=surrogate, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
         )
     return grad_input
-
-
-#: The custom operators ``torch.ops.spikingjelly_saf.triton_*``, registered when this module is imported.
-OPS = define_backend_ops("triton", _forward_impl, _backward_impl)
-
-
-def ops():
-    return OPS
-
-
-#: The backend contract function for ``backend='triton'``.
-run = make_run("triton", OPS, _check_device)
