@@ -83,7 +83,14 @@ REGEX_SUBSTITUTIONS = (
     (r"never imports CuPy or Triton", "never imports Triton"),
     (r"neither CuPy nor Triton", "not Triton"),
     (r",? or convert it with\s+(\"\s*\")?\s*spikingjelly_saf\.to_saf\(model\)", ""),
+    # the plugin's documents: the theory is the SAF tutorial upstream; backends.md has no counterpart
+    (r"``docs/theory\.md``", ":doc:`/tutorials/en/saf`"),
+    (r"\s*(?:and|与)\s*``docs/backends\.md``", ""),
+    (r"\s*See ``docs/backends\.md``\.", ""),
+    (r" ?\(``docs/[\w.]+``\)", ""),
 )
+#: Text that must not reach SpikingJelly; generate.py warns, naming the file and line.
+RESIDUE = re.compile(r"spikingjelly_saf|spikingjelly-saf|SAF_SPEC|``docs/|\bplugin\b")
 
 #: The patches: (file name stem, subject, body, files). A file belongs to the first patch naming it.
 SERIES = (
@@ -718,6 +725,10 @@ def generate_tree(base: Path, work: Path) -> dict[str, list[str]]:
             contents[path] = template.read_text()
         origins.setdefault(path, []).append(f"upstream/templates/{relative_path}")
     for path, text in contents.items():
+        for number, line in enumerate(text.splitlines(), start=1):
+            if RESIDUE.search(line):
+                print(f"generate.py: warning: {path}:{number} still names the plugin: {line.strip()[:120]}",
+                      file=sys.stderr)
         target = work / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text.rstrip("\n") + "\n")
