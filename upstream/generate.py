@@ -75,6 +75,19 @@ TEXT_SUBSTITUTIONS = (
     ("(``'cupy'``, ``'triton'``)", "(``'triton'``)"),
     ("（``'cupy'``、``'triton'``）", "（``'triton'``）"),
 )
+#: Edits of a module's source before it is placed: (module, old text, new text, required). SpikingJelly
+#: 2.0 neurons have no backend argument and pick their implementation from the input's device, so
+#: upstream ``SAFNode`` defaults to ``backend='auto'``, registered by ``_ops/saf/__init__.py``.
+SOURCE_EDITS = (
+    (f"{PACKAGE}.neuron", 'backend: str = "torch",', 'backend: str = "auto",', True),
+    (f"{PACKAGE}.neuron", ":param backend: ``'torch'``, or a fused backend",
+     ":param backend: ``'auto'`` (the default: chosen from the input's device, like SpikingJelly's "
+     "other neurons), ``'torch'``, or a fused backend", False),
+    (f"{PACKAGE}.neuron", ":param backend: ``'torch'``，或多步模式下的融合后端",
+     ":param backend: ``'auto'`` （默认：与 SpikingJelly 的其他神经元一样按输入的设备选择）、``'torch'``，"
+     "或多步模式下的融合后端", False),
+)
+
 #: Regular-expression substitutions: the plugin's extras, its notes, what exists only in the plugin.
 REGEX_SUBSTITUTIONS = (
     (r'"spikingjelly-saf\[(\w+)\]"', r"\1"),                      # pip install "spikingjelly-saf[triton]"
@@ -686,6 +699,17 @@ def generate_tree(base: Path, work: Path) -> dict[str, list[str]]:
     for module in modules:
         path, mode = target_of(module)
         source = module_file(module).read_text()
+        for edited, old, new, required in SOURCE_EDITS:
+            if edited != module:
+                continue
+            if source.count(old) != 1:
+                message = (f"{module}: the text {old!r} of SOURCE_EDITS in upstream/generate.py is "
+                           f"there {source.count(old)} times instead of once; update the edit")
+                if required:
+                    raise GenerateError(message)
+                print(f"generate.py: warning: {message}", file=sys.stderr)
+                continue
+            source = source.replace(old, new)
         source = drop_excluded(module, source)
         if mode == "append":
             text = append_module(host(path), module, source, path)

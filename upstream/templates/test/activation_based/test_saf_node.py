@@ -39,6 +39,22 @@ def test_argument_checks(kwargs, error):
         neuron.SAFNode(**kwargs)
 
 
+def test_implementation_is_chosen_from_the_device(monkeypatch):
+    node = neuron.SAFNode()
+    assert node.backend == "auto"
+    assert "auto" in node.supported_backends
+    from spikingjelly._ops.saf import implementation
+
+    monkeypatch.setenv("SJ_SAF_CUDA_IMPLEMENTATION", "auto")
+    assert implementation(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SJ_SAF_CUDA_IMPLEMENTATION", "cupy")
+    with pytest.raises(ValueError, match="SJ_SAF_CUDA_IMPLEMENTATION"):
+        implementation(torch.device("cpu"))
+    monkeypatch.delenv("SJ_SAF_CUDA_IMPLEMENTATION")
+    torch.testing.assert_close(neuron.SAFNode(backend="auto", step_mode="m")(torch.ones(3, 2) * 0.7),
+                               neuron.SAFNode(backend="torch", step_mode="m")(torch.ones(3, 2) * 0.7))
+
+
 def test_step_modes_and_repr():
     node = neuron.SAFNode(tau=4.0, step_mode="m")
     assert node.supported_step_mode() == ("s", "m")

@@ -4,7 +4,8 @@
 fused multi-step Triton operator. :func:`multi_step` chooses between them from the input's device,
 like the other neuron operators: the torch reference on CPU; on CUDA, Triton when it is installed
 (the operator itself falls back to the reference for a dtype or surrogate without a kernel), else
-the reference. ``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch`` overrides the choice on CUDA; with
+the reference. ``SAFNode``'s default ``backend='auto'`` makes the same choice. Setting
+``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch`` overrides the choice on CUDA; with
 ``triton`` and ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors, through Triton's interpreter.
 """
 
@@ -53,7 +54,7 @@ def implementation(device: torch.device) -> str:
     if requested == "torch" or (device.type != "cuda" and not interpreted):
         return "torch"
     try:
-        backends.check_backend("triton", "m")
+        backends.REGISTRY.select("triton", "m")
     except RuntimeError as error:
         if requested == "triton":
             raise RuntimeError(f"{_ENVIRONMENT_VARIABLE}=triton cannot run: {error}") from error
@@ -61,37 +62,57 @@ def implementation(device: torch.device) -> str:
     return "triton"
 
 
+def _parameters(tau, decay_input, v_threshold) -> reference.SAFParameters:
+    _check(tau, decay_input, v_threshold)
+    return reference.SAFParameters.from_tau(tau, float(v_threshold), bool(decay_input))
+
+
 def step(x, abar, weight_sum, tau, decay_input, v_threshold, surrogate_function):
     """One SAF step: ``(abar_next, (abar_next, weight_sum_next))``."""
-    _check(tau, decay_input, v_threshold)
-    abar_next, weight_sum_next = backends.torch_step(
-        x, _abar(x, abar), float(weight_sum), reference.decay_factor(tau), float(v_threshold),
-        reference.input_scale_factor(tau, decay_input), _default_surrogate(surrogate_function),
-    )
-    return abar_next, (abar_next.detach(), weight_sum_next)
+    params = _parameters(tau, decay_input, v_threshold)
+    abar_next, state = backends.REGISTRY.single_step(
+        "torch", x, reference.SAFState(_abar(x, abar), float(weight_sum)), params,
+        _default_surrogate(surrogate_function))
+    return abar_next, (abar_next.detach(), state.weight_sum)
 
 
 def multi_step(x_seq, abar, weight_sum, tau, decay_input, v_threshold, surrogate_function,
                store_v_seq=False):
     """SAF over ``x_seq[T, ...]``: ``(abar_seq, (abar, weight_sum), v_seq_or_None)``."""
-    _check(tau, decay_input, v_threshold)
+    params = _parameters(tau, decay_input, v_threshold)
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"x_seq must have shape [T, ...] with T >= 1, got {tuple(x_seq.shape)}")
-    decay = reference.decay_factor(tau)
-    input_scale = reference.input_scale_factor(tau, decay_input)
-    abar_prev = _abar(x_seq[0], abar)
-    if implementation(x_seq.device) == "triton":
-        run = backends.get_multi_step("triton")
-    else:
-        run = backends.torch_multi_step
-    abar_seq, weight_sum_next = run(x_seq, abar_prev, float(weight_sum), decay, float(v_threshold),
-                                    input_scale, _default_surrogate(surrogate_function))
+    state = reference.SAFState(_abar(x_seq[0], abar), float(weight_sum))
+    abar_seq, final = backends.REGISTRY.multi_step(implementation(x_seq.device), x_seq, state, params,
+                                                   _default_surrogate(surrogate_function))
     v_seq = None
     if store_v_seq:
         with torch.no_grad():
-            sums = reference.weight_sums(float(weight_sum), decay, x_seq.shape[0])
+            sums = reference.weight_sums(float(weight_sum), params.decay, x_seq.shape[0])
             v_seq = torch.stack([
-                reference.lif_membrane_after_reset(x, a, c, float(v_threshold), input_scale)
+                reference.lif_membrane_after_reset(x, a, c, params.v_threshold, params.input_scale)
                 for x, a, c in zip(x_seq, abar_seq, sums)
             ])
-    return abar_seq, (abar_seq[-1].detach().clone(), weight_sum_next), v_seq
+    return abar_seq, (final.abar, final.weight_sum), v_seq
+
+
+class _AutomaticBackend(backends.Backend):
+    """``SAFNode(backend='auto')``: the choice of :func:`implementation`, made per call from the input."""
+
+    name = "auto"
+    step_modes = ("s", "m")
+    dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    surrogates = "any callable surrogate"
+
+    def device_types(self) -> tuple:
+        return backends.REGISTRY.get("torch").device_types()
+
+    def single_step(self, input_current, state, params, surrogate_function):
+        return backends.REGISTRY.single_step("torch", input_current, state, params, surrogate_function)
+
+    def multi_step(self, input_seq, state, params, surrogate_function):
+        return backends.REGISTRY.multi_step(implementation(input_seq.device), input_seq, state, params,
+                                            surrogate_function)
+
+
+backends.REGISTRY.register(_AutomaticBackend())
