@@ -81,11 +81,11 @@ TEXT_SUBSTITUTIONS = (
 SOURCE_EDITS = (
     (f"{PACKAGE}.neuron", 'backend: str = "torch",', 'backend: str = "auto",', True),
     (f"{PACKAGE}.neuron", ":param backend: ``'torch'``, or a fused backend",
-     ":param backend: ``'auto'`` (the default: chosen from the input's device, like SpikingJelly's "
-     "other neurons), ``'torch'``, or a fused backend", False),
+     ":param backend: ``'auto'`` (the default: chosen from the input's device, like\n"
+     "        SpikingJelly's other neurons), ``'torch'``, or a fused backend", False),
     (f"{PACKAGE}.neuron", ":param backend: ``'torch'``，或多步模式下的融合后端",
-     ":param backend: ``'auto'`` （默认：与 SpikingJelly 的其他神经元一样按输入的设备选择）、``'torch'``，"
-     "或多步模式下的融合后端", False),
+     ":param backend: ``'auto'`` （默认：与 SpikingJelly 的其他神经元一样按输入的设备选择）、\n"
+     "        ``'torch'``，或多步模式下的融合后端", False),
 )
 
 #: Regular-expression substitutions: the plugin's extras, its notes, what exists only in the plugin.
