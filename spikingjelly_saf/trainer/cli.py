@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import backends
 from ..methods import METHOD_NAMES, get_method
 from .models import SURROGATES
 
@@ -49,8 +50,9 @@ _ABSENT_FLAG_VALUES = {"cutout": 0, "download": False, "train_split": 0.9}
 #: (0-based). An environment variable rather than a flag, so that no run records it in args.json.
 INJECT_NAN_EPOCH_ENV = "SPIKINGJELLY_SAF_INJECT_NAN_EPOCH"
 
-#: ``-backend`` choices: SAFNode's torch step and the fused multi-step kernels.
-BACKENDS = ("torch", "cupy", "triton")
+#: ``-backend`` choices: every SAFNode backend of the registry (the torch step and the fused
+#: multi-step kernels), so that a registered backend is a choice without a change here.
+BACKENDS = tuple(backends.SUPPORTED_BACKENDS["m"])
 
 
 class TrainingArguments(argparse.Namespace):
@@ -203,8 +205,6 @@ class _TrainingParser(argparse.ArgumentParser):
         except ValueError as error:
             self.error(f"argument -backend: {error}")
         if args.backend != "torch":
-            from .. import backends
-
             try:
                 backends.check_backend(args.backend, "m")
             except (RuntimeError, ValueError) as error:
