@@ -31,6 +31,10 @@ def _load(name):
 
 def test_series_is_generated_from_the_current_package(tmp_path):
     generate = _load("generate")
+    base = (UPSTREAM / "saf-series" / "BASE").read_text().split()
+    if base[1] != generate.spikingjelly_version():
+        pytest.skip(f"the series is made against spikingjelly {base[1]}, and {generate.spikingjelly_version()} "
+                    "is installed: its context lines would differ")
     fresh = generate.generate(tmp_path / "series")
     committed = sorted((UPSTREAM / "saf-series").glob("*.patch"))
     assert [p.name for p in fresh] == [p.name for p in committed], (

@@ -778,6 +778,12 @@ def spikingjelly_dir() -> Path:
     return Path(spikingjelly.__file__).resolve().parent
 
 
+def spikingjelly_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("spikingjelly")
+
+
 def generate(out: Path) -> list[Path]:
     base = spikingjelly_dir().parent
     with tempfile.TemporaryDirectory() as scratch:
@@ -817,6 +823,8 @@ def generate(out: Path) -> list[Path]:
             old.unlink()
         git("format-patch", "-q", "--zero-commit", "--no-signature", "--no-numbered", "--full-index",
             "-o", str(out), f"{start}..HEAD", cwd=work, env=env)
+        # The patches' context and index lines come from this SpikingJelly: record which one.
+        (out / "BASE").write_text(f"spikingjelly {spikingjelly_version()}\n")
         written = sorted(out.glob("*.patch"))
         # format-patch names files after the subject; use the series' own stems
         final = []
