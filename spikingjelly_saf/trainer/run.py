@@ -103,23 +103,19 @@ def _counting_allreduce(counter: _SyncCounter, bucket):
 
 
 class _WeightedLIFReadout:
-    r"""Reads a LIF network's per-step outputs ``o[t]`` as SAF does: their weighted running average
-    :math:`\bar O[T]` (:func:`spikingjelly_saf.functional.running_average`), so the deployed
-    network predicts what the SAF network predicted."""
+    r"""The deployed LIF network read as a method is read by the evaluation loop: its step mode,
+    and the library's SAF readout of its per-step outputs
+    (:func:`spikingjelly_saf.methods.weighted_average_readout`, :math:`\bar O[T]`), so that it
+    predicts what the SAF network predicted."""
 
     def __init__(self, step_mode: str, decay: float):
+        from ..methods import weighted_average_readout
+
         self.step_mode, self.decay = step_mode, decay
+        self._readout = weighted_average_readout(decay)
 
     def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
-        from .. import functional as saf_functional
-
-        average, weight_sum = None, 0.0
-        for t in range(y_seq.shape[1]):
-            weight_sum_next = saf_functional.next_weight_sum(weight_sum, self.decay)
-            average = saf_functional.running_average(y_seq[:, t], average, weight_sum_next,
-                                                     weight_sum, self.decay)
-            weight_sum = weight_sum_next
-        return average
+        return self._readout(y_seq)
 
 
 def _deploys_to_lif(method) -> bool:
@@ -408,12 +404,11 @@ def _deploy(trainer: _Trainer, out_dir: Path) -> Optional[float]:
               "skipped.", file=sys.stderr)
         return None
     from ..exactness import check_exactness
-    from ..training import saf_nodes
+    from ..training import readout_decay
 
     module = trainer.module
     lif_model = to_lif(module, memoryless="keep")
-    readout = _WeightedLIFReadout(_step_mode(trainer.method, trainer.args),
-                                  saf_nodes(module)[-1].decay)
+    readout = _WeightedLIFReadout(_step_mode(trainer.method, trainer.args), readout_decay(module))
     _, accuracy, _ = trainer.evaluate(lif_model, readout)
     error = None
     if trainer.ddp.main:
@@ -514,19 +509,65 @@ def _run(plan: _Plan, ddp: Distributed) -> dict:
             plan.folder.close()
 
 
-def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
+def _resume_into(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> tuple:
+    """Load the checkpoint (if any) and repair the folder; ``(start, history, best, phrases)``."""
+    if plan.state is None:
+        return 0, [], {"test_acc": -1.0, "epoch": -1}, []
+    out_dir = plan.out_dir
+    start_epoch, history, best, said = trainer.restore(plan.state, plan.changes, plan.args.resume)
+    if ddp.main and not plan.test_only:
+        state = dict(plan.state, best=best)
+        said += reconcile_folder(out_dir, state, out_dir / LAST, out_dir / BEST)
+        best = state["best"]
+        if history:
+            write_history(history, out_dir)
+    return start_epoch, history, best, said
+
+
+def _epoch(trainer: _Trainer, epoch: int, history: list, best: dict, writer, out_dir: Path) -> dict:
+    """Train, evaluate and save one epoch; returns the best record afterwards."""
     from tqdm import tqdm
 
-    args, out_dir, device = plan.args, plan.out_dir, ddp.device
-    start_epoch, history, best, said = 0, [], {"test_acc": -1.0, "epoch": -1}, []
-    if plan.state is not None:
-        start_epoch, history, best, said = trainer.restore(plan.state, plan.changes, args.resume)
-        if ddp.main and not plan.test_only:
-            state = dict(plan.state, best=best)
-            said += reconcile_folder(out_dir, state, out_dir / LAST, out_dir / BEST)
-            best = state["best"]
-            if history:
-                write_history(history, out_dir)
+    args, ddp, device = trainer.args, trainer.ddp, trainer.ddp.device
+    reset_peak_memory(device)
+    progress = None
+    if ddp.main and not args.no_progress:
+        progress = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch}/{args.epochs}",
+                        dynamic_ncols=True, leave=False)
+    try:
+        loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress, writer)
+    finally:
+        if progress is not None:
+            progress.close()
+    test_loss, test_acc, rates = trainer.evaluate()
+    row = {"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
+           "test_loss": test_loss, "test_acc": test_acc,
+           "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+           "train_samples_per_s": samples / seconds,
+           "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])), "firing_rate": rates}
+    if trainer.sync_counter is not None:
+        row["grad_syncs_per_batch"] = trainer.sync_counter.calls / len(trainer.train_loader)
+    trainer.scheduler.step()
+    history.append(row)
+    improved = row["test_acc"] > best["test_acc"]
+    if improved:
+        best = {"test_acc": row["test_acc"], "epoch": epoch}
+    check_model_finite(trainer.module, epoch)  # never save a damaged network
+    state = trainer.state(epoch, history, best)
+    error = None
+    if ddp.main:
+        try:
+            _save(state, improved, out_dir)
+            _record_epoch(writer, row, history, out_dir)
+        except OSError as failure:
+            error = failure
+    ddp.agree(error)
+    return best
+
+
+def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
+    args, out_dir = plan.args, plan.out_dir
+    start_epoch, history, best, said = _resume_into(plan, ddp, trainer)
     if plan.folder.cleaned and ddp.main:
         said.append("removed temporary files of an interrupted save: " + ", ".join(plan.folder.cleaned))
     if ddp.main:
@@ -534,57 +575,22 @@ def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
     if plan.test_only:
         return _test_only(plan, trainer)
     trainer.distribute()
-
     writer = None
     if ddp.main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch)
         ckpt.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    memory_kind = peak_memory_mib(device)[1]
+    memory_kind = peak_memory_mib(ddp.device)[1]
     if plan.state is not None:
         trainer.set_rng(plan.state)
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     try:
         for epoch in range(start_epoch, end_epoch):
-            reset_peak_memory(device)
-            progress = None
-            if ddp.main and not args.no_progress:
-                progress = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch}/{args.epochs}",
-                                dynamic_ncols=True, leave=False)
-            try:
-                loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress, writer)
-            finally:
-                if progress is not None:
-                    progress.close()
-            test_loss, test_acc, rates = trainer.evaluate()
-            row = {"epoch": epoch, "train_loss": loss_sum / samples, "train_acc": correct / samples,
-                   "test_loss": test_loss, "test_acc": test_acc,
-                   "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-                   "train_samples_per_s": samples / seconds,
-                   "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])),
-                   "firing_rate": rates}
-            if trainer.sync_counter is not None:
-                row["grad_syncs_per_batch"] = trainer.sync_counter.calls / len(trainer.train_loader)
-            trainer.scheduler.step()
-            history.append(row)
-            improved = row["test_acc"] > best["test_acc"]
-            if improved:
-                best = {"test_acc": row["test_acc"], "epoch": epoch}
-            check_model_finite(trainer.module, epoch)  # never save a damaged network
-            state = trainer.state(epoch, history, best)
-            error = None
-            if ddp.main:
-                try:
-                    _save(state, improved, out_dir)
-                    _record_epoch(writer, row, history, out_dir)
-                except OSError as failure:
-                    error = failure
-            ddp.agree(error)
-
+            best = _epoch(trainer, epoch, history, best, writer, out_dir)
         deployed = _deploy(trainer, out_dir) if args.deploy_lif else None
         return _finish(plan, ddp, history, best, deployed, memory_kind,
-                       stopped_early=end_epoch < args.epochs and end_epoch > start_epoch)
+                       stopped_early=start_epoch < end_epoch < args.epochs)
     finally:
         if writer is not None:
             writer.close()
