@@ -656,9 +656,12 @@ def append_module(host_source: str, module: str, source: str, path: str) -> str:
                 line = f"import {alias.name} as {renames[bound]}"
             keep_imports.append((False, line))
     body = rename_names(body, renames, rewritten.self_aliases).strip("\n")
+    body = body.replace("the module docstring", "the comment that opens this section")
     exported = [renames.get(n, n) for n in exported]
-    heading = (docstring or module).strip().splitlines()[0].strip()
-    section = f"\n\n# ---- {heading}\n" if heading else "\n\n"
+    # The module docstring becomes the section's comment: it may state contracts the code refers to.
+    described = (docstring or module).strip().splitlines()
+    section = "\n\n# ---- " + described[0].strip() + "\n" + "".join(
+        ("# " + line).rstrip() + "\n" for line in described[1:])
     result = host_source.rstrip("\n") + "\n" + section + "\n\n" + body + "\n"
     if keep_imports:
         lines = result.splitlines(keepends=True)
