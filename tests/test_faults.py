@@ -678,3 +678,52 @@ def test_saved_rng_state_round_trips(tmp_path):
     expected = (random.random(), float(np.random.standard_normal()), float(torch.rand(())))
     ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.standard_normal()), float(torch.rand(()))) == expected
+
+
+_DDP_RUNNER = textwrap.dedent("""
+    import sys
+    import torch
+    from spikingjelly_saf.trainer import run
+
+    real = run._Trainer.train_epoch
+
+    def train_epoch(self, epoch, progress=None, writer=None):
+        if epoch == 1 and self.ddp.rank == 1:  # one NaN pixel on the second process only
+            clean = self.train_loader.loader
+
+            class Poisoned:
+                def __len__(self):
+                    return len(clean)
+
+                def __iter__(self):
+                    for index, (x, label) in enumerate(clean):
+                        if index == 1:
+                            x = x.float().clone()
+                            x[0, 0, 0, 0] = float("nan")
+                        yield x, label
+
+            self.train_loader.loader = Poisoned()
+        return real(self, epoch, progress, writer)
+
+    run._Trainer.train_epoch = train_epoch
+    sys.exit(run.main(sys.argv[1:]))
+""")
+
+
+def test_ddp_nan_input_on_one_process_stops_both_and_keeps_the_checkpoint(data, tmp_path):
+    """Under torchrun both processes agree on every minibatch's input check: no hang, exit 3 on
+    each, the last good checkpoint kept."""
+    runner, out = tmp_path / "runner.py", tmp_path / "out"
+    runner.write_text(_DDP_RUNNER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         str(runner), "-data-dir", str(data), "-out-dir", str(out), *TINY, "-b", "2",
+         "-epochs", "2"], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode != 0
+    assert "stopped because the training input (a value in the data) became nan or inf at epoch " \
+           "1, minibatch 1" in result.stderr
+    assert "the training input on another process" in result.stderr
+    state = ckpt.load_checkpoint(out / "checkpoint_last.pth")
+    assert state["epoch"] == 0 and _all_finite(state) and len(state["rng"]) == 2
+    assert not (out / ".lock").exists()

@@ -146,7 +146,8 @@ class FiniteBatches:
             finite = _all_finite([x])
             if self.all_finite is not None:
                 if not self.all_finite(finite):
-                    raise self._error(index)
+                    raise self._error(index) if not finite else NonFiniteStateError(
+                        f"the {self.split} input on another process", self.epoch(), index)
             elif not finite and self.bad_batch is None:
                 self.bad_batch = index
             yield x, label
