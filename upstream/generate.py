@@ -540,18 +540,16 @@ def reuse_spikingjelly_surrogates(source: str, path: str) -> str:
             f"    return _surrogate_gradient(x, p0, {_SURROGATE_IDS[name]})\n\n\n")
         entries.append(f'    "{name}": {function},\n')
     replacement = "".join(wrappers) + "BUILTIN_TRITON_SURROGATES = {\n" + "".join(entries) + "}\n"
-    replaced = {n.id for n in ast.walk(table.value) if isinstance(n, ast.Name)}
+    # old derivative -> SpikingJelly's, for the references outside the table
+    renames = {v.id: "_" + re.sub(r"(?<!^)(?=[A-Z])", "_", k.value).lower() + "_derivative"
+               for k, v in zip(table.value.keys, table.value.values) if isinstance(v, ast.Name)}
+    replaced = set(renames)
     lines = source.splitlines(keepends=True)
     lines[table.lineno - 1:table.end_lineno] = [replacement]
     source = "".join(lines)
     tree = ast.parse(source)
-    used = {}
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Name):
-            used[n.id] = used.get(n.id, 0) + 1
-    unused = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in replaced
-              and not used.get(n.name)]
-    source = remove_nodes(source, unused)
+    source = remove_nodes(source, [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in replaced])
+    source = rename_names(source, renames, set())
     import_text = f"from {'.' * level}{rel} import _surrogate_gradient\n"
     tree = ast.parse(source)
     last_import = max(n.end_lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
