@@ -4,10 +4,13 @@
   byte: a change to the package that is not regenerated (``python upstream/generate.py``) fails here.
 * ``upstream/check_series.py --quick`` applies the series to a copy of the installed SpikingJelly,
   runs the tests it adds (they must pass there and fail on the unpatched copy), SpikingJelly's
-  contract checks on both copies, and compares the touched modules' public names.
+  contract checks on both copies, and compares the touched modules' public names. With
+  ``SPIKINGJELLY_TESTS=<checkout>/test/activation_based`` it also runs a few of SpikingJelly's own
+  tests on the patched copy.
 """
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -54,8 +57,13 @@ def test_generator_refuses_what_it_cannot_place(tmp_path, monkeypatch):
 
 
 def test_series_applies_to_spikingjelly_and_its_tests_pass():
-    result = subprocess.run([sys.executable, str(UPSTREAM / "check_series.py"), "--quick"],
-                            capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(UPSTREAM / "check_series.py"), "--quick"]
+    # SpikingJelly's own tests are not in the wheel; point SPIKINGJELLY_TESTS at a checkout's
+    # test/activation_based to run a few of them on the patched tree too (slower).
+    own_tests = os.environ.get("SPIKINGJELLY_TESTS")
+    if own_tests:
+        command += ["--spikingjelly-tests", own_tests]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "patched: " in result.stdout and "unpatched: the series' tests fail" in result.stdout
     applied = [line for line in result.stdout.splitlines() if line.startswith("applies: ")]
