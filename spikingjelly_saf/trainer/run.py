@@ -182,9 +182,9 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]]) -> _
         state = ckpt.load_checkpoint(args.resume)
         if not isinstance(state["args"], dict):
             raise CheckpointError(f"{args.resume}: its 'args' entry is not a dict of flags.")
-        changes = merge_arguments(args, state["args"],
-                                  set(vars(args)) if given is None else given,
-                                  datasets or (args.dataset,))
+        if given is None:  # called with a namespace: its unset (None) values are not choices
+            given = {key for key, value in vars(args).items() if value is not None}
+        changes = merge_arguments(args, state["args"], given, datasets or (args.dataset,))
     args.model = args.model or DEFAULT_MODELS[args.dataset]
     check_name("-model", args.model)
     method = get_method(args.method)
@@ -367,8 +367,8 @@ def _continue_command(plan: _Plan, ddp: Distributed) -> str:
     if script is None:
         script = "examples/train_dvs.py" if plan.args.dataset in ("dvs128_gesture", "cifar10_dvs") \
             else "examples/train_cifar.py"
-    extra = ["-device", str(plan.args.device)] if ddp.device.type != "cpu" or plan.args.device == "cpu" else []
-    return shlex.join(runner + [script, "-resume", str(plan.out_dir / LAST)] + extra)
+    return shlex.join(runner + [script, "-resume", str(plan.out_dir / LAST), "-device",
+                                str(plan.args.device)])
 
 
 def _record_epoch(writer, row: dict, history: list, out_dir: Path) -> None:
@@ -464,8 +464,8 @@ def run(args: argparse.Namespace, given: Optional[set] = None,
     """Train as ``args`` says; returns the summary dict (also written to ``summary.json``).
 
     ``given`` names the flags written on the command line: on ``-resume`` the others take the
-    checkpoint's values (``None``: every flag counts as given). ``datasets`` are the data sets the
-    calling script serves.
+    checkpoint's values (``None``: every flag not ``None`` counts as given). ``datasets`` are the
+    data sets the calling script serves.
     """
     plan = _prepare(args, given, datasets)
     ddp = Distributed(args.device)
