@@ -555,6 +555,12 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
         key = next(k for k, v in state["net"].items() if v.dim() == 4)
         state["net"][key] = torch.zeros(3, 3, 3, 3)
         ckpt.save_checkpoint(state, path)
+    elif kind == "bad saved flag":
+        state = ckpt.load_checkpoint(good)
+        _save_altered(good, path, args=dict(state["args"], T="two", lr=-1.0))
+    elif kind == "unknown saved method":
+        state = ckpt.load_checkpoint(good)
+        _save_altered(good, path, args=dict(state["args"], method="magic"))
     elif kind == "damaged rng":
         _save_altered(good, path, rng=[{"python": 1}])
     elif kind == "numpy inside":
@@ -568,7 +574,8 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "empty", "truncated", "garbage",
                                   "bit-flipped", "state_dict only", "a list", "wrong optimizer",
-                                  "wrong shape", "damaged rng", "numpy inside"])
+                                  "wrong shape", "damaged rng", "numpy inside", "bad saved flag",
+                                  "unknown saved method"])
 def test_every_damaged_checkpoint_is_one_message_and_exit_2(stopped_run, tmp_path, capsys, kind):
     path = _make_bad(kind, stopped_run / "checkpoint_last.pth", tmp_path)
     out = tmp_path / "out"

@@ -25,7 +25,8 @@ import torch
 
 from . import checkpoint as ckpt
 
-__all__ = ["ResumeError", "FIXED", "PER_INVOCATION", "explicit_flags", "merge_arguments",
+__all__ = ["ResumeError", "FIXED", "PER_INVOCATION", "explicit_flags", "value_checker",
+           "merge_arguments",
            "apply_changes", "flag", "reconcile_folder"]
 
 #: Flags whose change would make a checkpoint meaningless.
@@ -60,13 +61,48 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     return set(vars(namespace))
 
 
+def value_checker(parser: argparse.ArgumentParser):
+    """``check(dest, value)``: raise :class:`ResumeError` unless ``value`` is one the parser would
+    produce for that flag (its type check, its choices, a bool for a switch)."""
+    actions = {action.dest: action for action in parser._actions}
+
+    def check(dest: str, value) -> None:
+        action = actions.get(dest)
+        if action is None or value is None:
+            return
+        problem = None
+        if action.nargs == 0:  # a switch such as -amp
+            problem = None if isinstance(value, bool) else "not true or false"
+        elif isinstance(value, (bool, list, dict, tuple)):
+            problem = f"a {type(value).__name__}"
+        else:
+            try:
+                converted = action.type(str(value)) if callable(action.type) else str(value)
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+                problem = str(error) or "not a valid value"
+            else:
+                if action.choices is not None and converted not in action.choices:
+                    problem = f"not one of {', '.join(map(str, action.choices))}"
+        if problem:
+            raise ResumeError(f"the checkpoint's arguments hold {flag(dest)} {value!r}: {problem}; "
+                              "it was not written by this trainer or is damaged.")
+
+    return check
+
+
 def merge_arguments(args: argparse.Namespace, saved: dict, given: set,
-                    datasets: Sequence[str]) -> dict:
+                    datasets: Sequence[str], check_value=None) -> dict:
     """Fill ``args`` from the checkpoint's arguments where the user gave no flag; return the
-    changes ``{dest: (old, new)}``; raise :class:`ResumeError` for changes of :data:`FIXED`."""
+    changes ``{dest: (old, new)}``; raise :class:`ResumeError` for changes of :data:`FIXED` and
+    (with ``check_value``, see :func:`value_checker`) for values no flag could have given."""
     for key, old in saved.items():
         if key in PER_INVOCATION or key in given or key not in vars(args):
             continue
+        if check_value is not None:
+            try:
+                check_value(key, old)
+            except ResumeError as error:
+                raise ResumeError(f"-resume {args.resume}: {error}") from None
         setattr(args, key, old)
     changes = {key: (saved[key], getattr(args, key)) for key in sorted(given)
                if key in saved and key not in PER_INVOCATION and saved[key] != getattr(args, key)}

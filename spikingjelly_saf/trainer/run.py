@@ -40,7 +40,8 @@ from .loop import FiringRateRecorder, NonFiniteLossError, ce_mse_loss, evaluate,
 from .models import ModelChoiceError, build_model
 from .report import (minibatch_logger, peak_memory_mib, plot_history, reset_peak_memory,
                      summary_line, write_history)
-from .resume import ResumeError, apply_changes, explicit_flags, flag, merge_arguments, reconcile_folder
+from .resume import (ResumeError, apply_changes, explicit_flags, flag, merge_arguments,
+                     reconcile_folder, value_checker)
 from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir
 
 __all__ = ["main", "run", "EXIT_OK", "EXIT_USAGE", "EXIT_NONFINITE"]
@@ -174,7 +175,8 @@ class _Plan:
         return bool(getattr(self.args, "test_only", False))
 
 
-def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]]) -> _Plan:
+def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]],
+             check_value=None) -> _Plan:
     """Read and check the checkpoint to resume, merge its arguments, check the flags and the
     output folder; raises a usage error (exit 2) before anything is written."""
     state, changes = None, {}
@@ -184,10 +186,14 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]]) -> _
             raise CheckpointError(f"{args.resume}: its 'args' entry is not a dict of flags.")
         if given is None:  # called with a namespace: its unset (None) values are not choices
             given = {key for key, value in vars(args).items() if value is not None}
-        changes = merge_arguments(args, state["args"], given, datasets or (args.dataset,))
+        changes = merge_arguments(args, state["args"], given, datasets or (args.dataset,),
+                                  check_value)
     args.model = args.model or DEFAULT_MODELS[args.dataset]
     check_name("-model", args.model)
-    method = get_method(args.method)
+    try:
+        method = get_method(args.method)
+    except ValueError as error:
+        raise ModelChoiceError(f"-method {args.method}: {error}") from None
     _check_arguments(args, method)
     test_only = bool(getattr(args, "test_only", False))
     if test_only and state is None:
@@ -460,14 +466,15 @@ def _test_only(plan: _Plan, trainer: _Trainer) -> dict:
 
 # ---- the run --------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, given: Optional[set] = None,
-        datasets: Optional[Sequence[str]] = None) -> dict:
+        datasets: Optional[Sequence[str]] = None, check_value=None) -> dict:
     """Train as ``args`` says; returns the summary dict (also written to ``summary.json``).
 
     ``given`` names the flags written on the command line: on ``-resume`` the others take the
     checkpoint's values (``None``: every flag not ``None`` counts as given). ``datasets`` are the
-    data sets the calling script serves.
+    data sets the calling script serves; ``check_value(dest, value)`` vets each value taken from
+    the checkpoint (:func:`.resume.value_checker`).
     """
-    plan = _prepare(args, given, datasets)
+    plan = _prepare(args, given, datasets, check_value)
     ddp = Distributed(args.device)
     try:
         return _run(plan, ddp)
@@ -668,7 +675,7 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
                      "which names its data folder)")
     given = explicit_flags(_parser(datasets, description), argv)
     try:
-        run(args, given=given, datasets=datasets)
+        run(args, given=given, datasets=datasets, check_value=value_checker(parser))
     except _USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
