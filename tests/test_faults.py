@@ -561,6 +561,10 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
     elif kind == "unknown saved method":
         state = ckpt.load_checkpoint(good)
         _save_altered(good, path, args=dict(state["args"], method="magic"))
+    elif kind == "epoch not a number":
+        _save_altered(good, path, epoch="three")
+    elif kind == "history not a list":
+        _save_altered(good, path, history={"epoch": 0})
     elif kind == "damaged rng":
         _save_altered(good, path, rng=[{"python": 1}])
     elif kind == "numpy inside":
@@ -575,7 +579,8 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("kind", ["missing", "folder", "empty", "truncated", "garbage",
                                   "bit-flipped", "state_dict only", "a list", "wrong optimizer",
                                   "wrong shape", "damaged rng", "numpy inside", "bad saved flag",
-                                  "unknown saved method"])
+                                  "unknown saved method", "epoch not a number",
+                                  "history not a list"])
 def test_every_damaged_checkpoint_is_one_message_and_exit_2(stopped_run, tmp_path, capsys, kind):
     path = _make_bad(kind, stopped_run / "checkpoint_last.pth", tmp_path)
     out = tmp_path / "out"

@@ -224,6 +224,32 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} cannot be read: {error.strerror or error}.") from None
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _structure_problem(state: dict) -> Optional[str]:
+    """What is wrong with the shape of a checkpoint's entries, or ``None``."""
+    for key in ("net", "optimizer", "lr_scheduler", "best", "args"):
+        if key in state and not isinstance(state[key], dict):
+            return f"its {key!r} entry is a {type(state[key]).__name__}, not a dict"
+    if "net" in state and not all(isinstance(v, torch.Tensor) for v in state["net"].values()):
+        return "its 'net' entry holds values other than tensors"
+    if "epoch" in state and not (_is_int(state["epoch"]) and state["epoch"] >= 0):
+        return f"its epoch is {state['epoch']!r}, not a number of epochs"
+    best = state.get("best")
+    if best is not None and not (_is_int(best.get("epoch")) and
+                                 isinstance(best.get("test_acc"), (int, float))):
+        return "its 'best' entry lacks an epoch and a test accuracy"
+    history = state.get("history")
+    if history is not None and not (isinstance(history, list) and
+                                    all(isinstance(row, dict) for row in history)):
+        return "its 'history' entry is not a list of epoch records"
+    if "rng" in state and not isinstance(state["rng"], list):
+        return "its 'rng' entry is not a list of generator states"
+    return None
+
+
 def load_checkpoint(path, expected_keys=REQUIRED_KEYS) -> dict:
     """A training checkpoint of this trainer, read safely and checked: its keys, and its checksum
     when it has one. Every problem is one :class:`CheckpointError` naming the file."""
@@ -240,6 +266,9 @@ def load_checkpoint(path, expected_keys=REQUIRED_KEYS) -> dict:
                 if state and all(isinstance(v, torch.Tensor) for v in state.values()) else "")
         raise CheckpointError(f"{path} is not a training checkpoint of this trainer: it lacks "
                               f"{', '.join(missing)} (it holds {found}).{hint}")
+    problem = _structure_problem(state)
+    if problem:
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer: {problem}.")
     checksum: Optional[str] = state.get("checksum")
     if checksum is not None and checksum != state_digest(state):
         raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum "
