@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-tau", type=float, default=2.0, help="membrane time constant")
     parser.add_argument("-lr", type=float, default=2e-2, help="Adam learning rate (cosine schedule)")
     parser.add_argument("-b", type=int, default=64, help="batch size")
+    parser.add_argument("-threads", type=int, default=1,
+                        help="CPU threads per method; this network is so small that more threads "
+                             "mostly wait on each other (many times slower on a busy machine)")
     return parser
 
 
@@ -227,7 +230,8 @@ def main(argv=None) -> int:
                          f"{', '.join(ALL_METHOD_NAMES)} or all")
     if not methods:
         parser.error("argument -method: give at least one method")
-    for flag, value in (("-T", args.T), ("-epochs", args.epochs), ("-b", args.b)):
+    for flag, value in (("-T", args.T), ("-epochs", args.epochs), ("-b", args.b),
+                        ("-threads", args.threads)):
         if value < 1:
             parser.error(f"argument {flag}: {value} must be a positive integer")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -241,12 +245,13 @@ def main(argv=None) -> int:
             parser.error(f"argument -tau: {error}")
 
     print(f"digits (scikit-learn), T={args.T}, tau={args.tau}, {args.epochs} epochs, seed {args.seed}, "
-          f"Adam lr {args.lr}, batch {args.b}, {torch.get_num_threads()} CPU threads")
+          f"Adam lr {args.lr}, batch {args.b}, {args.threads} CPU thread(s) per method")
     print(f"{'method':<10} {'test acc':>9} {'to_lif acc':>10} {'epoch time':>11} {'peak memory':>13}")
     failed = False
     for name in methods:
         result = train_in_fresh_process(method_name=name, seed=args.seed, steps=args.T,
-                                        epochs=args.epochs, tau=args.tau, lr=args.lr, batch=args.b)
+                                        epochs=args.epochs, tau=args.tau, lr=args.lr, batch=args.b,
+                                        threads=args.threads)
         failed |= "error" in result
         print(_format_row(result), flush=True)
     print("peak memory: growth of the process's maximum resident set during training.")
