@@ -34,6 +34,7 @@ __all__ = [
     "SAFParameters",
     "SAFState",
     "StepCoefficients",
+    "KERNEL_COLUMNS",
     "decay_factor",
     "input_scale_factor",
     "compute_dtype",
@@ -454,9 +455,10 @@ def running_average(x: torch.Tensor, average_prev: Optional[torch.Tensor], weigh
 
     The same update as :func:`average_update`; ``average_prev`` is ``None`` at the first step.
     """
-    if average_prev is None or weight_sum_prev == 0.0:
-        return x * (1.0 / weight_sum)
-    return (x + (decay * weight_sum_prev) * average_prev) * (1.0 / weight_sum)
+    if average_prev is None:
+        average_prev, weight_sum_prev = x, 0.0  # nothing carried: the first step's coefficients ignore it
+    k = StepCoefficients(weight_sum, weight_sum_prev, 0.0, 0.0, decay * weight_sum_prev, 1.0 / weight_sum)
+    return average_update(x, average_prev, k)
 
 
 def weighted_average(seq: torch.Tensor, decay: float, dim: int = 0) -> torch.Tensor:

@@ -166,6 +166,86 @@ def test_triton_without_cuda_explains_interpreter(monkeypatch):
         saf.SAFNode(step_mode="m", backend="triton")
 
 
+def test_backends_package_does_not_import_the_neuron():
+    """No import cycle: the neuron uses the backends, never the other way round (not even lazily)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(backends.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {node.module or ""} | {f"{node.module or ''}.{a.name}" for a in node.names}
+                assert not any(n.split(".")[-1] in ("neuron", "layer") or "training" in n for n in names), (
+                    path.name, ast.dump(node))
+
+
+def test_each_backend_declares_its_contract():
+    for name in ("torch", "cupy", "triton"):
+        backend = backends.REGISTRY.get(name)
+        assert isinstance(backend, backends.Backend) and backend.name == name
+        assert backend.step_modes and backend.dtypes and backend.surrogates and backend.device_types()
+        assert backend.is_available() == (backend.unavailable_reason() is None)
+    torch_backend = backends.REGISTRY.get("torch")
+    assert torch_backend.step_modes == ("s", "m") and torch.float64 in torch_backend.dtypes
+    for name in ("cupy", "triton"):
+        fused = backends.REGISTRY.get(name)
+        assert fused.step_modes == ("m",) and torch.float64 not in fused.dtypes
+        assert fused.install_extra == name
+        reason = fused.unavailable_reason()
+        assert reason is None or f'"spikingjelly-saf[{name}]"' in reason
+    assert dict(backends.SUPPORTED_BACKENDS) == {"s": ("torch",), "m": ("torch", "cupy", "triton")}
+
+
+def test_checking_a_backend_changes_nothing():
+    before = {name: backends.REGISTRY.get(name) for name in backends.REGISTRY.names("m")}
+    for name in ("cupy", "triton"):
+        try:
+            backends.REGISTRY.check(name, "m")
+        except RuntimeError:
+            pass
+    with pytest.raises(ValueError, match="use step_mode='m'"):
+        backends.REGISTRY.check("triton", "s")
+    assert {name: backends.REGISTRY.get(name) for name in backends.REGISTRY.names("m")} == before
+
+
+def test_registry_dispatches_single_step_and_refuses_fused_backends_there():
+    from spikingjelly_saf import functional as F
+
+    x = torch.rand(3, 4, dtype=torch.float64)
+    params = F.SAFParameters.from_tau(2.0)
+    abar, state = backends.REGISTRY.single_step("torch", x, F.SAFState(), params, surrogate.ATan())
+    assert torch.equal(abar, F.step(x, F.SAFState(), params, surrogate.ATan())[0]) and state.weight_sum == 1.0
+    with pytest.raises(ValueError, match="step_mode='m'"):
+        backends.REGISTRY.single_step("triton", x, F.SAFState(), params, surrogate.ATan())
+    node = saf.SAFNode(step_mode="m")
+    node.step_mode = "s"
+    assert node(x).shape == x.shape
+
+
+def test_a_new_backend_is_one_registration():
+    """A backend object registered once is selectable, dispatched and listed; nothing else changes."""
+    from spikingjelly_saf import functional as F
+
+    class Doubling(backends.TorchBackend):
+        name = "doubling-test"
+        step_modes = ("m",)
+
+        def multi_step(self, input_seq, state, params, surrogate_function):
+            return F.multi_step(input_seq * 2, state, params, surrogate_function)
+
+    registry = backends.BackendRegistry(backends.TorchBackend())
+    registry.register(Doubling())
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(Doubling())
+    assert registry.names("m") == ("torch", "doubling-test") and registry.names("s") == ("torch",)
+    x = torch.rand(4, 3, dtype=torch.float64)
+    params = F.SAFParameters.from_tau(2.0)
+    out, _ = registry.multi_step(registry.select("doubling-test", "m").name, x, F.SAFState(), params,
+                                 surrogate.ATan())
+    assert torch.equal(out, F.multi_step(2 * x, F.SAFState(), params, surrogate.ATan())[0])
+
+
 def small_net(step_mode="m"):
     net = torch.nn.Sequential(
         layer.Linear(6, 5), saf.SAFNode(), layer.Linear(5, 4), saf.SAFNode(tau=4.0), layer.Linear(4, 3)
@@ -351,6 +431,26 @@ def test_interpreted_autocast_keeps_float32_state_like_torch():
         assert node.abar.dtype == torch.float32
         assert recorder.count("triton_forward") == (backend == "triton")
     assert outputs[0].dtype == torch.float32 and torch.equal(outputs[0], outputs[1])
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_interpreted_pure_16_bit_model_computes_in_float32_like_torch(dtype):
+    """A .half() model (no autocast): the kernel runs in float32, the state stays float32, the
+    output comes back in the input's dtype, bitwise as the torch backend."""
+    x, _ = make_inputs(6, (3, 5), dtype, seed=13)
+    outputs, states = [], []
+    for backend in ("triton", "torch"):
+        node = saf.SAFNode(tau=8.0, step_mode="m", backend=backend)
+        recorder = OpRecorder()
+        with recorder:
+            y = node(x.clone().requires_grad_())
+            y.float().sum().backward()
+        assert recorder.count("triton_forward.default") == (backend == "triton")
+        assert y.dtype == dtype and node.abar.dtype == torch.float32
+        outputs.append(y)
+        states.append(node.abar)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(states[0], states[1])
 
 
 @interpreted
