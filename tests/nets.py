@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
-from spikingjelly_saf import SAFNode, SpikeTap
+from spikingjelly_saf import SAFNode, recording
 
 
 class Residual(nn.Module):
@@ -90,29 +90,15 @@ def freeze_batchnorm(net: nn.Module) -> None:
             m.eval()
 
 
-class SpikeRecorder:
-    """Records what each neuron emits per step: LIF spikes, or SAF's recovered spikes (SpikeTap)."""
+class SpikeRecorder(recording.SpikeRecorder):
+    """The library's recorder keeping every spike tensor: LIF spikes, or SAF's recovered spikes."""
 
     def __init__(self, net: nn.Module):
-        self.records: dict[str, list[torch.Tensor]] = {}
-        self.handles = []
-        for name, m in net.named_modules():
-            if isinstance(m, SpikeTap) or (
-                isinstance(m, neuron.BaseNode) and not isinstance(m, SAFNode)
-            ):
-                key = name[: -len(".spikes")] if isinstance(m, SpikeTap) else name
-                self.records[key] = []
-                self.handles.append(m.register_forward_hook(self._hook(key)))
-
-    def _hook(self, key):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, (list, tuple)) else output
-            self.records[key].append(out.detach().clone())
-        return hook
+        super().__init__(net, keep="spikes")
 
     def sequences(self, step_mode: str) -> list[torch.Tensor]:
         """One ``[T, *]`` tensor per neuron, in module order."""
-        return [torch.stack(v) if step_mode == "s" else torch.cat(v) for v in self.records.values()]
+        return [torch.stack(v) if step_mode == "s" else torch.cat(v) for v in self.spikes().values()]
 
 
 def run_steps(net: nn.Module, x_seq: torch.Tensor, step_mode: str) -> torch.Tensor:

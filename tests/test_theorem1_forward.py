@@ -89,6 +89,10 @@ def test_average_output_is_weighted_rate_of_lif_output():
         weights = torch.tensor([decay ** (t - k) for k in range(t + 1)], dtype=torch.float64)
         expected = (weights.view(-1, 1, 1) * lif_out[: t + 1]).sum(0) / sums[t]
         torch.testing.assert_close(saf_out[t], expected, rtol=1e-10, atol=1e-10)
+    # The SAF readout of the LIF network: functional.weighted_average over time (any dim).
+    torch.testing.assert_close(F.weighted_average(lif_out, decay), saf_out[-1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(F.weighted_average(lif_out.transpose(0, 1), decay, dim=1), saf_out[-1],
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_membrane_identity_and_v_seq():
