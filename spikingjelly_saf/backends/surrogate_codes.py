@@ -36,6 +36,8 @@ from ..surrogate import RepresentationSurrogate, SpikeRepresentation
 
 __all__ = [
     "SurrogateKernelCode",
+    "SurrogateCodeTable",
+    "SURROGATE_CODES",
     "BUILTIN_SURROGATES",
     "register_surrogate_code",
     "unregister_surrogate_code",
@@ -111,11 +113,55 @@ class _Registration:
     params: Optional[Callable]
 
 
-_REGISTRY: dict[type, _Registration] = {}
-_INTERNED: dict[tuple, int] = {}
-_BY_ID: list[SurrogateKernelCode] = []
-_WARNED: set[tuple[str, str]] = set()
-_LOCK = threading.Lock()
+class SurrogateCodeTable:
+    """What the fused backends know about surrogates, in one object: user registrations by class,
+    interned kernel codes by id (the integer the custom ops carry), and the classes already warned
+    about. Every change holds its lock."""
+
+    def __init__(self):
+        self.registrations: dict[type, _Registration] = {}
+        self.interned: dict[tuple, int] = {}
+        self.by_id: list[SurrogateKernelCode] = []
+        self.warned: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+
+    def register(self, cls: type, registration: _Registration) -> None:
+        with self.lock:
+            self.registrations[cls] = registration
+            self.warned.difference_update({w for w in self.warned if w[0] == cls.__qualname__})
+
+    def unregister(self, cls: type) -> None:
+        with self.lock:
+            self.registrations.pop(cls, None)
+
+    def registration_of(self, surrogate) -> Optional[_Registration]:
+        """The nearest registered base class's registration."""
+        for base in type(surrogate).__mro__:
+            if base in self.registrations:
+                return self.registrations[base]
+        return None
+
+    def intern(self, code: SurrogateKernelCode) -> int:
+        key = code.key()
+        with self.lock:
+            found = self.interned.get(key)
+            if found is None:
+                found = len(self.by_id)
+                self.by_id.append(code)
+                self.interned[key] = found
+            return found
+
+    def first_warning(self, key: tuple[str, str]) -> bool:
+        """True the first time ``(class name, backend)`` is met without code."""
+        with self.lock:
+            if key in self.warned:
+                return False
+            self.warned.add(key)
+            return True
+
+
+#: The table every backend uses.
+SURROGATE_CODES = SurrogateCodeTable()
 
 
 def register_surrogate_code(
@@ -172,31 +218,17 @@ def register_surrogate_code(
             f"{cls.__name__} is a representation-level surrogate; fused kernels support "
             "SpikeRepresentation only at that level. Other representation surrogates run on the torch backend."
         )
-    with _LOCK:
-        _REGISTRY[cls] = _Registration(cuda, triton, params)
-        _WARNED.difference_update({w for w in _WARNED if w[0] == cls.__qualname__})
+    SURROGATE_CODES.register(cls, _Registration(cuda, triton, params))
 
 
 def unregister_surrogate_code(cls: type) -> None:
     """Remove a registration made with :func:`register_surrogate_code` (no error if absent)."""
-    with _LOCK:
-        _REGISTRY.pop(cls, None)
-
-
-def _intern(code: SurrogateKernelCode) -> int:
-    key = code.key()
-    with _LOCK:
-        found = _INTERNED.get(key)
-        if found is None:
-            found = len(_BY_ID)
-            _BY_ID.append(code)
-            _INTERNED[key] = found
-        return found
+    SURROGATE_CODES.unregister(cls)
 
 
 def surrogate_code_by_id(code_id: int) -> SurrogateKernelCode:
     """The code interned under ``code_id`` (the integer the custom ops carry)."""
-    return _BY_ID[code_id]
+    return SURROGATE_CODES.by_id[code_id]
 
 
 def _alpha_of(surrogate) -> Optional[float]:
@@ -204,13 +236,6 @@ def _alpha_of(surrogate) -> Optional[float]:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         return None
     return float(alpha)
-
-
-def _registered(surrogate) -> Optional[_Registration]:
-    for base in type(surrogate).__mro__:
-        if base in _REGISTRY:
-            return _REGISTRY[base]
-    return None
 
 
 def _describe(surrogate) -> str:
@@ -231,7 +256,7 @@ def _build(surrogate) -> tuple[Optional[SurrogateKernelCode], str]:
     if getattr(surrogate, "spiking", True) is False:
         return None, "it is in primitive mode (spiking=False), so the neuron does not emit spikes"
     label = _describe(surrogate)
-    registration = _registered(surrogate)
+    registration = SURROGATE_CODES.registration_of(surrogate)
     if registration is not None:
         cuda = None
         if registration.cuda is not None:
@@ -269,10 +294,9 @@ def resolve_surrogate_code(surrogate, backend: str) -> Optional[int]:
         elif backend == "triton" and code.level == SPIKE_LEVEL and code.triton is None:
             code, reason = None, "it has CUDA code (cuda_codes) but no Triton code"
     if code is not None:
-        return _intern(code)
+        return SURROGATE_CODES.intern(code)
     key = (type(surrogate).__qualname__, backend)
-    if key not in _WARNED:
-        _WARNED.add(key)
+    if SURROGATE_CODES.first_warning(key):
         warnings.warn(
             f"surrogate {type(surrogate).__qualname__} has no {backend!r} kernel code ({reason}); "
             f"SAFNode(backend={backend!r}) runs it on the torch backend. Add code with "
