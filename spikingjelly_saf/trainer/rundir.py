@@ -176,7 +176,10 @@ class RunDirectory:
 
 
 def add_run_flags(parser) -> None:
-    """The flags about the output folder and continuing a run (``-overwrite``, ``-test-only``)."""
+    """The flags about the output folder and continuing a run (``-overwrite``, ``-test-only``);
+    a parser that has them already is left as it is."""
+    if "-overwrite" in parser._option_string_actions:
+        return
     group = parser.add_argument_group("output folder and resuming")
     group.add_argument("-overwrite", action="store_true",
                        help="replace the run in a non-empty -out-dir (without it such a folder is "
