@@ -175,7 +175,7 @@ def test_distributed_data_parallel_matches_full_batch(tmp_path, method, step_mod
     procs = [subprocess.Popen([sys.executable, worker, str(r), "2", method, step_mode, str(out)],
                               env=env) for r in range(2)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
-    ddp_state = torch.load(out)
+    ddp_state = torch.load(out, weights_only=True)
 
     torch.manual_seed(0)
     net = nn.Sequential(layer.Linear(10, 16), SAFNode(), layer.Linear(16, 3)).double()
