@@ -362,7 +362,14 @@ class _ConversionLock:
             import fcntl
         except ImportError:  # not POSIX: convert without waiting for other runs
             return self
-        self.file = open(self.path, "a")
+        try:
+            self.file = open(self.path, "a")
+        except OSError as error:
+            raise DataMissingError(
+                f"the events in {self.path.parent} must be converted into frames once for this T, "
+                f"but the folder cannot be written ({error.strerror}: {self.path}).\n  to fix it: "
+                "make the folder writable for one run, or copy the data set to a writable "
+                "-data-dir.") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
