@@ -21,6 +21,7 @@ import torch
 from .. import backends
 from ..methods import METHOD_NAMES, get_method
 from .models import SURROGATES
+from .rundir import add_run_flags
 
 __all__ = ["build_parser", "DEFAULT_MODELS", "DATASET_FLAGS", "TrainingArguments", "BACKENDS",
            "INJECT_NAN_EPOCH_ENV"]
@@ -332,4 +333,5 @@ def build_parser(datasets: Sequence[str], description: str = "",
     train.add_argument("-no-progress", action="store_true", help="no tqdm progress bars")
     train.add_argument("-count-grad-syncs", action="store_true",
                        help="record how many gradient all-reduces DDP runs per minibatch")
+    add_run_flags(parser)
     return parser
