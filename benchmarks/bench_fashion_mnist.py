@@ -90,7 +90,8 @@ def _is_saf(method) -> bool:
     return getattr(method, "deploys_to_lif", method.name.startswith("saf-"))
 
 
-def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg"):
+def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg",
+               saf_f_surrogate: str = "representation"):
     """``(model, method)`` for a benchmark method name (``'bptt+memopt'`` included).
 
     Layers are created in the same order for every method, so one seed gives every method the same
@@ -99,7 +100,11 @@ def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg
     :class:`CSNNBlock` units for :func:`apply_memopt`.
     """
     method = get_method(base_method_name(name))
-    blocks = csnn_blocks(method.neuron_type, common.neuron_kwargs(method, tau), channels, pool)
+    # SAF-F's own surrogate is the representation-level one (Theorem 3); 'sigmoid' gives it the
+    # spike-level surrogate every other method uses, to tell the surrogate's effect apart.
+    kwargs = (method.neuron_kwargs(tau=tau) if saf_f_surrogate == "sigmoid"
+              else common.neuron_kwargs(method, tau))
+    blocks = csnn_blocks(method.neuron_type, kwargs, channels, pool)
     if name.endswith(MEMOPT_SUFFIX):
         model = nn.Sequential(*[CSNNBlock(*block) for block in blocks])
     else:
@@ -121,6 +126,22 @@ def apply_memopt(model: nn.Module, example_x_seq: torch.Tensor, level: int = 1) 
     memopt.optimize_memory(model, CSNNBlock, lambda current: current(example_x_seq), level=level,
                            compress=True)
     functional.reset_net(model)
+    return model
+
+
+def set_training(model: nn.Module, batchnorm: str = "train") -> nn.Module:
+    """Training mode; with ``batchnorm='frozen'`` every BatchNorm stays in eval mode.
+
+    Frozen BatchNorm keeps its initial running statistics (mean 0, variance 1) and learns only its
+    affine weight and bias: a fixed affine map between neurons, which keeps SAF exactly equal to the
+    LIF network during training too (train-mode batch statistics of SAF's weighted averages differ
+    from those of LIF spikes, and change from step to step).
+    """
+    model.train()
+    if batchnorm == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     return model
 
 
@@ -173,7 +194,7 @@ def readout_scores(spikes: torch.Tensor, decay: float) -> dict:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: torch.device,
-             batch: int = 256, saf_outputs: bool = False) -> dict:
+             batch: int = 256, saf_outputs: bool = False, batchnorm: str = "train") -> dict:
     """Test accuracy of the method's own prediction and of both readouts, plus the predictions.
 
     ``saf_outputs``: the model's outputs are SAF weighted averages, whose spikes are recovered first.
@@ -194,7 +215,7 @@ def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: t
             correct[key] += (value.argmax(1) == target).sum().item()
         predictions.append(scores["own"].argmax(1).cpu())
     functional.reset_net(model)
-    model.train()
+    set_training(model, batchnorm)
     result = {key: value / len(y) for key, value in correct.items()}
     result["predictions"] = torch.cat(predictions)
     return result
@@ -238,8 +259,9 @@ def train_run(name: str, seed: int, cfg: dict) -> dict:
     x_train, y_train, x_test, y_test = load_data(cfg["data_root"], cfg["train_subset"], cfg["test_subset"])
     curve_test = cfg.get("curve_test_subset") or len(y_test)
     torch.manual_seed(seed)
-    model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"])
-    model = model.to(device).train()
+    model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"],
+                               cfg.get("saf_f_surrogate", "representation"))
+    model = set_training(model.to(device), cfg.get("batchnorm", "train"))
     saf = _is_saf(method)
     decay = decay_factor(cfg["tau"])
     generator = torch.Generator().manual_seed(seed)
@@ -297,7 +319,7 @@ def train_run(name: str, seed: int, cfg: dict) -> dict:
         last = b + 1 == total
         count = len(y_test) if last else curve_test
         test = evaluate(model, method, x_test[:count], y_test[:count], steps, decay, device,
-                        saf_outputs=saf)
+                        saf_outputs=saf, batchnorm=cfg.get("batchnorm", "train"))
         predictions = test.pop("predictions")
         result["curve"].append({"epoch": round((b + 1) / batches_per_epoch, 4), "minibatches": b + 1,
                                 "test_images": count, "test": test,
@@ -445,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=0.9, help="for SGD")
     parser.add_argument("--tau", type=float, default=2.0)
     parser.add_argument("--pool", choices=("avg", "max"), default="avg")
+    parser.add_argument("--saf-f-surrogate", choices=("representation", "sigmoid"),
+                        default="representation",
+                        help="SAF-F's surrogate: its own SpikeRepresentation, or the sigmoid of the others")
+    parser.add_argument("--batchnorm", choices=("train", "frozen"), default="train",
+                        help="'train': batch statistics while training (the example's); 'frozen': "
+                             "BatchNorm in eval mode throughout (a learned affine map, exact for SAF)")
     parser.add_argument("--memopt-level", type=int, default=1,
                         help="optimize_memory level for bptt+memopt (2-4 need CUDA)")
     parser.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all 60000)")
@@ -511,6 +539,8 @@ def parse_args(argv=None):
 
 
 def settings_of(args) -> dict:
+    saf_f_surrogate = ("SpikeRepresentation" if args.saf_f_surrogate == "representation"
+                       else "the same sigmoid")
     return {
         "data": "Fashion-MNIST idx files" + (f", first {args.train_subset} training images" if args.train_subset
                                              else ", all 60000 training images")
@@ -528,11 +558,13 @@ def settings_of(args) -> dict:
                 "Obar[T] for SAF-F",
         "readout": "own: SAF Obar[T] (lam-weighted average of output spikes), others the firing rate; "
                    "both readouts are also reported for every method",
-        "batchnorm": "train mode (batch statistics) for every method during training, running "
-                     "statistics at test time; single-step methods normalise each step's batch, "
-                     "multi-step BPTT and SAF-E-acc the T x B batch",
+        "batchnorm": ("train mode (batch statistics) for every method during training, running "
+                      "statistics at test time; single-step methods normalise each step's batch, "
+                      "multi-step BPTT and SAF-E-acc the T x B batch" if args.batchnorm == "train" else
+                      "frozen: eval mode throughout for every method (initial running statistics, "
+                      "learned affine weight and bias)"),
         "neuron": f"soft-reset LIF tau={args.tau}, V_th=1, decay_input=False, detach_reset, sigmoid "
-                  "surrogate alpha=4 (SAF-F: SpikeRepresentation); OTTTLIFNode for OTTT, SLTTLIFNode "
+                  f"surrogate alpha=4 (SAF-F: {saf_f_surrogate}); OTTTLIFNode for OTTT, SLTTLIFNode "
                   "for SLTT, LIFNode for BPTT",
         "memopt": f"bptt+memopt: memopt.optimize_memory(model, CSNNBlock, level={args.memopt_level}, "
                   "compress=True) on the four neuron-terminated blocks, probed with the first "
@@ -570,7 +602,8 @@ def main(argv=None) -> int:
            "lr": args.lr, "momentum": args.momentum, "memopt_level": args.memopt_level,
            "data_root": args.data_root, "train_subset": args.train_subset,
            "test_subset": args.test_subset, "threads": args.threads,
-           "evals": args.evals, "curve_test_subset": args.curve_test_subset}
+           "evals": args.evals, "curve_test_subset": args.curve_test_subset,
+           "batchnorm": args.batchnorm, "saf_f_surrogate": args.saf_f_surrogate}
     plan = [(name, seed) for seed in args.seeds for name in args.methods]
     start = time.perf_counter()
     # Also starts the fork server before any worker thread needs it.

@@ -112,7 +112,8 @@ def fashion_mnist_rows(results_dir: Path, name: str = "fashion_mnist") -> list[s
               f" **Partial results: {payload.get('finished_runs')} runs finished.**")
     images = "all 60000" if not s.get("train_subset") else f"the first {s['train_subset']}"
     lines = [f"Fashion-MNIST ({images} training images, {s['epochs']:g} epoch(s) = "
-             f"{payload['runs'][0].get('minibatches', '?')} minibatches of {s['batch']}; all 10000 test "
+             f"{payload['runs'][0].get('minibatches', '?')} minibatches of {s['batch']}; "
+             f"{'all 10000' if not s.get('test_subset') else 'the first ' + str(s['test_subset'])} test "
              f"images), CSNN C={s['channels']} with {s['pool']} pooling, T={s['T']}, {s['optimizer']}, "
              f"seeds {seeds}, {meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores"
              f"{', shared with other jobs' if s.get('machine_shared') else ''}), {meta['date_utc']}."
@@ -261,6 +262,9 @@ def results_markdown(results_dir: Path) -> str:
     fashion = fashion_mnist_rows(results_dir)
     if fashion:
         lines += ["", "## Fashion-MNIST", ""] + fashion
+    frozen = fashion_mnist_rows(results_dir, "fashion_mnist_bn_frozen")
+    if frozen:
+        lines += ["", "### Fashion-MNIST with BatchNorm frozen (eval mode) during training", ""] + frozen
     accuracy = accuracy_rows(results_dir)
     if accuracy:
         lines += ["", "## Accuracy parity", ""] + accuracy

@@ -90,7 +90,7 @@ def test_quick_suite_writes_results_and_the_readme_table(tmp_path):
     readme.write_text(f"# t\n{common.TABLE_START}\nold\n{common.TABLE_END}\n")
     results = tmp_path / "results"
     subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--results-dir", str(results),
-                    "--readme", str(readme)], cwd=REPO, check=True, timeout=240,
+                    "--readme", str(readme)], cwd=REPO, check=True, timeout=600,
                    capture_output=True)
     for name in ("ops", "time_memory", "accuracy", "reviewers"):
         assert (results / f"{name}.json").exists(), name
