@@ -93,7 +93,8 @@ REGEX_SUBSTITUTIONS = (
     (r'"spikingjelly-saf\[(\w+)\]"', r"\1"),                      # pip install "spikingjelly-saf[triton]"
     (r" ?\(SAF_SPEC[^)]*\)", ""),                                   # citations of the plugin's notes
     (r"CuPy and Triton kernels implement", "the Triton kernels implement"),
-    (r"never imports CuPy or Triton", "never imports Triton"),
+    (r"never imports CuPy\s+or Triton", "never imports Triton"),
+    (r":mod:`\.(?:cupy_backend|kernel_source)`,?\s*", ""),
     (r"neither CuPy nor Triton", "not Triton"),
     (r",? or convert it with\s+(\"\s*\")?\s*spikingjelly_saf\.to_saf\(model\)", ""),
     # the plugin's documents: the theory is the SAF tutorial upstream; backends.md has no counterpart
