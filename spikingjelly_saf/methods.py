@@ -76,13 +76,7 @@ def weighted_average_readout(decay: float) -> Callable[[torch.Tensor], torch.Ten
     decay = float(decay)
 
     def readout(y_seq: torch.Tensor) -> torch.Tensor:
-        average, weight_sum = None, 0.0
-        for t in range(y_seq.shape[1]):
-            weight_sum_next = saf_functional.next_weight_sum(weight_sum, decay)
-            average = saf_functional.running_average(y_seq[:, t], average, weight_sum_next,
-                                                     weight_sum, decay)
-            weight_sum = weight_sum_next
-        return average
+        return saf_functional.weighted_average(y_seq, decay, dim=1)
 
     return readout
 

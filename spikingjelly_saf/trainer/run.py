@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..methods import get_method
-from ..neuron import SAFNode
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .cli import DEFAULT_MODELS, build_parser
@@ -119,13 +118,8 @@ class _WeightedLIFReadout:
         return self._readout(y_seq)
 
 
-def _deploys_to_lif(method) -> bool:
-    return getattr(method, "deploys_to_lif", method.neuron_type is SAFNode)
-
-
 def _step_mode(method, args) -> str:
-    step_mode_for = getattr(method, "step_mode_for", None)
-    return step_mode_for(getattr(args, "backend", "torch")) if step_mode_for else method.step_mode
+    return method.step_mode_for(getattr(args, "backend", "torch"))
 
 
 def _check_arguments(args, method) -> None:
@@ -133,22 +127,16 @@ def _check_arguments(args, method) -> None:
     device; and the basic ranges again for callers that build ``args`` themselves."""
     if args.T < 1 or args.b < 1 or args.epochs < 1 or args.j < 0:
         raise ModelChoiceError("-T, -b and -epochs must be positive integers and -j >= 0.")
-    check_tau = getattr(method, "check_neuron_arguments", None)
-    if check_tau is not None:
-        try:
-            check_tau(args.tau)
-        except ValueError as error:
-            raise ModelChoiceError(f"-tau {args.tau}: {error}") from None
-    elif method.neuron_type is SAFNode and not args.tau >= 1.0:
-        raise ModelChoiceError(f"-tau {args.tau}: SAF needs tau >= 1 (tau=1 is memoryless).")
-    elif method.neuron_type is not SAFNode and not args.tau > 1.0:
-        raise ModelChoiceError(f"-tau {args.tau}: SpikingJelly's LIF neurons need tau > 1.")
+    try:
+        method.check_neuron_arguments(args.tau)
+    except ValueError as error:
+        raise ModelChoiceError(f"-tau {args.tau}: {error}") from None
     if not args.v_threshold > 0.0:
         raise ModelChoiceError(f"-v-threshold {args.v_threshold}: the threshold must be positive.")
-    if args.amp and not getattr(method, "supports_amp", True):
+    if args.amp and not method.supports_amp:
         raise ModelChoiceError(f"-amp is not available with {method.name}: SpikingJelly's "
                                "ottt_online_training takes no gradient scaler.")
-    if args.deploy_lif and not _deploys_to_lif(method):
+    if args.deploy_lif and not method.deploys_to_lif:
         raise ModelChoiceError(f"-deploy-lif converts a SAF network to LIF; method {method.name} "
                                "already trains LIF-type neurons. Drop -deploy-lif.")
     if args.stop_after is not None and args.stop_after < 1:
