@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 # Test helpers (nets.py, fabricate.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -17,3 +19,15 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for CLI runs on tiny data: on two shared cores, more threads than cores
+    make tiny convolutions many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

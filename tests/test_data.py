@@ -22,12 +22,7 @@ MNIST = ("fashion_mnist", "mnist")
 TINY = ["-device", "cpu", "-T", "2", "-b", "4", "-j", "0", "-no-progress", "-epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -27,13 +27,7 @@ DVS = ("dvs128_gesture", "cifar10_dvs")
 TINY = ["-device", "cpu", "-T", "2", "-b", "4", "-j", "0", "-no-progress", "-lr", "0.05"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: more threads than cores makes tiny convolutions many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ TINY = ["-device", "cpu", "-T", "2", "-b", "4", "-j", "0", "-no-progress", "-lr"
 PER_RUN = ["-device", "cpu", "-j", "0", "-no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
