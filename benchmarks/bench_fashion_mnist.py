@@ -393,6 +393,8 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
 
     summary = payload["summary"]
     s = payload["settings"]
+    # Times from the separate one-at-a-time timing run when there is one (see tables.py).
+    timing = (common.read_json(results_dir, f"{tag}_timing") or {}).get("summary", {})
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = plt.get_cmap("tab10").colors
     for index, (name, row) in enumerate(summary.items()):
@@ -402,15 +404,17 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
         style = "-" if name.startswith("saf") else "--"
         ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=3, capsize=2, linestyle=style,
                     label=f"{name} (n={len(row['seeds'])})", color=colors[index % len(colors)])
-        ax2.scatter(row["epoch_seconds_min"], row["train_peak_mib_mean"], color=colors[index % len(colors)])
-        ax2.annotate(name, (row["epoch_seconds_min"], row["train_peak_mib_mean"]), fontsize=7,
+        seconds = timing.get(name, row)["epoch_seconds_min"]
+        ax2.scatter(seconds, row["train_peak_mib_mean"], color=colors[index % len(colors)])
+        ax2.annotate(name, (seconds, row["train_peak_mib_mean"]), fontsize=7,
                      xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("epochs trained (60000 images each)" if not s.get("train_subset") else "epochs trained")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"Fashion-MNIST, CSNN C={s['channels']} ({s['pool']} pool), T={s['T']}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    ax2.set_xlabel("seconds per epoch (fastest seed; shared machine)" if s.get("machine_shared")
+    ax2.set_xlabel("seconds per epoch (timing run, one run at a time)" if timing else
+                   "seconds per epoch (fastest seed; shared machine)" if s.get("machine_shared")
                    else "seconds per epoch (fastest seed)")
     ax2.set_ylabel("training peak memory (MiB)")
     ax2.set_title("time and memory per method", fontsize=10)
