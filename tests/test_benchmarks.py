@@ -239,3 +239,26 @@ def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
     curve = runs["bptt+memopt"]["curve"]
     assert [p["minibatches"] for p in curve] == [2, 4] and [p["test_images"] for p in curve] == [4, 8]
     assert (results / "fm_accuracy.png").stat().st_size > 0
+    from benchmarks import tables
+
+    rows = tables.fashion_mnist_rows(results, "fm")
+    assert "Partial results" not in rows[0] and "the first 8 test images" not in rows[0]
+    saf_row = next(r for r in rows if r.startswith("| saf-e |"))
+    assert saf_row.count("%") == 3  # own readout, rate readout and to_lif deployment
+
+
+def test_memopt_table_from_a_tagged_subset(tmp_path):
+    from benchmarks import bench_time_memory, tables
+
+    bench_time_memory.run(tmp_path, quick=True, only_variants=["bptt", common.MEMOPT_VARIANT, "saf-f"],
+                          tag="memopt", log=lambda *_: None)
+    timing = json.loads((tmp_path / "time_memory_memopt.json").read_text())
+    assert set(timing["models"]["vggws"]) == {"bptt", common.MEMOPT_VARIANT, "saf-f"}
+    assert not (tmp_path / "time_memory.json").exists()  # a subset never replaces the full run
+    ratios = timing["summary"]["vggws"]["per_T"]["2"]
+    # Memory ratios may be None: a tiny run can grow the resident set by nothing.
+    assert ratios["bptt+memopt/bptt time"] > 0 and "saf-f/bptt+memopt memory" in ratios
+    rows = tables.memopt_rows(tmp_path)
+    assert any(r.startswith("| vggws | 2 |") and "cannot run" not in r for r in rows)
+    with pytest.raises(ValueError, match="unknown variants"):
+        bench_time_memory.run(tmp_path, quick=True, only_variants=["nope"], tag="x")
