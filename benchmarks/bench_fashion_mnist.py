@@ -85,11 +85,6 @@ def base_method_name(name: str) -> str:
     return name[:-len(MEMOPT_SUFFIX)] if name.endswith(MEMOPT_SUFFIX) else name
 
 
-def _is_saf(method) -> bool:
-    # Method capabilities (deploys_to_lif) where methods.py provides them, else the SAF name prefix.
-    return getattr(method, "deploys_to_lif", method.name.startswith("saf-"))
-
-
 def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg",
                saf_f_surrogate: str = "representation"):
     """``(model, method)`` for a benchmark method name (``'bptt+memopt'`` included).
@@ -262,7 +257,7 @@ def train_run(name: str, seed: int, cfg: dict) -> dict:
     model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"],
                                cfg.get("saf_f_surrogate", "representation"))
     model = set_training(model.to(device), cfg.get("batchnorm", "train"))
-    saf = _is_saf(method)
+    saf = method.deploys_to_lif
     decay = decay_factor(cfg["tau"])
     generator = torch.Generator().manual_seed(seed)
     if name.endswith(MEMOPT_SUFFIX):
@@ -401,7 +396,7 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
         mean = [100 * v for v in row["curve_accuracy_mean"]]
         std = [100 * v for v in row["curve_accuracy_std"]]
         epochs = row["curve_epochs"]
-        style = "-" if name.startswith("saf") else "--"
+        style = "-" if get_method(base_method_name(name)).deploys_to_lif else "--"
         ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=3, capsize=2, linestyle=style,
                     label=f"{name} (n={len(row['seeds'])})", color=colors[index % len(colors)])
         seconds = timing.get(name, row)["epoch_seconds_min"]

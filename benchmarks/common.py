@@ -14,9 +14,10 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron
-from spikingjelly.activation_based.model import spiking_resnet, spiking_vggws_ottt
+from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based.model import spiking_resnet
 
+from spikingjelly_saf import zoo
 from spikingjelly_saf.methods import Method, get_method
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
@@ -132,44 +133,20 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
 # neurons and models
 
 
-def neuron_kwargs(method: Method, tau: float = 2.0) -> dict:
-    """The OTTT setting (tau=2, V_th=1, soft reset, detach_reset); SAF-F uses the representation surrogate."""
-    sg = SpikeRepresentation() if method.name == "saf-f" else None
-    return method.neuron_kwargs(tau=tau, surrogate_function=sg)
-
-
-class DSRFactory:
-    """Builds SpikingJelly's ``DSRIFNode(T)``: its constructor takes none of the LIF keyword arguments."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def __call__(self, **_ignored) -> nn.Module:
-        return neuron.DSRIFNode(T=self.steps)
-
-
-VGG_CFG = spiking_vggws_ottt.cfgs["S"]
+def neuron_kwargs(method: Method, tau: float = 2.0, steps: Optional[int] = None) -> dict:
+    """The OTTT setting (tau=2, V_th=1, soft reset, detach_reset); the representation-level method
+    (SAF-F) gets its ``SpikeRepresentation`` surrogate; ``steps`` for neurons built for a fixed T (DSR)."""
+    sg = SpikeRepresentation() if method.representation_level else None
+    return method.neuron_kwargs(tau=tau, surrogate_function=sg,
+                                steps=steps if method.needs_steps else None)
 
 
 def build_vgg(neuron_type: Callable, kwargs: dict, width_divisor: int = 1,
               num_classes: int = 10) -> nn.Module:
-    """``ottt_spiking_vggws`` (cfg "S": WS-conv, neuron, Scale(2.74), AvgPool), optionally narrower.
-
-    ``width_divisor > 1`` divides every conv width and rebuilds the light classifier for the
-    narrower last layer (the zoo hard-codes 512 inputs); the structure is unchanged.
-    """
-    if width_divisor == 1:
-        return spiking_vggws_ottt.ottt_spiking_vggws(spiking_neuron=neuron_type,
-                                                     num_classes=num_classes, **kwargs)
-    cfg = [v if isinstance(v, str) else max(1, v // width_divisor) for v in VGG_CFG]
-    model = spiking_vggws_ottt.OTTTSpikingVGG(cfg, weight_standardization=True,
-                                              num_classes=num_classes, spiking_neuron=neuron_type,
-                                              light_classifier=True, **kwargs)
-    model.classifier = layer.OTTTSequential(
-        layer.AdaptiveAvgPool2d((1, 1)), layer.Flatten(1), layer.Linear(cfg[-1], num_classes))
-    nn.init.normal_(model.classifier[2].weight, 0, 0.01)
-    nn.init.zeros_(model.classifier[2].bias)
-    return model
+    """``ottt_spiking_vggws`` (cfg "S": WS-conv, neuron, Scale(2.74), AvgPool) through
+    :func:`spikingjelly_saf.zoo.vggws`, with every width divided by ``width_divisor``."""
+    return zoo.vggws(neuron_type, num_classes=num_classes,
+                     width_divisor=width_divisor if width_divisor > 1 else None, **kwargs)
 
 
 def build_resnet18(neuron_type: Callable, kwargs: dict, width_divisor: int = 1,
@@ -227,22 +204,16 @@ def apply_memopt(model: nn.Module, arch: str, example_input: torch.Tensor, level
 
 def build(arch: str, method_name: str, steps: int, width_divisor: int = 1,
           num_classes: int = 10, tau: float = 2.0) -> tuple[nn.Module, Method]:
-    """The model of ``arch`` built for ``method_name`` (a methods-table name, ``dsr`` or
-    ``bptt+memopt``; the latter still needs :func:`apply_memopt`)."""
+    """The model of ``arch`` built for ``method_name`` (a methods-table name, or ``bptt+memopt``,
+    which still needs :func:`apply_memopt`)."""
     if method_name == MEMOPT_VARIANT:
         # The BPTT model with neuron-terminated blocks; apply_memopt needs an example input.
         model, method = build(arch, "bptt", steps, width_divisor, num_classes, tau)
         if arch == "vggws":
             model.features = group_neuron_blocks(model.features)
         return model, method
-    if method_name == "dsr":
-        # DSR trains like BPTT (whole sequence, loss on the mean output), with DSRIFNode.
-        method = get_method("bptt")
-        model = ARCHS[arch](DSRFactory(steps), {}, width_divisor, num_classes)
-        functional.set_step_mode(model, "m")
-        return model, method
     method = get_method(method_name)
-    model = ARCHS[arch](method.neuron_type, neuron_kwargs(method, tau), width_divisor, num_classes)
+    model = ARCHS[arch](method.neuron_type, neuron_kwargs(method, tau, steps), width_divisor, num_classes)
     method.prepare(model)
     return model, method
 
