@@ -244,7 +244,7 @@ def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
     rows = tables.fashion_mnist_rows(results, "fm")
     assert "Partial results" not in rows[0] and "the first 8 test images" not in rows[0]
     saf_row = next(r for r in rows if r.startswith("| saf-e |"))
-    assert saf_row.count("%") == 3  # own readout, rate readout and to_lif deployment
+    assert saf_row.count("%") == 4  # own and rate readouts; to_lif deployment with both readouts
 
 
 def test_memopt_table_from_a_tagged_subset(tmp_path):
