@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -258,100 +258,173 @@ def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         stack.extend(reversed(children))
 
 
-def _examine(name: str, module: nn.Module, trusted: tuple[type, ...]) -> Optional[Finding]:
-    """The finding for one module, or ``None``. Order matters: the most specific rule first."""
-    if is_neuron(module):
-        issue = neuron_issue(module)
-        return None if issue is None else _finding(name, module, *issue)
-    if trusted and isinstance(module, trusted):
+class _Verdict(NamedTuple):
+    """What one rule says of a module: exact (``finding is None``) or a finding to report."""
+    finding: Optional[tuple]  # (kind, reason, fix, effect)
+
+
+_EXACT = _Verdict(None)
+
+
+def _report(kind: str, reason: str, fix: str, effect: str = "breaks") -> _Verdict:
+    return _Verdict((kind, reason, fix, effect))
+
+
+def _neuron_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not is_neuron(module):
         return None
-    if isinstance(module, MAX_POOLS):
-        return _finding(
-            name, module, "max-pool",
-            "the max of weighted firing rates is not the weighted rate of the max of spikes "
-            "(max is not linear). Exact only before the first neuron with a static input.",
-            "to_saf(model, replace_maxpool=True) swaps it for AvgPool of the same geometry; the "
-            "network changes, so train or fine-tune after the swap.")
-    if isinstance(module, _POWER_POOLS):
-        return _finding(name, module, "nonlinear-pool",
-                        "power-average pooling is not linear.", "use AvgPool instead.")
-    if isinstance(module, _TIME_VARYING_NORMS):
-        return _finding(
-            name, module, "time-varying-norm",
-            "its affine map changes with the time step, so it is not fixed over time.",
-            "use layer.BatchNorm (same statistics at every step), in eval mode.")
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if not module.track_running_stats:
-            return _finding(
-                name, module, "batch-statistics",
-                "without running statistics it always normalises with batch statistics, and those "
-                "of the averaged currents differ from those of the spike currents.",
-                "build it with track_running_stats=True and compare/deploy in eval mode.")
-        if module.training:
-            return _finding(
-                name, module, "batch-statistics",
-                "in train mode it normalises with batch statistics, and those of the averaged "
-                "currents differ from those of the spike currents. This is fine for SAF training; "
-                "it is exact again in eval mode, with the running statistics.",
-                "nothing for training; call model.eval() before compare_with_lif or deployment.",
-                effect="train-mode")
+    issue = neuron_issue(module)
+    return _EXACT if issue is None else _report(*issue)
+
+
+def _max_pool_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, MAX_POOLS):
         return None
-    if isinstance(module, _SAMPLE_NORMS):
-        return _finding(
-            name, module, "sample-normalisation",
-            "it divides by statistics of its own input, which is not affine in the input.",
-            "use BatchNorm (eval mode), which is affine.")
-    if isinstance(module, _ATTENTION) or "attention" in type(module).__name__.lower():
-        return _finding(
-            name, module, "spike-product",
-            "attention multiplies spike tensors (e.g. (V K^T) Q); the product of weighted firing "
-            "rates is not the weighted rate of the product, so the LIF twin's spikes differ.",
-            "no exact SAF form: SAF still trains the model, but evaluate and deploy it as the SAF "
-            "network (or train it with BPTT/OTTT if LIF deployment matters).")
+    return _report(
+        "max-pool",
+        "the max of weighted firing rates is not the weighted rate of the max of spikes "
+        "(max is not linear). Exact only before the first neuron with a static input.",
+        "to_saf(model, replace_maxpool=True) swaps it for AvgPool of the same geometry; the "
+        "network changes, so train or fine-tune after the swap.")
+
+
+def _power_pool_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, _POWER_POOLS):
+        return None
+    return _report("nonlinear-pool", "power-average pooling is not linear.", "use AvgPool instead.")
+
+
+def _time_varying_norm_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, _TIME_VARYING_NORMS):
+        return None
+    return _report(
+        "time-varying-norm",
+        "its affine map changes with the time step, so it is not fixed over time.",
+        "use layer.BatchNorm (same statistics at every step), in eval mode.")
+
+
+def _batch_norm_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return None
+    if not module.track_running_stats:
+        return _report(
+            "batch-statistics",
+            "without running statistics it always normalises with batch statistics, and those "
+            "of the averaged currents differ from those of the spike currents.",
+            "build it with track_running_stats=True and compare/deploy in eval mode.")
+    if module.training:
+        return _report(
+            "batch-statistics",
+            "in train mode it normalises with batch statistics, and those of the averaged "
+            "currents differ from those of the spike currents. This is fine for SAF training; "
+            "it is exact again in eval mode, with the running statistics.",
+            "nothing for training; call model.eval() before compare_with_lif or deployment.",
+            effect="train-mode")
+    return _EXACT
+
+
+def _sample_norm_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, _SAMPLE_NORMS):
+        return None
+    return _report(
+        "sample-normalisation",
+        "it divides by statistics of its own input, which is not affine in the input.",
+        "use BatchNorm (eval mode), which is affine.")
+
+
+def _attention_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not (isinstance(module, _ATTENTION) or "attention" in type(module).__name__.lower()):
+        return None
+    return _report(
+        "spike-product",
+        "attention multiplies spike tensors (e.g. (V K^T) Q); the product of weighted firing "
+        "rates is not the weighted rate of the product, so the LIF twin's spikes differ.",
+        "no exact SAF form: SAF still trains the model, but evaluate and deploy it as the SAF "
+        "network (or train it with BPTT/OTTT if LIF deployment matters).")
+
+
+def _connect_function_rule(module: nn.Module) -> Optional[_Verdict]:
     cnf = getattr(module, "cnf", None)
-    if isinstance(cnf, str):
-        if cnf == "ADD":
-            return None  # a SEW block adding its branches: a residual add is exact
-        return _finding(
-            name, module, "connect-function",
-            f"SEW connect function {cnf!r} multiplies two spike tensors (AND: x*y, IAND: x*(1-y)); "
-            "the product of rates is not the rate of the product.",
-            "build the SEW ResNet with cnf='ADD' (a residual add is exact).")
-    if _is_activation(module):
-        return _finding(
-            name, module, "nonlinear-activation",
-            "a nonlinearity between neurons does not commute with the weighted average.",
-            "remove it: the spiking neurons must be the only nonlinearity.")
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        if module.training and module.p > 0:
-            return _finding(
-                name, module, "dropout-mask",
-                "torch dropout draws a new mask at every call, so the mask changes over time steps "
-                "(exact in eval mode, where it is the identity).",
-                "for training, layer.Dropout keeps one mask until reset_net; for comparing and "
-                "deploying, call model.eval().",
-                effect="train-mode")
+    if not isinstance(cnf, str):
         return None
+    if cnf == "ADD":
+        return _EXACT  # a SEW block adding its branches: a residual add is exact
+    return _report(
+        "connect-function",
+        f"SEW connect function {cnf!r} multiplies two spike tensors (AND: x*y, IAND: x*(1-y)); "
+        "the product of rates is not the rate of the product.",
+        "build the SEW ResNet with cnf='ADD' (a residual add is exact).")
+
+
+def _activation_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not _is_activation(module):
+        return None
+    return _report(
+        "nonlinear-activation",
+        "a nonlinearity between neurons does not commute with the weighted average.",
+        "remove it: the spiking neurons must be the only nonlinearity.")
+
+
+def _dropout_rule(module: nn.Module) -> Optional[_Verdict]:
+    if not isinstance(module, nn.modules.dropout._DropoutNd):
+        return None
+    if module.training and module.p > 0:
+        return _report(
+            "dropout-mask",
+            "torch dropout draws a new mask at every call, so the mask changes over time steps "
+            "(exact in eval mode, where it is the identity).",
+            "for training, layer.Dropout keeps one mask until reset_net; for comparing and "
+            "deploying, call model.eval().",
+            effect="train-mode")
+    return _EXACT
+
+
+def _state_rule(module: nn.Module) -> Optional[_Verdict]:
     if isinstance(module, _TIME_SAFE_STATEFUL):
+        return _EXACT
+    if not isinstance(module, base.MemoryModule):
         return None
-    if isinstance(module, base.MemoryModule):
-        return _finding(
-            name, module, "unknown-state",
-            "it keeps its own state across time steps, so it may not be fixed over time; SAF "
-            "cannot vouch for it.",
-            "check it with compare_with_lif(model, x_seq), or replace it.", effect="unproven")
+    return _report(
+        "unknown-state",
+        "it keeps its own state across time steps, so it may not be fixed over time; SAF "
+        "cannot vouch for it.",
+        "check it with compare_with_lif(model, x_seq), or replace it.", effect="unproven")
+
+
+def _known_affine_rule(module: nn.Module) -> Optional[_Verdict]:
     if isinstance(module, _AFFINE + _CONTAINERS) and _defined_in_trusted_code(type(module)):
-        return None
+        return _EXACT
     if next(module.children(), None) is not None:
-        return None  # a composite: its children are examined; its own forward is in the notes
-    return _finding(
-        name, module, "unproven",
-        f"SAF does not know {type(module).__name__} to be affine in its input and fixed over time "
+        return _EXACT  # a composite: its children are examined; its own forward is in the notes
+    return None
+
+
+def _unproven(module: nn.Module) -> _Verdict:
+    name = type(module).__name__
+    return _report(
+        "unproven",
+        f"SAF does not know {name} to be affine in its input and fixed over time "
         "(a recurrent layer, a bilinear map, unpooling with indices and most custom layers are "
         "not), so it cannot vouch for the LIF twin's spikes.",
         "measure it with compare_with_lif(model, x_seq); if you know it is affine and fixed over "
-        f"time, say so with check_exactness(model, trust=[{type(module).__name__}]).",
+        f"time, say so with check_exactness(model, trust=[{name}]).",
         effect="unproven")
+
+
+#: The rules in order, the most specific first; the first that has an opinion decides. A module
+#: no rule knows is reported as unproven (the report is an allow-list).
+_RULES = (_neuron_rule, _max_pool_rule, _power_pool_rule, _time_varying_norm_rule,
+          _batch_norm_rule, _sample_norm_rule, _attention_rule, _connect_function_rule,
+          _activation_rule, _dropout_rule, _state_rule, _known_affine_rule)
+
+
+def _examine(name: str, module: nn.Module, trusted: tuple[type, ...]) -> Optional[Finding]:
+    """The finding for one module, or ``None`` when it is exact."""
+    if trusted and isinstance(module, trusted) and not is_neuron(module):
+        return None
+    verdict = next((v for v in (rule(module) for rule in _RULES) if v is not None), None)
+    verdict = verdict or _unproven(module)
+    return None if verdict.finding is None else _finding(name, module, *verdict.finding)
 
 
 def _custom_forward_note(model: nn.Module, trusted: tuple[type, ...]) -> Optional[str]:
