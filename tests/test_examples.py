@@ -52,7 +52,7 @@ def _train(dataset, data_dir, out_dir, *flags):
 
 
 def _checkpoint(out_dir, name="checkpoint_last.pth"):
-    return torch.load(Path(out_dir) / name, map_location="cpu", weights_only=False)
+    return torch.load(Path(out_dir) / name, map_location="cpu", weights_only=True)
 
 
 def _initial_state(dataset, flags):
@@ -86,7 +86,7 @@ def _check_run(out_dir, dataset, flags):
     assert "inject_nan_epoch" not in recorded
     assert not {"cutout", "train_split"} <= set(recorded)
     assert set(recorded) <= shown, set(recorded) - shown
-    trained = _checkpoint(out_dir)["model"]
+    trained = _checkpoint(out_dir)["net"]
     initial = _initial_state(dataset, flags)
     assert trained.keys() == initial.keys()
     assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
@@ -172,11 +172,11 @@ def test_resume_reproduces_uninterrupted_run_bitwise(data, tmp_path, method):
                   str(split / "checkpoint_last.pth")) == 0
     a, b = _checkpoint(straight), _checkpoint(split)
     assert a["epoch"] == b["epoch"] == 1
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["net"]:
+        assert torch.equal(a["net"][key], b["net"][key]), key
     for slot_a, slot_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(slot_a["momentum_buffer"], slot_b["momentum_buffer"])
-    assert a["scheduler"] == b["scheduler"]
+    assert a["lr_scheduler"] == b["lr_scheduler"]
     strip = ("epoch_time_s", "train_samples_per_s", "peak_memory_mib")
     assert ([{k: v for k, v in r.items() if k not in strip} for r in a["history"]]
             == [{k: v for k, v in r.items() if k not in strip} for r in b["history"]])
@@ -192,7 +192,7 @@ def test_resume_without_restored_rng_would_differ(data, tmp_path):
     state["rng"] = [state["rng"][0] | {"torch": torch.manual_seed(12345).get_state()}]
     torch.save(state, fresh / "altered.pth")
     assert _train("cifar10", data["cifar10"], fresh, *flags, "-resume", str(fresh / "altered.pth")) == 0
-    a, b = _checkpoint(straight)["model"], _checkpoint(fresh)["model"]
+    a, b = _checkpoint(straight)["net"], _checkpoint(fresh)["net"]
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
@@ -208,8 +208,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, cap
     assert "nan" in message and "epoch 1" in message and str(run / "checkpoint_last.pth") in message
     kept, good = _checkpoint(run), _checkpoint(reference)
     assert kept["epoch"] == 0 and len(kept["history"]) == 1
-    for key in good["model"]:
-        assert torch.equal(kept["model"][key], good["model"][key]), key
+    for key in good["net"]:
+        assert torch.equal(kept["net"][key], good["net"][key]), key
     assert not (run / "summary.json").exists()
 
 

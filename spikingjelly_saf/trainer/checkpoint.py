@@ -6,8 +6,7 @@ random generator (Python, NumPy, torch, CUDA), all stored as tensors and plain P
 A checkpoint is a dict with SpikingJelly's example keys ``net``, ``optimizer``, ``lr_scheduler``,
 ``epoch`` and ``max_test_acc``, plus ``grad_scaler``, ``history``, ``best``, ``rng``, ``args`` and
 ``checksum`` (a SHA-256 of everything but the generator states, so a flipped bit in the tensor data is found at load
-time: ``torch.load`` itself does not notice it). ``model`` and ``scheduler`` name the same objects
-as ``net`` and ``lr_scheduler`` (pickle stores them once).
+time: ``torch.load`` itself does not notice it).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ __all__ = ["CheckpointError", "rng_state", "set_rng_state", "atomic_save", "atom
 REQUIRED_KEYS = ("net", "optimizer", "lr_scheduler", "epoch", "max_test_acc", "history", "best",
                  "rng", "args")
 #: Second names of ``net`` and ``lr_scheduler``; left out of the checksum (same objects).
-_ALIASES = {"model": "net", "scheduler": "lr_scheduler"}
 _TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -169,20 +167,18 @@ def _update(hasher, obj) -> None:
 
 
 def state_digest(state: dict) -> str:
-    """SHA-256 of a checkpoint's contents, ``checksum`` and the aliases left out, and ``rng``
+    """SHA-256 of a checkpoint's contents, ``checksum`` left out, and ``rng``
     too: a damaged generator state changes which random numbers follow, never the weights, and
     exact-resume tests swap it on purpose."""
     hasher = hashlib.sha256()
     _update(hasher, {k: v for k, v in state.items()
-                     if k not in ("checksum", "rng") and k not in _ALIASES})
+                     if k not in ("checksum", "rng")})
     return hasher.hexdigest()
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Add the aliases and the checksum to ``state`` and write it with :func:`atomic_save`."""
+    """Add the checksum to ``state`` and write it with :func:`atomic_save`."""
     state = dict(state)
-    for alias, key in _ALIASES.items():
-        state[alias] = state[key]
     state["checksum"] = state_digest(state)
     atomic_save(state, path)
 
