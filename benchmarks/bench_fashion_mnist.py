@@ -41,9 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq
+from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq, weighted_average
 from spikingjelly_saf.measure import max_rss_bytes, warm_up_runtime
 from spikingjelly_saf.methods import evaluate_sequence, get_method
+from spikingjelly_saf.training import step_mode_of
 
 from . import common
 
@@ -175,18 +176,10 @@ def to_input_seq(images: torch.Tensor, steps: int, device: torch.device) -> torc
 # evaluation
 
 
-def _step_mode(model: nn.Module) -> str:
-    return next((m.step_mode for m in model.modules() if hasattr(m, "step_mode")), "s")
-
-
 def readout_scores(spikes: torch.Tensor, decay: float) -> dict:
     """Two readouts of output spikes ``[B, T, C]``: the firing rate (the example's) and the
     lam^(T-t)-weighted average (SAF's Obar[T], finer-grained, so fewer ties at small T)."""
-    steps = spikes.shape[1]
-    weights = torch.tensor([decay ** (steps - 1 - t) for t in range(steps)], dtype=spikes.dtype,
-                           device=spikes.device)
-    return {"rate": spikes.mean(1),
-            "weighted": (spikes * weights.view(1, steps, 1)).sum(1) / weights.sum()}
+    return {"rate": spikes.mean(1), "weighted": weighted_average(spikes, decay, dim=1)}
 
 
 @torch.no_grad()
@@ -197,7 +190,7 @@ def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: t
     ``saf_outputs``: the model's outputs are SAF weighted averages, whose spikes are recovered first.
     """
     model.eval()
-    step_mode = _step_mode(model)
+    step_mode = step_mode_of(model)
     correct = {"own": 0, "rate": 0, "weighted": 0}
     predictions = []
     for i in range(0, len(y), batch):

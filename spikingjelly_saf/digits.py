@@ -33,7 +33,7 @@ from .methods import (ALL_METHOD_NAMES, Method, evaluate_sequence, get_method,
 
 __all__ = [
     "load_digits_tensors", "digits_cnn", "build_digits_model", "repeat_in_time", "evaluate",
-    "weighted_average_scores", "deployment_accuracy", "train", "build_parser", "main",
+    "deployment_accuracy", "train", "build_parser", "main",
 ]
 
 #: The methods the main job runs by default: SAF's three and the OTTT they are compared with.
@@ -96,13 +96,6 @@ def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 51
     functional.reset_net(model)
     model.train()
     return correct / len(y)
-
-
-def weighted_average_scores(decay: float):
-    """The prediction of a deployed LIF network: the weighted average of its per-step outputs with
-    the weights lam^(T-t) of SAF's readout Obar[T], so that it predicts what the SAF model predicts
-    (:func:`spikingjelly_saf.methods.weighted_average_readout`)."""
-    return weighted_average_readout(decay)
 
 
 def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float) -> float:
