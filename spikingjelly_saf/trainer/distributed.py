@@ -6,6 +6,7 @@ the same decisions (stop on a non-finite value, refuse an unusable output folder
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -67,9 +68,20 @@ class Distributed:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = False) -> None:
+        """Tear the process group down. ``finished``: the run ended normally on every process, so
+        all of them can meet once more before any leaves."""
+        if not (self.enabled and dist.is_initialized()):
+            return
+        if finished:
+            # The first process still plots and writes its summary; a process that tears gloo down
+            # and exits meanwhile can abort ("terminate called without an active exception").
+            dist.barrier()
+        # DistributedDataParallel's reducer and comm-hook futures hold Python objects that gloo's
+        # worker threads touch: free them now, not during interpreter shutdown, where a thread
+        # that needs the GIL aborts the process.
+        gc.collect()
+        dist.destroy_process_group()
 
     def agree(self, error) -> None:
         """Raise on every process when the main process met ``error`` (or ``None``) in a step only

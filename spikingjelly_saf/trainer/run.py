@@ -14,6 +14,7 @@ rules in :mod:`.resume`, finiteness guards in :mod:`.guard`, the process group i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -465,9 +466,12 @@ def run(args: argparse.Namespace, given: Optional[set] = None,
     plan = _prepare(args, given, datasets, check_value)
     ddp = Distributed(args.device)
     try:
-        return _run(plan, ddp)
-    finally:
+        summary = _run(plan, ddp)
+    except BaseException:
         ddp.close()
+        raise
+    ddp.close(finished=True)
+    return summary
 
 
 def _datasets(args, ddp: Distributed):
@@ -673,4 +677,8 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     except OSError as error:
         print(_os_error_message(error, args.out_dir), file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        # A stopped run's traceback kept the DistributedDataParallel model alive; release it (and
+        # the gloo threads it holds) before the interpreter shuts down.
+        gc.collect()
     return EXIT_OK
