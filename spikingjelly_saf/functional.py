@@ -44,6 +44,7 @@ __all__ = [
     "coefficient_table",
     "membrane_before_fire",
     "average_update",
+    "fires",
     "heaviside",
     "fire_and_average",
     "Gradient",
@@ -171,8 +172,9 @@ def membrane_before_fire(input_current: torch.Tensor, abar_prev: torch.Tensor,
     ``LIFNode``'s :math:`H[t]` (``docs/theory.md``, Theorem 1).
     """
     driven = k.input * input_current
-    if k.weight_sum_prev == 0.0:  # first step: nothing carried, and this saves two tensor ops
+    if k.weight_sum_prev == 0.0:  # first step: nothing carried, and this saves a tensor op
         return driven.to(torch.promote_types(driven.dtype, abar_prev.dtype))
+    # Not torch.sub(..., alpha=): its fused rounding would differ from the kernels' bit for bit.
     return driven - k.reset * abar_prev
 
 
@@ -183,17 +185,23 @@ def average_update(spike: torch.Tensor, abar_prev: torch.Tensor, k: StepCoeffici
     return (spike + k.carry * abar_prev) * k.average
 
 
+def fires(membrane: torch.Tensor, v_threshold: float) -> torch.Tensor:
+    r""":math:`S[t] = \mathrm{heaviside}(H[t] - V_{th})` in the membrane's dtype, compared without
+    forming the difference: for floats, :math:`a - b \ge 0` exactly when :math:`a \ge b`."""
+    return (membrane >= v_threshold).to(membrane.dtype)
+
+
 def heaviside(x: torch.Tensor) -> torch.Tensor:
     """SpikingJelly's spike: ``1`` where ``x >= 0``, in ``x``'s dtype."""
-    return (x >= 0).to(x.dtype)
+    return fires(x, 0.0)
 
 
 def fire_and_average(input_current: torch.Tensor, abar_prev: torch.Tensor, k: StepCoefficients,
                      v_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The exact SAF step without a graph: ``(abar, x)`` with :math:`x = H[t] - V_{th}`, the argument of
-    every spike-level surrogate, and :math:`S[t] = \mathrm{heaviside}(x)`."""
-    x = membrane_before_fire(input_current, abar_prev, k) - v_threshold
-    return average_update(heaviside(x), abar_prev, k), x
+    r"""The exact SAF step without a graph: ``(abar, h)`` with :math:`h = H[t]`, the membrane before
+    firing (:math:`h - V_{th}` is the argument of every spike-level surrogate)."""
+    h = membrane_before_fire(input_current, abar_prev, k)
+    return average_update(fires(h, v_threshold), abar_prev, k), h
 
 
 def normalised_input(input_current: torch.Tensor, v_threshold: float, input_scale: float) -> torch.Tensor:
@@ -264,20 +272,21 @@ class SpikeLevelAutograd(Gradient):
 
 
 class _SpikeLevelNode(torch.autograd.Function):
-    """The exact step as one autograd node that saves only ``x = H - V_th``."""
+    """The exact step as one autograd node that saves only the membrane ``H``."""
 
     @staticmethod
     def forward(ctx, input_current, abar_prev, k, v_threshold, input_scale, surrogate_function):
-        abar, x = fire_and_average(input_current, abar_prev, k, v_threshold)
-        ctx.save_for_backward(x)
+        abar, h = fire_and_average(input_current, abar_prev, k, v_threshold)
+        ctx.save_for_backward(h)
         ctx.surrogate_function, ctx.input_scale = surrogate_function, input_scale
-        ctx.input_dtype = input_current.dtype
+        ctx.v_threshold, ctx.input_dtype = v_threshold, input_current.dtype
         return abar
 
     @staticmethod
     def backward(ctx, grad_abar):
-        (x,) = ctx.saved_tensors
-        grad_input = spike_level_input_gradient(grad_abar, x, ctx.surrogate_function, ctx.input_scale)
+        (h,) = ctx.saved_tensors
+        grad_input = spike_level_input_gradient(grad_abar, h - ctx.v_threshold, ctx.surrogate_function,
+                                                ctx.input_scale)
         return grad_input.to(ctx.input_dtype), None, None, None, None, None
 
 

@@ -84,7 +84,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     脉冲累积前向（SAF）神经元，可直接替换 ``neuron.LIFNode`` （软复位）。输入是上一层对前一个神经元
     输出 :math:`\bar A` 的作用 :math:`I[t]`，输出是本神经元的加权发放率 :math:`\bar A[t]`。其脉冲与相同权重的
     LIF 网络完全一致（``docs/theory.md`` 定理 1）。状态为 :math:`\bar A[t-1]` 与 :math:`c[t-1]` （编码了步数），
-    ``v`` 是与之等价的 LIF 膜电位（复位后）。在每个新序列之前调用
+    ``v`` 是与之等价的 LIF 膜电位（复位后），读取时才由最后一步的输入算出。在每个新序列之前调用
     ``spikingjelly.activation_based.functional.reset_net(net)``。16 位输入在 float32 中计算，状态保持 float32。
 
     :param tau: 膜时间常数，:math:`\tau \ge 1`；``math.inf`` 表示 IF 神经元
@@ -109,7 +109,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     output is its own weighted firing rate :math:`\bar A[t]`. Its spikes are exactly those of
     the LIF network with the same weights (``docs/theory.md``, Theorem 1). The state is
     :math:`\bar A[t-1]` and :math:`c[t-1]`, which encodes the step count; ``v`` is the equivalent
-    LIF membrane (after reset). Call ``spikingjelly.activation_based.functional.reset_net(net)``
+    LIF membrane (after reset), computed from the last step's input when read. Call ``spikingjelly.activation_based.functional.reset_net(net)``
     before every new sequence. 16-bit inputs are computed in float32, and the state stays float32.
 
     :param tau: membrane time constant, :math:`\tau \ge 1`; ``math.inf`` gives an IF neuron
@@ -148,9 +148,12 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         store_v_seq = _bool_argument("store_v_seq", store_v_seq)
         super().__init__(self._check_v_threshold(v_threshold), None, surrogate_function, detach_reset,
                          step_mode, store_v_seq)
-        # "v" (BaseNode's membrane) stays the first memory: the equivalent LIF membrane after reset.
+        # SAF's state is (Abar, c); the LIF membrane follows from them and the last input, so it is
+        # computed only when read (the property ``v``) instead of costing tensor work every step.
+        del self.v
         self.register_memory("abar", 0.0)
         self.register_memory("weight_sum", 0.0)
+        self.register_memory("last_input", 0.0)
         self._decay_input = _bool_argument("decay_input", decay_input)
         self.tau = tau
         self.spikes = SpikeTap()
@@ -233,6 +236,21 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         )
 
     # ---- state ------------------------------------------------------------------------------
+    @property
+    def v(self):
+        r"""The equivalent LIF membrane after reset, :math:`V[t] = c[t] (s I[t] - V_{th} \bar A[t])`,
+        in the state dtype; ``0.0`` before the first step."""
+        memories = self.__dict__["_memories"]
+        if "last_input" not in memories:
+            # BaseNode.__init__ asks hasattr(self, "v") before registering its own membrane.
+            raise AttributeError("v")
+        if not isinstance(memories["last_input"], torch.Tensor):
+            return 0.0
+        with torch.no_grad():
+            abar = memories["abar"]
+            return F.lif_membrane_after_reset(memories["last_input"].to(abar.dtype), abar,
+                                              memories["weight_sum"], self._v_threshold, self.input_scale)
+
     def materialize_states(self, inputs, states, step_mode):
         x = inputs[0]
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -245,10 +263,9 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
             check_sequence(self, x)
         neuron_shape = x.shape[1:] if step_mode == "m" else x.shape
         state_dtype = F.compute_dtype(x.dtype)
-        v, abar, weight_sum = states
+        abar, weight_sum, last_input = states
         if not isinstance(abar, torch.Tensor):
             abar = torch.zeros(neuron_shape, dtype=state_dtype, device=x.device)
-            v = torch.zeros_like(abar)
         elif abar.shape != neuron_shape:
             raise ValueError(
                 f"{self._get_name()} received an input of neuron shape {tuple(neuron_shape)} but holds a "
@@ -256,27 +273,25 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
             )
         elif abar.dtype != state_dtype or abar.device != x.device:
             abar = abar.to(dtype=state_dtype, device=x.device)
-            v = v.to(dtype=state_dtype, device=x.device)
-        return v, abar, weight_sum
+        return abar, weight_sum, last_input
 
     # ---- functional transitions -------------------------------------------------------------
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
-        _, abar_prev, weight_sum_prev = states
+        abar_prev, weight_sum_prev, _ = states
         abar, state = REGISTRY.single_step(self._backend, x, F.SAFState(abar_prev, weight_sum_prev),
                                            self.params, self.surrogate_function)
         self._observe(abar.unsqueeze(0), abar_prev, weight_sum_prev)
-        v = self._membrane(x, state)
-        return (self._output(abar, x),), (v, state.abar, state.weight_sum)
+        return (self._output(abar, x),), (state.abar, state.weight_sum, x.detach())
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
-        _, abar_prev, weight_sum_prev = states
+        abar_prev, weight_sum_prev, _ = states
         abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, F.SAFState(abar_prev, weight_sum_prev),
                                               self.params, self.surrogate_function)
         self._observe(abar_seq, abar_prev, weight_sum_prev)
-        v = self._membrane(x_seq[-1], state)
-        return (self._output(abar_seq, x_seq),), (v, state.abar, state.weight_sum)
+        # A copy: a view would keep the whole input sequence alive.
+        return (self._output(abar_seq, x_seq),), (state.abar, state.weight_sum, x_seq[-1].detach().clone())
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         # BaseNode records v_seq by looping the single step, which would bypass a fused backend;
@@ -291,11 +306,6 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
                     for x, abar, c in zip(x_seq, abar_seq, sums)
                 ])
         return abar_seq
-
-    def _membrane(self, x: torch.Tensor, state: F.SAFState) -> torch.Tensor:
-        with torch.no_grad():
-            return F.lif_membrane_after_reset(x.detach().to(state.abar.dtype), state.abar, state.weight_sum,
-                                              self._v_threshold, self.input_scale)
 
     @staticmethod
     def _output(abar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -95,11 +95,16 @@ def test_to_functional_forward_is_pure():
     outputs, new_states = f((x,), states)
     out = outputs[0] if isinstance(outputs, tuple) else outputs
     torch.testing.assert_close(out, expected)
-    # States come back in module order: (v, abar, weight_sum) per SAFNode; c[4] = 1.875 for tau = 2.
-    assert len(new_states) == 6 and new_states[2] == new_states[5] == 1.875
+    # States come back in module order: (abar, weight_sum, last_input) per SAFNode; c[4] = 1.875 for tau = 2.
+    assert len(new_states) == 6 and new_states[1] == new_states[4] == 1.875
     assert net[1].weight_sum == 0.0, "the functional call must not touch module memories"
-    # v is the equivalent LIF membrane after reset, V[T] = c[T] (s I[T] - V_th Abar[T]).
-    torch.testing.assert_close(new_states[3], 1.875 * (net[:3](x)[-1] - new_states[4]))
+    # The state keeps the last input I[T], from which v follows: V[T] = c[T] (s I[T] - V_th Abar[T]).
+    functional.reset_net(net)
+    last_input = net[:3](x)[-1]
+    torch.testing.assert_close(new_states[5], last_input)
+    functional.reset_net(net)
+    net(x)
+    torch.testing.assert_close(net[3].v, 1.875 * (last_input - new_states[3]))
 
 
 def test_torch_compile_matches_eager():
