@@ -211,7 +211,7 @@ def summarize(models: dict) -> dict:
 
 def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         archs: tuple[str, ...] = ("vggws", "resnet18"), steps_list=None, log=print,
-        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None) -> dict:
+        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None, repeats=None) -> dict:
     """Measure every variant (or ``only_variants``) and write ``time_memory[_<tag>][_cuda].json``.
 
     A subset goes to its own file (give ``tag``), so that ratios are only taken within one run.
@@ -230,7 +230,7 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         if unknown:
             raise ValueError(f"unknown variants {unknown}; measurable here: {', '.join(variants)}.")
         variants = [v for v in variants if v in only_variants]
-    repeats = 1
+    repeats = repeats or (1 if quick else 3)
     rounds = rounds or (1 if quick else 2)
     models = {}
     for arch in archs:
@@ -262,8 +262,9 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
     payload = {
         "meta": common.metadata(device),
         "settings": {"config": {a: config[a] for a in archs}, "rounds": rounds,
-                     "timing": "each round: fresh process, 1 warm-up + 1 timed minibatch; "
-                               "time_s = minimum over rounds; memory from the first round",
+                     "repeats": repeats,
+                     "timing": f"each round: fresh process, 1 warm-up + {repeats} timed minibatch(es); "
+                               "time_s = minimum over all timed minibatches; memory from the first round",
                      "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
                      "input": "direct encoding: one random image repeated over T",
                      "neuron": "tau=2, V_th=1, soft reset, detach_reset (OTTT setting); "
@@ -360,6 +361,8 @@ def main(argv=None):
     parser.add_argument("--memopt-level", type=int, default=1,
                         help=f"optimize_memory level for {common.MEMOPT_VARIANT} (2-4 need CUDA)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed minibatches per process, after one warm-up (default 3)")
     parser.add_argument("--profile", default=None,
                         help="comma-separated variants to profile (one minibatch each) instead of timing")
     args = parser.parse_args(argv)
@@ -385,7 +388,8 @@ def main(argv=None):
                           args.device))
         return
     run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")), steps,
-        only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds)
+        only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,
+        repeats=args.repeats)
 
 
 if __name__ == "__main__":
