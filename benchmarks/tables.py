@@ -8,8 +8,6 @@ from typing import Optional
 
 from .common import read_json
 
-TARGET_T = 6  # the T of the per-T tables' reference column in RESULTS.md
-
 
 def _fmt(value, digits: int = 2) -> str:
     if value is None:

@@ -277,30 +277,35 @@ def _neuron_rule(module: nn.Module) -> Optional[_Verdict]:
     return _EXACT if issue is None else _report(*issue)
 
 
-def _max_pool_rule(module: nn.Module) -> Optional[_Verdict]:
-    if not isinstance(module, MAX_POOLS):
-        return None
-    return _report(
-        "max-pool",
-        "the max of weighted firing rates is not the weighted rate of the max of spikes "
-        "(max is not linear). Exact only before the first neuron with a static input.",
-        "to_saf(model, replace_maxpool=True) swaps it for AvgPool of the same geometry; the "
-        "network changes, so train or fine-tune after the swap.")
+def _breaks_for(types: tuple, kind: str, reason: str, fix: str):
+    """A rule that reports every module of ``types`` as breaking exactness, whatever its settings."""
+    verdict = _report(kind, reason, fix)
+
+    def rule(module: nn.Module) -> Optional[_Verdict]:
+        return verdict if isinstance(module, types) else None
+
+    return rule
 
 
-def _power_pool_rule(module: nn.Module) -> Optional[_Verdict]:
-    if not isinstance(module, _POWER_POOLS):
-        return None
-    return _report("nonlinear-pool", "power-average pooling is not linear.", "use AvgPool instead.")
+_max_pool_rule = _breaks_for(
+    MAX_POOLS, "max-pool",
+    "the max of weighted firing rates is not the weighted rate of the max of spikes "
+    "(max is not linear). Exact only before the first neuron with a static input.",
+    "to_saf(model, replace_maxpool=True) swaps it for AvgPool of the same geometry; the "
+    "network changes, so train or fine-tune after the swap.")
 
+_power_pool_rule = _breaks_for(
+    _POWER_POOLS, "nonlinear-pool", "power-average pooling is not linear.", "use AvgPool instead.")
 
-def _time_varying_norm_rule(module: nn.Module) -> Optional[_Verdict]:
-    if not isinstance(module, _TIME_VARYING_NORMS):
-        return None
-    return _report(
-        "time-varying-norm",
-        "its affine map changes with the time step, so it is not fixed over time.",
-        "use layer.BatchNorm (same statistics at every step), in eval mode.")
+_time_varying_norm_rule = _breaks_for(
+    _TIME_VARYING_NORMS, "time-varying-norm",
+    "its affine map changes with the time step, so it is not fixed over time.",
+    "use layer.BatchNorm (same statistics at every step), in eval mode.")
+
+_sample_norm_rule = _breaks_for(
+    _SAMPLE_NORMS, "sample-normalisation",
+    "it divides by statistics of its own input, which is not affine in the input.",
+    "use BatchNorm (eval mode), which is affine.")
 
 
 def _batch_norm_rule(module: nn.Module) -> Optional[_Verdict]:
@@ -321,15 +326,6 @@ def _batch_norm_rule(module: nn.Module) -> Optional[_Verdict]:
             "nothing for training; call model.eval() before compare_with_lif or deployment.",
             effect="train-mode")
     return _EXACT
-
-
-def _sample_norm_rule(module: nn.Module) -> Optional[_Verdict]:
-    if not isinstance(module, _SAMPLE_NORMS):
-        return None
-    return _report(
-        "sample-normalisation",
-        "it divides by statistics of its own input, which is not affine in the input.",
-        "use BatchNorm (eval mode), which is affine.")
 
 
 def _attention_rule(module: nn.Module) -> Optional[_Verdict]:
