@@ -109,8 +109,9 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     output is its own weighted firing rate :math:`\bar A[t]`. Its spikes are exactly those of
     the LIF network with the same weights (``docs/theory.md``, Theorem 1). The state is
     :math:`\bar A[t-1]` and :math:`c[t-1]`, which encodes the step count; ``v`` is the equivalent
-    LIF membrane (after reset), computed from the last step's input when read. Call ``spikingjelly.activation_based.functional.reset_net(net)``
-    before every new sequence. 16-bit inputs are computed in float32, and the state stays float32.
+    LIF membrane (after reset), computed from the last step's input when read. Call
+    ``spikingjelly.activation_based.functional.reset_net(net)`` before every new sequence. 16-bit
+    inputs are computed in float32, and the state stays float32.
 
     :param tau: membrane time constant, :math:`\tau \ge 1`; ``math.inf`` gives an IF neuron
     :param decay_input: whether the input is divided by ``tau`` too (``True``/``False``)
@@ -290,8 +291,8 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, F.SAFState(abar_prev, weight_sum_prev),
                                               self.params, self.surrogate_function)
         self._observe(abar_seq, abar_prev, weight_sum_prev)
-        # A copy: a view would keep the whole input sequence alive.
-        return (self._output(abar_seq, x_seq),), (state.abar, state.weight_sum, x_seq[-1].detach().clone())
+        last_input = x_seq[-1].detach().clone()  # a view would keep the whole input sequence alive
+        return (self._output(abar_seq, x_seq),), (state.abar, state.weight_sum, last_input)
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         # BaseNode records v_seq by looping the single step, which would bypass a fused backend;
