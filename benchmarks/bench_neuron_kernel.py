@@ -31,7 +31,7 @@ from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import surrogate
 
 from spikingjelly_saf import backends
-from spikingjelly_saf import functional as F
+from spikingjelly_saf import functional as saf_functional
 
 from . import common
 
@@ -66,7 +66,7 @@ def copy_bandwidth(device: torch.device, warmup: int, reps: int, megabytes: int 
 
 def saf_runner(backend: str, sg):
     run = backends.get_multi_step(backend)
-    decay = F.decay_factor(TAU)
+    decay = saf_functional.decay_factor(TAU)
 
     def forward(x, abar):
         return run(x, abar, 0.0, decay, V_THRESHOLD, 1.0, sg)[0]

@@ -33,7 +33,7 @@ from spikingjelly.activation_based import base, functional, layer, neuron
 from spikingjelly.activation_based.layer import attention as sj_attention
 from spikingjelly.activation_based.model import spiking_vggws_ottt
 
-from . import functional as F
+from . import functional as saf_functional
 from .conversion import CONVERTIBLE_NEURONS, MAX_POOLS, is_neuron, neuron_issue, to_lif
 from .layer import InputAverage
 from .neuron import SAFNode, SpikeTap
@@ -731,7 +731,7 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
     }
     counts = {name: int(lif_spikes[name].sum()) for name in saf_spikes}
     saf_counts = {name: int(spikes.sum()) for name, spikes in saf_spikes.items()}
-    recovered = F.recover_instantaneous_seq(saf_out.transpose(0, 1), nodes[-1].decay).transpose(0, 1)
+    recovered = saf_functional.recover_instantaneous_seq(saf_out.transpose(0, 1), nodes[-1].decay).transpose(0, 1)
     difference = float((recovered - lif_out).abs().max()) if lif_out.numel() else 0.0
     time_varying = bool(x_seq.shape[1] > 1 and (x_seq != x_seq[:, :1]).any())
     has_input_average = any(isinstance(m, InputAverage) for m in model.modules())

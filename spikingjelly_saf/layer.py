@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from spikingjelly.activation_based import base
 
-from . import functional as F
+from . import functional as saf_functional
 from .neuron import RESET_SENTENCE, check_sequence, check_tau
 
 __all__ = ["InputAverage", "OutputRecovery", "predict"]
@@ -70,7 +70,7 @@ class InputAverage(base.MemoryModule):
 
     @property
     def decay(self) -> float:
-        return F.decay_factor(self._tau)
+        return saf_functional.decay_factor(self._tau)
 
     def extra_repr(self) -> str:
         return f"tau={self._tau}, step_mode={self.step_mode}"
@@ -94,11 +94,11 @@ class InputAverage(base.MemoryModule):
         x = inputs[0]
         average_prev, weight_sum_prev = states
         # The average is accumulated in the compute dtype (float32 for 16-bit frames), like SAFNode's state.
-        dtype = F.compute_dtype(x.dtype)
-        weight_sum = F.next_weight_sum(weight_sum_prev, self.decay)
+        dtype = saf_functional.compute_dtype(x.dtype)
+        weight_sum = saf_functional.next_weight_sum(weight_sum_prev, self.decay)
         if average_prev is not None:
             average_prev = average_prev.to(dtype)
-        average = F.running_average(x.to(dtype), average_prev, weight_sum, weight_sum_prev, self.decay)
+        average = saf_functional.running_average(x.to(dtype), average_prev, weight_sum, weight_sum_prev, self.decay)
         return (average.to(x.dtype),), (average, weight_sum)
 
 
@@ -137,8 +137,8 @@ class OutputRecovery(base.MemoryModule):
     def single_step_functional_forward(self, inputs, states, **kwargs):
         average = inputs[0]
         average_prev, weight_sum_prev = states
-        weight_sum = F.next_weight_sum(weight_sum_prev, self.decay)
-        output = F.recover_instantaneous(average, average_prev, weight_sum, weight_sum_prev, self.decay)
+        weight_sum = saf_functional.next_weight_sum(weight_sum_prev, self.decay)
+        output = saf_functional.recover_instantaneous(average, average_prev, weight_sum, weight_sum_prev, self.decay)
         return (output,), (average.detach(), weight_sum)
 
 

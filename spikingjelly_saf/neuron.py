@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base, neuron, surrogate
 
-from . import functional as F
+from . import functional as saf_functional
 from .backends import REGISTRY, BackendSelectable
 
 __all__ = ["SAFNode", "SpikeTap", "RESET_SENTENCE"]
@@ -219,16 +219,16 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     @property
     def decay(self) -> float:
         r"""The leak :math:`\lambda = 1 - 1/\tau`."""
-        return F.decay_factor(self._tau)
+        return saf_functional.decay_factor(self._tau)
 
     @property
     def input_scale(self) -> float:
-        return F.input_scale_factor(self._tau, self._decay_input)
+        return saf_functional.input_scale_factor(self._tau, self._decay_input)
 
     @property
-    def params(self) -> F.SAFParameters:
+    def params(self) -> saf_functional.SAFParameters:
         """The layer's constants as :class:`~spikingjelly_saf.functional.SAFParameters`."""
-        return F.SAFParameters(self.decay, self._v_threshold, self.input_scale)
+        return saf_functional.SAFParameters(self.decay, self._v_threshold, self.input_scale)
 
     def extra_repr(self) -> str:
         return (
@@ -249,7 +249,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
             return 0.0
         with torch.no_grad():
             abar = memories["abar"]
-            return F.lif_membrane_after_reset(memories["last_input"].to(abar.dtype), abar,
+            return saf_functional.lif_membrane_after_reset(memories["last_input"].to(abar.dtype), abar,
                                               memories["weight_sum"], self._v_threshold, self.input_scale)
 
     def materialize_states(self, inputs, states, step_mode):
@@ -263,7 +263,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         if step_mode == "m":
             check_sequence(self, x)
         neuron_shape = x.shape[1:] if step_mode == "m" else x.shape
-        state_dtype = F.compute_dtype(x.dtype)
+        state_dtype = saf_functional.compute_dtype(x.dtype)
         abar, weight_sum, last_input = states
         if not isinstance(abar, torch.Tensor):
             abar = torch.zeros(neuron_shape, dtype=state_dtype, device=x.device)
@@ -280,7 +280,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
         abar_prev, weight_sum_prev, _ = states
-        abar, state = REGISTRY.single_step(self._backend, x, F.SAFState(abar_prev, weight_sum_prev),
+        abar, state = REGISTRY.single_step(self._backend, x, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                            self.params, self.surrogate_function)
         self._observe(abar.unsqueeze(0), abar_prev, weight_sum_prev)
         return (self._output(abar, x),), (state.abar, state.weight_sum, x.detach())
@@ -288,7 +288,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
         abar_prev, weight_sum_prev, _ = states
-        abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, F.SAFState(abar_prev, weight_sum_prev),
+        abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                               self.params, self.surrogate_function)
         self._observe(abar_seq, abar_prev, weight_sum_prev)
         last_input = x_seq[-1].detach().clone()  # a view would keep the whole input sequence alive
@@ -301,9 +301,9 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         abar_seq = base.MemoryModule.multi_step_forward(self, x_seq, *args, **kwargs)
         if self.store_v_seq:
             with torch.no_grad():
-                sums = F.weight_sums(weight_sum_prev, self.decay, x_seq.shape[0])
+                sums = saf_functional.weight_sums(weight_sum_prev, self.decay, x_seq.shape[0])
                 self.v_seq = torch.stack([
-                    F.lif_membrane_after_reset(x, abar, c, self._v_threshold, self.input_scale)
+                    saf_functional.lif_membrane_after_reset(x, abar, c, self._v_threshold, self.input_scale)
                     for x, abar, c in zip(x_seq, abar_seq, sums)
                 ])
         return abar_seq
@@ -320,7 +320,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         if not self.spikes.is_observed():
             return
         with torch.no_grad():
-            spike_seq = F.recover_instantaneous_seq(abar_seq, self.decay, weight_sum_prev, abar_prev)
+            spike_seq = saf_functional.recover_instantaneous_seq(abar_seq, self.decay, weight_sum_prev, abar_prev)
             if getattr(self.surrogate_function, "spiking", True):
                 spike_seq = spike_seq.round()
         self.spikes(spike_seq if self.step_mode == "m" else spike_seq[0])

@@ -20,14 +20,15 @@ from spikingjelly.activation_based import neuron
 
 from .neuron import SAFNode
 
-__all__ = ["SpikeRecorder", "spiking_layers"]
+__all__ = ["SpikeRecorder", "spiking_layers", "unwrapped_name"]
 
 _DSR_TYPES = tuple(getattr(neuron, name) for name in ("DSRIFNode", "DSRLIFNode")
                    if hasattr(neuron, name))
 
 
-def _clean(name: str) -> str:
-    # DistributedDataParallel (and torch.compile) wrap the model under "module." / "_orig_mod.".
+def unwrapped_name(name: str) -> str:
+    """A module or parameter name without the prefixes that wrappers add: DistributedDataParallel's
+    ``module.`` and ``torch.compile``'s ``_orig_mod.``."""
     for prefix in ("module.", "_orig_mod."):
         while name.startswith(prefix):
             name = name[len(prefix):]
@@ -39,7 +40,7 @@ def spiking_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     layers = OrderedDict()
     for name, module in model.named_modules():
         if isinstance(module, (SAFNode, neuron.BaseNode) + _DSR_TYPES):
-            layers[_clean(name) or type(module).__name__] = module
+            layers[unwrapped_name(name) or type(module).__name__] = module
     return layers
 
 

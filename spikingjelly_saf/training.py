@@ -33,7 +33,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import base
 from spikingjelly.activation_based import functional as sj_functional
 
-from . import functional as F
+from . import functional as saf_functional
 from .layer import OutputRecovery
 from .neuron import SAFNode
 
@@ -422,7 +422,7 @@ def train_saf_e_acc(batch: _Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
     batch.optimizer.zero_grad()
     if batch.step_mode == "m":
         output_seq = batch.forward(batch.inputs)
-        instantaneous = F.recover_instantaneous_seq(output_seq, batch.decay)
+        instantaneous = saf_functional.recover_instantaneous_seq(output_seq, batch.decay)
         loss = sum(batch.f_loss(instantaneous[t], batch.target_at(t)) for t in range(batch.steps))
         batch.backward(loss)
         batch.optimizer_step()

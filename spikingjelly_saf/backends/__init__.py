@@ -22,11 +22,12 @@ import importlib.util
 import os
 import threading
 from collections.abc import Mapping
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
-from .. import functional as F
+from .. import functional as saf_functional
+from .. import gradients
 from .surrogate_codes import register_surrogate_code
 
 __all__ = [
@@ -39,11 +40,7 @@ __all__ = [
     "SUPPORTED_BACKENDS",
     "set_backend",
     "register_surrogate_code",
-    # 7-argument entry points, kept for existing callers
-    "torch_step",
-    "torch_multi_step",
-    "get_multi_step",
-    "check_backend",
+    "triton_interpreting",
 ]
 
 _FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -83,16 +80,16 @@ class Backend:
     def load(self) -> None:
         """Import what it needs (idempotent). Called when the backend is chosen, never while tracing."""
 
-    def accepts(self, input_seq: torch.Tensor, state: F.SAFState, surrogate_function) -> bool:
+    def accepts(self, input_seq: torch.Tensor, state: saf_functional.SAFState, surrogate_function) -> bool:
         """Whether it computes this call itself; ``False`` sends the call to the torch backend."""
         return True
 
-    def single_step(self, input_current, state: F.SAFState, params: F.SAFParameters,
-                    surrogate_function) -> tuple[torch.Tensor, F.SAFState]:
+    def single_step(self, input_current, state: saf_functional.SAFState, params: saf_functional.SAFParameters,
+                    surrogate_function) -> tuple[torch.Tensor, saf_functional.SAFState]:
         raise NotImplementedError(f"backend {self.name!r} has no single-step mode")
 
-    def multi_step(self, input_seq, state: F.SAFState, params: F.SAFParameters,
-                   surrogate_function) -> tuple[torch.Tensor, F.SAFState]:
+    def multi_step(self, input_seq, state: saf_functional.SAFState, params: saf_functional.SAFParameters,
+                   surrogate_function) -> tuple[torch.Tensor, saf_functional.SAFState]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -111,10 +108,10 @@ class TorchBackend(Backend):
         return ("cpu", "cuda", "mps", "xpu", "meta")
 
     def single_step(self, input_current, state, params, surrogate_function):
-        return F.step(input_current, state, params, surrogate_function)
+        return gradients.step(input_current, state, params, surrogate_function)
 
     def multi_step(self, input_seq, state, params, surrogate_function):
-        return F.multi_step(input_seq, state, params, surrogate_function)
+        return gradients.multi_step(input_seq, state, params, surrogate_function)
 
 
 def _module_missing(name: str) -> bool:
@@ -124,7 +121,8 @@ def _module_missing(name: str) -> bool:
         return True
 
 
-def _triton_interpreting() -> bool:
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -190,7 +188,7 @@ class FusedBackend(Backend):
 
     def accepts(self, input_seq, state, surrogate_function) -> bool:
         state_dtype = state.abar.dtype if isinstance(state.abar, torch.Tensor) else input_seq.dtype
-        if F.compute_dtype(input_seq.dtype, state_dtype) != torch.float32:
+        if saf_functional.compute_dtype(input_seq.dtype, state_dtype) != torch.float32:
             return False
         if self.ops is None:  # used without selection (SAFNode selects, and so loads, at construction)
             self.load()
@@ -215,7 +213,7 @@ class FusedBackend(Backend):
         flat_input = input_seq.to(torch.float32).reshape(steps, -1).contiguous()
         abar_prev = state.abar if isinstance(state.abar, torch.Tensor) else input_seq.new_zeros(input_seq.shape[1:])
         flat_abar = abar_prev.detach().to(flat_input).reshape(-1).contiguous()
-        table = F.coefficient_table(params, state.weight_sum, steps)
+        table = saf_functional.coefficient_table(params, state.weight_sum, steps)
         coefficients = coefficient_tensor(table, flat_input.device)
         gain = params.input_scale / params.v_threshold
         if torch.is_grad_enabled() and flat_input.requires_grad:
@@ -226,16 +224,16 @@ class FusedBackend(Backend):
                                              gain, code_id)
         abar_seq = abar_seq.view(input_seq.shape)
         # clone: a view would keep the whole [T, N] output alive as state.
-        return abar_seq, F.SAFState(abar_seq[-1].detach().clone(), table[-1].weight_sum)
+        return abar_seq, saf_functional.SAFState(abar_seq[-1].detach().clone(), table[-1].weight_sum)
 
 
 class _TritonBackend(FusedBackend):
     def device_types(self) -> tuple[str, ...]:
-        return ("cuda", "cpu") if _triton_interpreting() else ("cuda",)
+        return ("cuda", "cpu") if triton_interpreting() else ("cuda",)
 
     def missing(self) -> list[str]:
         missing = [] if not _module_missing("triton") else ["Triton is not installed"]
-        if not _triton_interpreting() and not torch.cuda.is_available():
+        if not triton_interpreting() and not torch.cuda.is_available():
             missing.append("no CUDA device is available to PyTorch (set TRITON_INTERPRET=1 before importing "
                            "Triton to run its CPU interpreter)")
         return missing
@@ -392,36 +390,3 @@ def set_backend(net, backend: str, instance=None) -> int:
     for module in targets:
         module.backend = backend
     return len(targets)
-
-
-# ---- 7-argument entry points ----------------------------------------------------------------------
-def torch_step(input_current, abar_prev, weight_sum_prev, decay, v_threshold, input_scale,
-               surrogate_function):
-    """One torch step, ``-> (abar, weight_sum)``; the gradient kind follows the surrogate."""
-    abar, state = F.step(input_current, F.SAFState(abar_prev, weight_sum_prev),
-                         F.SAFParameters(decay, v_threshold, input_scale), surrogate_function)
-    return abar, state.weight_sum
-
-
-def get_multi_step(backend: str) -> Callable:
-    """``run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale, surrogate_function)
-    -> (abar_seq, weight_sum)`` through :data:`REGISTRY` (with its fallback to torch)."""
-    REGISTRY.select(backend, "m")
-
-    def run(input_seq, abar_prev, weight_sum_prev, decay, v_threshold, input_scale, surrogate_function):
-        abar_seq, state = REGISTRY.multi_step(backend, input_seq, F.SAFState(abar_prev, weight_sum_prev),
-                                              F.SAFParameters(decay, v_threshold, input_scale),
-                                              surrogate_function)
-        return abar_seq, state.weight_sum
-
-    run.__name__ = f"{backend}_multi_step"
-    return run
-
-
-torch_multi_step = get_multi_step("torch")
-
-
-def check_backend(backend: str, step_mode: str) -> None:
-    """Raise ``ValueError`` for an unknown backend and the backend's own error when it cannot run;
-    load it otherwise."""
-    REGISTRY.select(backend, step_mode)

@@ -23,27 +23,18 @@ from typing import Callable
 
 import torch
 
-from .. import functional as F
+from .. import functional as saf_functional
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
-__all__ = ["step_coefficients", "coefficient_tensor", "saved_dtype", "new_saved", "define_backend_ops",
+__all__ = ["coefficient_tensor", "saved_dtype", "new_saved", "define_backend_ops",
            "BackendOps"]
-
-
-def step_coefficients(weight_sum_prev: float, decay: float, v_threshold: float,
-                      input_scale: float, steps: int) -> list[float]:
-    r"""The flattened ``[T, 4]`` kernel table: the :data:`~spikingjelly_saf.functional.KERNEL_COLUMNS` of
-    :func:`~spikingjelly_saf.functional.coefficient_table`, the numbers the torch path multiplies by."""
-    params = F.SAFParameters(decay, v_threshold, input_scale)
-    return [value for k in F.coefficient_table(params, weight_sum_prev, steps)
-            for value in (getattr(k, column) for column in F.KERNEL_COLUMNS)]
 
 
 def coefficient_tensor(table, device: torch.device) -> torch.Tensor:
     """The kernel table as a float32 tensor on ``device``; ``table`` is a list of
     :class:`~spikingjelly_saf.functional.StepCoefficients` or an already flattened list."""
-    if table and isinstance(table[0], F.StepCoefficients):
-        table = [getattr(k, column) for k in table for column in F.KERNEL_COLUMNS]
+    if table and isinstance(table[0], saf_functional.StepCoefficients):
+        table = [getattr(k, column) for k in table for column in saf_functional.KERNEL_COLUMNS]
     host = torch.tensor(table, dtype=torch.float32)
     if device.type == "cuda":
         # Pinned + non_blocking: the copy is queued on the stream instead of synchronising with it.

@@ -1,7 +1,7 @@
 r"""
 CUDA C source of SAF's fused multi-step kernels (used by the CuPy backend and the compile test).
 
-The kernels implement :func:`spikingjelly_saf.functional.step` over a float32 sequence ``[T, N]``:
+The kernels implement :func:`spikingjelly_saf.gradients.step` over a float32 sequence ``[T, N]``:
 
 * ``saf_forward``: one thread per neuron, looping over ``t`` inside; writes :math:`\bar A[t]` and,
   when a gradient is needed, what the surrogate needs: ``x = H - V_th`` (spike level) or the mask

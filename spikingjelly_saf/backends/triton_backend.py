@@ -13,8 +13,6 @@ This module imports Triton; :mod:`spikingjelly_saf.backends` imports it only whe
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -22,14 +20,9 @@ import triton.language as tl
 from .custom_ops import new_saved
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
-__all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES", "interpreting"]
+__all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES"]
 
 _BLOCK = 1024
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # ---- surrogate derivatives fn(x, p0, p1), x in float32; p0 is alpha ----------------------------

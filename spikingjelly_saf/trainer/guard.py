@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn as nn
 
+from ..recording import unwrapped_name
+
 __all__ = ["NonFiniteStateError", "first_nonfinite", "check_model_finite", "StepGuard",
            "FiniteBatches"]
 
@@ -51,13 +53,9 @@ def _kind(tensor: torch.Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
-def _clean(name: str) -> str:
-    return name.removeprefix("module.")
-
-
 def check_model_finite(model: nn.Module, epoch: Optional[int] = None) -> None:
     """Raise :class:`NonFiniteStateError` when a parameter or buffer of ``model`` is not finite."""
-    found = first_nonfinite((_clean(n), t) for n, t in
+    found = first_nonfinite((unwrapped_name(n), t) for n, t in
                             list(model.named_parameters()) + list(model.named_buffers()))
     if found is not None:
         raise NonFiniteStateError(f"parameter {found[0]}", epoch, value=found[1])
@@ -83,10 +81,10 @@ class StepGuard:
 
     def _error(self, named) -> NonFiniteStateError:
         epoch, batch = self.position()
-        gradient = first_nonfinite((_clean(n), p.grad) for n, p in named)
+        gradient = first_nonfinite((unwrapped_name(n), p.grad) for n, p in named)
         if gradient is not None:
             return NonFiniteStateError(f"the gradient of {gradient[0]}", epoch, batch, gradient[1])
-        parameter = first_nonfinite((_clean(n), p) for n, p in named)
+        parameter = first_nonfinite((unwrapped_name(n), p) for n, p in named)
         if parameter is not None:
             return NonFiniteStateError(f"parameter {parameter[0]}", epoch, batch, parameter[1])
         return NonFiniteStateError("a gradient or parameter on another process", epoch, batch)

@@ -86,14 +86,18 @@ def test_every_surrogate_and_dtype_compiles(tmp_path):
 
 def test_kernels_read_the_functional_coefficient_table():
     """The kernels take their per-step numbers from functional.coefficient_table, column by column."""
-    from spikingjelly_saf import functional as F
+    from spikingjelly_saf import functional as saf_functional
+    import torch
+
     from spikingjelly_saf.backends import custom_ops
 
-    params = F.SAFParameters.from_tau(4.0, v_threshold=0.7, decay_input=True)
-    table = F.coefficient_table(params, 1.5, 3)
-    flat = custom_ops.step_coefficients(1.5, params.decay, params.v_threshold, params.input_scale, 3)
-    assert flat == [getattr(k, c) for k in table for c in F.KERNEL_COLUMNS]
-    assert F.KERNEL_COLUMNS == ("input", "reset", "carry", "average")
+    params = saf_functional.SAFParameters.from_tau(4.0, v_threshold=0.7, decay_input=True)
+    table = saf_functional.coefficient_table(params, 1.5, 3)
+    flat = custom_ops.coefficient_tensor(table, torch.device("cpu"))
+    expected = torch.tensor([[getattr(k, c) for c in saf_functional.KERNEL_COLUMNS] for k in table],
+                            dtype=torch.float32)
+    assert torch.equal(flat.view(3, 4), expected)
+    assert saf_functional.KERNEL_COLUMNS == ("input", "reset", "carry", "average")
     k = table[0]
     assert k.input == k.weight_sum * params.input_scale and k.average == 1.0 / k.weight_sum
     assert k.reset == params.v_threshold * params.decay * 1.5 and k.carry == params.decay * 1.5

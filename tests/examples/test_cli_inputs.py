@@ -12,7 +12,7 @@ import torch
 
 from spikingjelly_saf.trainer import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CIFAR = ("cifar10", "cifar100")
 DVS = ("dvs128_gesture", "cifar10_dvs")
 MNIST = ("fashion_mnist", "mnist")

@@ -24,7 +24,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, surrogate
 
 from spikingjelly_saf import OutputRecovery
-from spikingjelly_saf import functional as F
+from spikingjelly_saf import functional as saf_functional
 
 from nets import conv_net, freeze_batchnorm, lif_factory, randomise, saf_factory
 
@@ -115,7 +115,7 @@ def test_saf_e_step_gradients_equal_ottt(tau, decay_input, surrogate_function=No
 
     ottt_grads, ottt_losses = _per_step_gradients_ottt(ottt, x, target, T)
     saf_grads, saf_losses = _per_step_gradients_saf(saf, x, target, T)
-    sums = F.weight_sums(0.0, F.decay_factor(tau), T)
+    sums = saf_functional.weight_sums(0.0, saf_functional.decay_factor(tau), T)
     assert set(saf_grads[0]) == set(ottt_grads[0]) and SCALED <= set(saf_grads[0])
 
     nonzero = 0
@@ -165,7 +165,7 @@ def test_multi_step_gradient_is_sum_of_single_step_gradients():
     torch.manual_seed(0)
     out_seq = saf(x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
     torch.testing.assert_close(out_seq, torch.stack(outputs_single), rtol=1e-12, atol=1e-12)
-    o_seq = F.recover_instantaneous_seq(out_seq, F.decay_factor(tau))
+    o_seq = saf_functional.recover_instantaneous_seq(out_seq, saf_functional.decay_factor(tau))
     sum(_loss(o, target) for o in o_seq).backward()
     for name, p in saf.named_parameters():
         if p.requires_grad:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "upstream"
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="the series is made and applied with git")

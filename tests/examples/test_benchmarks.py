@@ -15,7 +15,7 @@ from spikingjelly.activation_based import layer
 from benchmarks import bench_ops, bench_reviewers, common
 from spikingjelly_saf.methods import get_method
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IN, HIDDEN, OUT, BATCH = 8, 16, 4, 3
 
 

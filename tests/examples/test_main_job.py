@@ -8,7 +8,7 @@ import torch
 
 from spikingjelly_saf import digits
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_digits_training_learns_and_deploys_identically():

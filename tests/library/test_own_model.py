@@ -20,7 +20,7 @@ from fabricate import make_mnist_family
 from spikingjelly_saf import (FiringHealth, SAFNode, check_exactness, compare_with_lif,
                               saf_inference, saf_online_training, to_lif, to_saf)
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "own_model.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "own_model.md"
 T, BATCH, CHANNELS = 4, 10, 4
 
 

@@ -24,7 +24,7 @@ from spikingjelly.activation_based import functional, layer, surrogate
 from spikingjelly.activation_based.neuron import DSRIFNode
 
 from spikingjelly_saf import SAFNode, saf_online_training
-from spikingjelly_saf import functional as F
+from spikingjelly_saf import functional as saf_functional
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 
@@ -118,7 +118,7 @@ def _reference_sr_gradient(linears, saf_nodes, x, target, inputs_at_T, abar_at_T
         if i == len(linears) - 1:
             break
         node = saf_nodes[i]
-        rate = F.representation_mapping(current, node.v_threshold, node.input_scale)
+        rate = saf_functional.representation_mapping(current, node.v_threshold, node.input_scale)
         h = abar_at_T[i] + (rate - rate.detach())
         torch.testing.assert_close(current.detach(), inputs_at_T[i])
     _loss(current, target).backward()
@@ -178,8 +178,8 @@ def test_representation_error_formula():
         current = torch.rand(20000, dtype=torch.float64) * 0.9 + 0.05
         for _ in range(T):
             abar = node(current)
-        error = (abar - F.representation_mapping(current, 1.0, 1.0)).abs().max().item()
-        bound = 1.0 / F.weight_sums(0.0, node.decay, T)[-1]  # |V[T]| <= V_th below threshold
+        error = (abar - saf_functional.representation_mapping(current, 1.0, 1.0)).abs().max().item()
+        bound = 1.0 / saf_functional.weight_sums(0.0, node.decay, T)[-1]  # |V[T]| <= V_th below threshold
         assert error <= bound + 1e-12
         if tau == 2.0:
             assert error > 0.1, "for lam < 1 the representation error stays of order 1/c[T]"

@@ -18,10 +18,9 @@ from spikingjelly_saf.trainer.cli import DEFAULT_MODELS, INJECT_NAN_EPOCH_ENV
 from spikingjelly_saf.trainer.data import DATASETS, Cutout, seeded_class_split
 from spikingjelly_saf.trainer.models import build_model
 
-sys.path.insert(0, str(Path(__file__).parent))
 import fabricate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CIFAR = ("cifar10", "cifar100")
 DVS = ("dvs128_gesture", "cifar10_dvs")
 TINY = ["-device", "cpu", "-T", "2", "-b", "4", "-j", "0", "-no-progress", "-lr", "0.05"]

@@ -17,7 +17,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from spikingjelly_saf import InputAverage, SAFNode
-from spikingjelly_saf import functional as F
+from spikingjelly_saf import functional as saf_functional
 
 from nets import SpikeRecorder, conv_net, freeze_batchnorm, lif_factory, randomise, run_steps, saf_factory
 
@@ -69,8 +69,8 @@ def test_saf_spikes_equal_lif_spikes(tau, decay_input, step_mode):
         assert torch.equal(s_lif, s_saf), (
             f"layer {layer_index}: {(s_lif != s_saf).sum().item()} of {s_lif.numel()} spikes differ"
         )
-    decay = F.decay_factor(tau)
-    recovered = F.recover_instantaneous_seq(saf_out, decay)
+    decay = saf_functional.decay_factor(tau)
+    recovered = saf_functional.recover_instantaneous_seq(saf_out, decay)
     torch.testing.assert_close(recovered, lif_out, rtol=1e-9, atol=1e-9)
 
 
@@ -83,15 +83,15 @@ def test_average_output_is_weighted_rate_of_lif_output():
     lif_out = run_steps(lif, frames, "s")
     torch.manual_seed(0)
     saf_out = run_steps(saf, frames, "s")
-    decay = F.decay_factor(tau)
-    sums = F.weight_sums(0.0, decay, T)
+    decay = saf_functional.decay_factor(tau)
+    sums = saf_functional.weight_sums(0.0, decay, T)
     for t in range(T):
         weights = torch.tensor([decay ** (t - k) for k in range(t + 1)], dtype=torch.float64)
         expected = (weights.view(-1, 1, 1) * lif_out[: t + 1]).sum(0) / sums[t]
         torch.testing.assert_close(saf_out[t], expected, rtol=1e-10, atol=1e-10)
     # The SAF readout of the LIF network: functional.weighted_average over time (any dim).
-    torch.testing.assert_close(F.weighted_average(lif_out, decay), saf_out[-1], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(F.weighted_average(lif_out.transpose(0, 1), decay, dim=1), saf_out[-1],
+    torch.testing.assert_close(saf_functional.weighted_average(lif_out, decay), saf_out[-1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(saf_functional.weighted_average(lif_out.transpose(0, 1), decay, dim=1), saf_out[-1],
                                rtol=1e-10, atol=1e-10)
 
 
@@ -106,9 +106,9 @@ def test_membrane_identity_and_v_seq():
     spikes = run_steps(lif, x, "s")
     abar = run_steps(saf, xbar, "s")
     torch.testing.assert_close(saf.v_seq, lif.v_seq, rtol=1e-10, atol=1e-10)
-    assert torch.equal(F.recover_instantaneous_seq(abar, saf.decay).round(), spikes)
+    assert torch.equal(saf_functional.recover_instantaneous_seq(abar, saf.decay).round(), spikes)
     # Forward side of Theorem 3: Abar[T] = s I[T] / V_th - V[T] / (V_th c[T]).
-    c_T = F.weight_sums(0.0, saf.decay, T)[-1]
+    c_T = saf_functional.weight_sums(0.0, saf.decay, T)[-1]
     rebuilt = saf.input_scale * xbar[-1] / saf.v_threshold - saf.v_seq[-1] / (saf.v_threshold * c_T)
     torch.testing.assert_close(abar[-1], rebuilt, rtol=1e-10, atol=1e-12)
 
@@ -123,7 +123,7 @@ def test_float32_flips_are_threshold_ties():
     saf = SAFNode(tau=tau)
     spikes = run_steps(lif, x, "s")
     abar = run_steps(saf, run_steps(InputAverage(tau), x, "s"), "s")
-    recovered = F.recover_instantaneous_seq(abar, saf.decay).round()
+    recovered = saf_functional.recover_instantaneous_seq(abar, saf.decay).round()
     h_lif = lif.v_seq + spikes * lif.v_threshold
     # The first flip of each neuron is where the two computations first disagree.
     flipped = recovered != spikes

@@ -10,8 +10,8 @@ from spikingjelly.activation_based import base, functional, layer, neuron, surro
 from spikingjelly.activation_based.model import spiking_vgg
 
 from spikingjelly_saf import InputAverage, SAFNode
-from spikingjelly_saf import functional as F
-from spikingjelly_saf.backends import torch_step
+from spikingjelly_saf import functional as saf_functional
+from spikingjelly_saf import gradients
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 
@@ -62,7 +62,7 @@ def test_single_and_multi_step_agree_and_reset():
     out_single = torch.stack([single(xt) for xt in x])
     out_multi = multi(x)
     assert torch.equal(out_single, out_multi)
-    assert single.weight_sum == multi.weight_sum == F.weight_sums(0.0, 0.5, 7)[-1]
+    assert single.weight_sum == multi.weight_sum == saf_functional.weight_sums(0.0, 0.5, 7)[-1]
     functional.reset_net(multi)
     assert multi.weight_sum == 0.0 and multi.abar == 0.0
     assert torch.equal(multi(x), out_multi)
@@ -143,7 +143,7 @@ def test_input_average_reproduces_static_input():
     functional.reset_net(avg)
     frames = torch.rand(6, 4, 3, dtype=torch.float64)
     out = avg(frames)
-    sums = F.weight_sums(0.0, 0.5, 6)
+    sums = saf_functional.weight_sums(0.0, 0.5, 6)
     expected = sum(0.5 ** (5 - k) * frames[k] for k in range(6)) / sums[-1]
     torch.testing.assert_close(out[-1], expected)
 
@@ -162,8 +162,8 @@ def test_gradcheck_step(surrogate_function, decay_input):
     tau = 3.0
 
     def step(i):
-        return torch_step(i, abar_prev, 1.5, 1 - 1 / tau, 0.7, 1 / tau if decay_input else 1.0,
-                          surrogate_function)[0]
+        params = saf_functional.SAFParameters(1 - 1 / tau, 0.7, 1 / tau if decay_input else 1.0)
+        return gradients.step(i, saf_functional.SAFState(abar_prev, 1.5), params, surrogate_function)[0]
 
     assert torch.autograd.gradcheck(step, (current,))
 
@@ -178,16 +178,19 @@ def test_one_node_step_equals_autograd_composition(surrogate_function, weight_su
     current = (torch.rand(4, 33, dtype=torch.float64, generator=g) * 2).requires_grad_()
     abar_prev = torch.rand(4, 33, dtype=torch.float64, generator=g)
     grad_out = torch.randn(4, 33, dtype=torch.float64, generator=g)
-    args = (abar_prev, weight_sum_prev, 0.75, 0.8, 0.25, surrogate_function)
-    fused, c_fused = F.saf_step_spike_level(current, *args)
-    composed, c_composed = F.saf_step(current, *args)
-    assert torch.equal(fused, composed) and c_fused == c_composed
+    state = saf_functional.SAFState(abar_prev, weight_sum_prev)
+    params = saf_functional.SAFParameters(0.75, 0.8, 0.25)
+    explicit = gradients.SpikeLevelExplicit(surrogate_function)
+    fused, after_fused = gradients.step(current, state, params, explicit)
+    composed, after_composed = gradients.step(current, state, params,
+                                              gradients.SpikeLevelAutograd(surrogate_function))
+    assert torch.equal(fused, composed) and after_fused.weight_sum == after_composed.weight_sum
     (g_fused,) = torch.autograd.grad(fused, current, grad_out)
     (g_composed,) = torch.autograd.grad(composed, current, grad_out)
     assert g_fused.abs().max() > 0
     torch.testing.assert_close(g_fused, g_composed, rtol=1e-12, atol=1e-15)
     with torch.no_grad():
-        assert torch.equal(F.saf_step_spike_level(current, *args)[0], fused)
+        assert torch.equal(gradients.step(current, state, params, explicit)[0], fused)
 
 
 def test_compiled_representation_step_matches_eager():
@@ -270,9 +273,10 @@ def test_empty_sequence_is_refused_by_backends_and_functional():
     from spikingjelly_saf import backends
 
     with pytest.raises(ValueError, match="T >= 1"):
-        backends.torch_multi_step(torch.rand(0, 3), torch.zeros(3), 0.0, 0.5, 1.0, 1.0, surrogate.ATan())
+        backends.REGISTRY.multi_step("torch", torch.rand(0, 3), saf_functional.SAFState(),
+                                     saf_functional.SAFParameters(0.5), surrogate.ATan())
     with pytest.raises(ValueError, match="T=0"):
-        F.multi_step(torch.rand(0, 3), F.SAFState(), F.SAFParameters(0.5), surrogate.ATan())
+        gradients.multi_step(torch.rand(0, 3), saf_functional.SAFState(), saf_functional.SAFParameters(0.5), surrogate.ATan())
 
 
 # ---- BaseNode's contract: v, v_seq, MemoryModule helpers -----------------------------------------
@@ -302,7 +306,7 @@ def test_output_recovery_is_a_memory_module_reset_by_reset_net():
     assert isinstance(recovery, base.MemoryModule)
     averages = torch.rand(4, 2, 3, dtype=torch.float64)
     first = torch.stack([recovery(a) for a in averages])
-    torch.testing.assert_close(first, F.recover_instantaneous_seq(averages, 0.5))
+    torch.testing.assert_close(first, saf_functional.recover_instantaneous_seq(averages, 0.5))
     functional.reset_net(nn.Sequential(recovery))
     assert recovery.weight_sum == 0.0 and recovery.average_prev is None
     torch.testing.assert_close(torch.stack([recovery(a) for a in averages]), first)

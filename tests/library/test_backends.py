@@ -92,13 +92,17 @@ def compare_with_torch(backend, surrogate_function, dtype, tau, decay_input, ste
         abar_prev = torch.zeros_like(abar_prev)
     decay = saf.functional.decay_factor(tau)
     scale = saf.functional.input_scale_factor(tau, decay_input)
-    args = (weight_sum_prev, decay, 1.0, scale, surrogate_function)
+    state = saf.functional.SAFState(abar_prev, weight_sum_prev)
+    params = saf.functional.SAFParameters(decay, 1.0, scale)
     x_ref = x.clone().requires_grad_()
     x_fused = x.clone().requires_grad_()
-    y_ref, c_ref = backends.torch_multi_step(x_ref, abar_prev, *args)
+    y_ref, after_ref = backends.REGISTRY.multi_step("torch", x_ref, state, params, surrogate_function)
+    c_ref = after_ref.weight_sum
+    backends.REGISTRY.select(backend, "m")
     recorder = OpRecorder()
     with recorder:
-        y_fused, c_fused = backends.get_multi_step(backend)(x_fused, abar_prev, *args)
+        y_fused, after_fused = backends.REGISTRY.multi_step(backend, x_fused, state, params, surrogate_function)
+    c_fused = after_fused.weight_sum
     assert recorder.count(f"spikingjelly_saf.{backend}_forward.default") == 1, recorder.names
     assert c_fused == c_ref
     assert y_fused.dtype == y_ref.dtype and y_fused.shape == y_ref.shape
@@ -210,14 +214,15 @@ def test_checking_a_backend_changes_nothing():
 
 
 def test_registry_dispatches_single_step_and_refuses_fused_backends_there():
-    from spikingjelly_saf import functional as F
+    from spikingjelly_saf import functional as saf_functional
+    from spikingjelly_saf import gradients
 
     x = torch.rand(3, 4, dtype=torch.float64)
-    params = F.SAFParameters.from_tau(2.0)
-    abar, state = backends.REGISTRY.single_step("torch", x, F.SAFState(), params, surrogate.ATan())
-    assert torch.equal(abar, F.step(x, F.SAFState(), params, surrogate.ATan())[0]) and state.weight_sum == 1.0
+    params = saf_functional.SAFParameters.from_tau(2.0)
+    abar, state = backends.REGISTRY.single_step("torch", x, saf_functional.SAFState(), params, surrogate.ATan())
+    assert torch.equal(abar, gradients.step(x, saf_functional.SAFState(), params, surrogate.ATan())[0]) and state.weight_sum == 1.0
     with pytest.raises(ValueError, match="step_mode='m'"):
-        backends.REGISTRY.single_step("triton", x, F.SAFState(), params, surrogate.ATan())
+        backends.REGISTRY.single_step("triton", x, saf_functional.SAFState(), params, surrogate.ATan())
     node = saf.SAFNode(step_mode="m")
     node.step_mode = "s"
     assert node(x).shape == x.shape
@@ -225,14 +230,15 @@ def test_registry_dispatches_single_step_and_refuses_fused_backends_there():
 
 def test_a_new_backend_is_one_registration():
     """A backend object registered once is selectable, dispatched and listed; nothing else changes."""
-    from spikingjelly_saf import functional as F
+    from spikingjelly_saf import functional as saf_functional
+    from spikingjelly_saf import gradients
 
     class Doubling(backends.TorchBackend):
         name = "doubling-test"
         step_modes = ("m",)
 
         def multi_step(self, input_seq, state, params, surrogate_function):
-            return F.multi_step(input_seq * 2, state, params, surrogate_function)
+            return gradients.multi_step(input_seq * 2, state, params, surrogate_function)
 
     registry = backends.BackendRegistry(backends.TorchBackend())
     registry.register(Doubling())
@@ -240,10 +246,10 @@ def test_a_new_backend_is_one_registration():
         registry.register(Doubling())
     assert registry.names("m") == ("torch", "doubling-test") and registry.names("s") == ("torch",)
     x = torch.rand(4, 3, dtype=torch.float64)
-    params = F.SAFParameters.from_tau(2.0)
-    out, _ = registry.multi_step(registry.select("doubling-test", "m").name, x, F.SAFState(), params,
+    params = saf_functional.SAFParameters.from_tau(2.0)
+    out, _ = registry.multi_step(registry.select("doubling-test", "m").name, x, saf_functional.SAFState(), params,
                                  surrogate.ATan())
-    assert torch.equal(out, F.multi_step(2 * x, F.SAFState(), params, surrogate.ATan())[0])
+    assert torch.equal(out, gradients.multi_step(2 * x, saf_functional.SAFState(), params, surrogate.ATan())[0])
 
 
 def small_net(step_mode="m"):
@@ -372,7 +378,7 @@ def test_triton_interpreter_suite():
 def test_interpreted_triton_parity_every_surrogate_and_dtype(sg, dtype):
     from spikingjelly_saf.backends import triton_backend
 
-    assert triton_backend.interpreting()
+    assert backends.triton_interpreting()
     index = ALL_KERNEL_SURROGATES.index(sg) + DTYPES.index(dtype)
     tau = (2.0, 4.0, math.inf)[index % 3]
     decay_input = bool(index % 2) and not math.isinf(tau)
@@ -545,11 +551,11 @@ def test_interpreted_float64_runs_on_torch():
 def test_interpreted_custom_ops_pass_opcheck_and_compile():
     from spikingjelly_saf.backends import custom_ops, triton_backend
 
-    assert triton_backend.interpreting()
+    assert backends.triton_interpreting()
     ops = backends.REGISTRY.select("triton", "m").ops
     code_id = surrogate_codes.resolve_surrogate_code(surrogate.ATan(), "triton")
     x, abar = make_inputs(3, (10,), torch.float32)
-    table = custom_ops.coefficient_tensor(custom_ops.step_coefficients(1.0, 0.5, 1.0, 1.0, 3), x.device)
+    table = custom_ops.coefficient_tensor(saf.functional.coefficient_table(saf.functional.SAFParameters(0.5), 1.0, 3), x.device)
     torch.library.opcheck(ops.forward, (x.requires_grad_(), abar, table, 1.0, 1.0, 1.0, code_id))
     torch.library.opcheck(ops.forward_only, (x.detach(), abar, table, 1.0, 1.0, code_id))
     node = saf.SAFNode(step_mode="m", backend="triton")

@@ -28,7 +28,6 @@ from spikingjelly_saf.trainer import checkpoint as ckpt
 from spikingjelly_saf.trainer import run as run_module
 from spikingjelly_saf.trainer.rundir import RunDirectory
 
-sys.path.insert(0, str(Path(__file__).parent))
 import fabricate  # noqa: E402
 
 TINY = ["-device", "cpu", "-T", "2", "-b", "4", "-j", "0", "-no-progress", "-lr", "0.05",
