@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spikingjelly_saf import digits
+from saf_examples import digits
 
 from . import common
 
@@ -27,7 +27,7 @@ def build_digits_model(method_name: str, steps: int, tau: float = 2.0, width: in
 
 def train_one(method_name: str, seed: int, data, steps: int, epochs: int, tau: float = 2.0,
               batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None) -> dict:
-    """:func:`spikingjelly_saf.digits.train` with DSR available."""
+    """:func:`saf_examples.digits.train` with DSR available."""
     return digits.train(method_name, seed, data, steps, epochs, tau, batch, lr, width, on_epoch,
                         build=lambda name, tau_, width_: build_digits_model(name, steps, tau_, width_))
 

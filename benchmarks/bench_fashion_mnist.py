@@ -42,14 +42,14 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
 from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq, weighted_average
-from spikingjelly_saf.measure import max_rss_bytes, warm_up_runtime
-from spikingjelly_saf.methods import evaluate_sequence, get_method
+from saf_examples.measure import max_rss_bytes, warm_up_runtime
+from saf_examples.methods import evaluate_sequence, get_method
 from spikingjelly_saf.training import step_mode_of
 
 from . import common
 
 METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "bptt+memopt")
-#: The variant built on top of a method of :mod:`spikingjelly_saf.methods`.
+#: The variant built on top of a method of :mod:`saf_examples.methods`.
 MEMOPT_SUFFIX = "+memopt"
 NUM_CLASSES = 10
 
@@ -155,7 +155,7 @@ def mse_one_hot(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def load_data(root, train_subset: int = 0, test_subset: int = 0):
     """Fashion-MNIST as uint8 images ``[N, 28, 28]`` and int64 labels (first ``*_subset`` images
     of each split when nonzero)."""
-    from spikingjelly_saf.trainer.idx import load_mnist_family
+    from saf_examples.idx import load_mnist_family
 
     x_train, y_train = load_mnist_family("fashion_mnist", root, train=True)
     x_test, y_test = load_mnist_family("fashion_mnist", root, train=False)
@@ -528,7 +528,7 @@ def parse_args(argv=None):
     elif args.memopt_level > 1 and "bptt+memopt" in args.methods:
         parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; "
                      "use --memopt-level 1 on the CPU or --device cuda.")
-    from spikingjelly_saf.trainer.idx import IdxDataMissing, IdxFormatError
+    from saf_examples.idx import IdxDataMissing, IdxFormatError
 
     try:
         load_data(args.data_root, 1, 1)

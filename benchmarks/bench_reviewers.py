@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from spikingjelly.activation_based import functional, neuron
 
-from spikingjelly_saf import SAFNode, digits
+from saf_examples import digits
+from spikingjelly_saf import SAFNode
 from spikingjelly_saf import functional as saf_functional
 
 from . import bench_accuracy, common

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from spikingjelly_saf import backends
-from spikingjelly_saf.measure import max_rss_bytes, warm_up_runtime
-from spikingjelly_saf.methods import get_method
+from saf_examples.measure import max_rss_bytes, warm_up_runtime
+from saf_examples.methods import get_method
 
 from . import common
 

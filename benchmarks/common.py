@@ -18,7 +18,7 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import spiking_resnet
 
 from spikingjelly_saf import zoo
-from spikingjelly_saf.methods import Method, get_method
+from saf_examples.methods import Method, get_method
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -7,7 +7,7 @@ Flags: ``python examples/train_cifar.py -h``; the runs and accuracies to expect:
 """
 import sys
 
-from spikingjelly_saf.trainer import main
+from saf_examples.run import main
 
 if __name__ == "__main__":
     sys.exit(main(datasets=("cifar10", "cifar100"), description=__doc__.splitlines()[0]))

@@ -13,7 +13,7 @@ CIFAR10-DVS is split per class with -train-split (seeded by -seed). Flags:
 """
 import sys
 
-from spikingjelly_saf.trainer import main
+from saf_examples.run import main
 
 if __name__ == "__main__":
     sys.exit(main(datasets=("dvs128_gesture", "cifar10_dvs"),

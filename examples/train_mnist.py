@@ -10,7 +10,7 @@ with torchvision. Flags: ``python examples/train_mnist.py -h``; runs to expect: 
 """
 import sys
 
-from spikingjelly_saf.trainer import main
+from saf_examples.run import main
 
 if __name__ == "__main__":
     sys.exit(main(datasets=("fashion_mnist", "mnist"), description=__doc__.splitlines()[0]))

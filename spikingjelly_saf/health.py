@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch.nn as nn
 
@@ -35,6 +35,11 @@ __all__ = ["FiringHealth", "FiringHealthWarning"]
 
 class FiringHealthWarning(UserWarning):
     """A neuron layer is silent or saturated."""
+
+
+class _NamedMethod(NamedTuple):
+    name: str
+    updates_every_step: bool
 
 
 class FiringHealth:
@@ -55,8 +60,9 @@ class FiringHealth:
         wrapper is fine)
     :param silent_below: a layer whose rate is below this is silent (default ``1e-4``)
     :param saturated_above: a layer whose rate is above this is saturated (default ``0.95``)
-    :param method: the training method (name or :class:`~spikingjelly_saf.methods.Method`), to
-        tailor the advice
+    :param method: the training method, to tailor the advice: a SAF method name
+        (:data:`spikingjelly_saf.training.METHODS`), or any object with ``name`` and
+        ``updates_every_step`` attributes (the bundled examples' methods)
     :param steps: the number of time steps T, to tailor the advice
     """
 
@@ -67,9 +73,12 @@ class FiringHealth:
                 f"need 0 <= silent_below < saturated_above <= 1, got silent_below={silent_below}, "
                 f"saturated_above={saturated_above}.")
         if isinstance(method, str):
-            from .methods import get_method
+            from .training import METHODS, UPDATES_EVERY_STEP
 
-            method = get_method(method)
+            if method not in METHODS:
+                raise ValueError(f"method={method!r} is not a SAF method; valid names: {', '.join(METHODS)} "
+                                 "(or pass an object with name and updates_every_step attributes).")
+            method = _NamedMethod(method, method in UPDATES_EVERY_STEP)
         self.silent_below, self.saturated_above = float(silent_below), float(saturated_above)
         self.method, self.steps = method, steps
         self.recorder = SpikeRecorder(model, keep="rates")

@@ -36,6 +36,17 @@ class InputAverage(base.MemoryModule):
     :param tau: 第一个 ``SAFNode`` 的时间常数，:math:`\tau \ge 1`
     :param step_mode: ``'s'`` 或 ``'m'``
 
+    Shape:
+        - 单步模式：输入 :math:`x[t]` ``[N, *]``，输出 :math:`\bar x[t]` ``[N, *]``
+        - 多步模式：输入 ``[T, N, *]``，输出 ``[T, N, *]``
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly_saf import InputAverage
+        >>> average = InputAverage(tau=2.0, step_mode="m")
+        >>> x_bar_seq = average(torch.rand(4, 2, 2, 16, 16))   # 事件帧 [T, N, C, H, W]
+
     ----
 
     .. _InputAverage-en:
@@ -51,6 +62,17 @@ class InputAverage(base.MemoryModule):
 
     :param tau: the time constant of the first ``SAFNode``, :math:`\tau \ge 1`
     :param step_mode: ``'s'`` or ``'m'``
+
+    Shape:
+        - single-step mode: input :math:`x[t]` ``[N, *]``, output :math:`\bar x[t]` ``[N, *]``
+        - multi-step mode: input ``[T, N, *]``, output ``[T, N, *]``
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly_saf import InputAverage
+        >>> average = InputAverage(tau=2.0, step_mode="m")
+        >>> x_bar_seq = average(torch.rand(4, 2, 2, 16, 16))   # event frames [T, N, C, H, W]
     """
 
     def __init__(self, tau: float = 2.0, step_mode: str = "s"):

@@ -98,6 +98,21 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     :param store_v_seq: 是否记录与之等价的 LIF 膜电位 ``v_seq``
     :param backend: ``'torch'``，或多步模式下的融合后端（见 ``supported_backends`` 与 ``docs/backends.md``）
 
+    Shape:
+        - 单步模式：输入 :math:`I[t]` ``[N, *]``，输出 :math:`\bar A[t]` ``[N, *]``
+        - 多步模式：输入 ``[T, N, *]``，输出 ``[T, N, *]``
+        - 状态 ``abar`` 与输入同形，``weight_sum`` 为 Python 浮点数 :math:`c[t-1]`
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly.activation_based import functional
+        >>> from spikingjelly_saf import SAFNode, functional as saf_functional
+        >>> node = SAFNode(tau=2.0, step_mode="m")
+        >>> abar_seq = node(torch.rand(4, 3, 8, dtype=torch.float64))  # [T, N, *] -> [T, N, *]
+        >>> spike_seq = saf_functional.recover_instantaneous_seq(abar_seq, node.decay)  # 与 LIFNode 相同的脉冲
+        >>> functional.reset_net(node)
+
     ----
 
     .. _SAFNode-en:
@@ -125,6 +140,21 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     :param store_v_seq: record the equivalent LIF membrane (after reset) in ``v_seq``
     :param backend: ``'torch'``, or a fused backend in multi-step mode (see ``supported_backends``
         and ``docs/backends.md``)
+
+    Shape:
+        - single-step mode: input :math:`I[t]` ``[N, *]``, output :math:`\bar A[t]` ``[N, *]``
+        - multi-step mode: input ``[T, N, *]``, output ``[T, N, *]``
+        - state: ``abar`` has the input's shape; ``weight_sum`` is the Python float :math:`c[t-1]`
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly.activation_based import functional
+        >>> from spikingjelly_saf import SAFNode, functional as saf_functional
+        >>> node = SAFNode(tau=2.0, step_mode="m")
+        >>> abar_seq = node(torch.rand(4, 3, 8, dtype=torch.float64))  # [T, N, *] -> [T, N, *]
+        >>> spike_seq = saf_functional.recover_instantaneous_seq(abar_seq, node.decay)  # LIF's spikes
+        >>> functional.reset_net(node)
     """
 
     def __init__(

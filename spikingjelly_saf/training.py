@@ -327,6 +327,15 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     ``x_seq`` （``[B, T, *]``），返回最后的加权平均输出 :math:`\bar O[T]` （``[B, C]``），之后再次重置。
     含 BatchNorm 或 Dropout 的网络请先调用 ``model.eval()``。
 
+    Shape:
+        - ``x_seq``: ``[B, T, *]``
+        - 返回值：``[B, C]``
+
+    Example::
+
+        >>> scores = saf_inference(net, x_seq)      # 网络已重置，之后再次重置
+        >>> prediction = scores.argmax(1)
+
     ----
 
     .. _saf_inference-en:
@@ -343,6 +352,15 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     :param model: a network of :class:`SAFNode`, possibly wrapped in ``DistributedDataParallel``
     :param x_seq: input of shape ``[B, T, *]`` with ``T >= 1``
     :return: the scores :math:`\bar O[T]`, shape ``[B, C]``
+
+    Shape:
+        - ``x_seq``: ``[B, T, *]``
+        - returns: ``[B, C]``
+
+    Example::
+
+        >>> scores = saf_inference(net, x_seq)      # resets the network before and after
+        >>> prediction = scores.argmax(1)
     """
     _check_x_seq(x_seq, "saf_inference")
     step_mode = model_step_mode(model)
@@ -469,6 +487,8 @@ SCHEDULES: dict[str, Callable[[_Minibatch], tuple[torch.Tensor, torch.Tensor]]] 
 #: ``saf-e-acc``: a loss at every step, one optimizer step per minibatch (like OTTT_A).
 #: ``saf-f``: one loss on the final weighted-average output; earlier steps run without a graph.
 METHODS: Sequence[str] = tuple(SCHEDULES)
+#: The SAF methods that step the optimizer at every time step (T updates per minibatch).
+UPDATES_EVERY_STEP = frozenset({"saf-e"})
 
 
 def saf_online_training(
@@ -495,6 +515,20 @@ def saf_online_training(
     ``StateCarriedOverWarning``。网络的调用方式：单步模式下每步 ``[B, *]``；多步模式下 saf-e 每步
     ``[1, B, *]``，saf-e-acc 一次 ``[T, B, *]``，saf-f 先 ``[T-1, B, *]`` 再 ``[1, B, *]``。网络本身不得
     扩展或平均时间维。
+
+    Shape:
+        - ``x_seq``: ``[B, T, *]``；``target``: ``[B, *]``，或 ``target_is_sequence`` 时 ``[B, T, *]``
+        - 返回 ``(loss, y_seq)``：标量与 ``[B, T, C]``
+
+    Example::
+
+        >>> import torch, torch.nn.functional as F
+        >>> from spikingjelly.activation_based import functional
+        >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.1 / T, momentum=0.9)
+        >>> for x_seq, label in loader:                      # x_seq: [B, T, C, H, W]
+        ...     loss, y_seq = saf_online_training(net, optimizer, x_seq, label, F.cross_entropy,
+        ...                                       method="saf-e")
+        ...     functional.reset_net(net)
 
     ----
 
@@ -545,6 +579,20 @@ def saf_online_training(
 
     Under ``DistributedDataParallel``, ``saf-e-acc`` and ``saf-f`` synchronise gradients once per
     minibatch; ``saf-e`` steps the optimizer at every time step, so it synchronises every step.
+
+    Shape:
+        - ``x_seq``: ``[B, T, *]``; ``target``: ``[B, *]``, or ``[B, T, *]`` with ``target_is_sequence``
+        - returns ``(loss, y_seq)``: a scalar and ``[B, T, C]``
+
+    Example::
+
+        >>> import torch, torch.nn.functional as F
+        >>> from spikingjelly.activation_based import functional
+        >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.1 / T, momentum=0.9)
+        >>> for x_seq, label in loader:                      # x_seq: [B, T, C, H, W]
+        ...     loss, y_seq = saf_online_training(net, optimizer, x_seq, label, F.cross_entropy,
+        ...                                       method="saf-e")
+        ...     functional.reset_net(net)
     """
     if method not in SCHEDULES:
         raise ValueError(f"method={method!r} is unknown; valid methods: {', '.join(METHODS)}.")

@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
-# Test helpers (nets.py, fabricate.py) live beside the tests.
+# Test helpers (nets.py, fabricate.py) live beside the tests; the examples' engine (saf_examples)
+# lives in examples/, which is not installed with the library.
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,7 +13,7 @@ import torch
 from spikingjelly.activation_based import layer
 
 from benchmarks import bench_ops, bench_reviewers, common
-from spikingjelly_saf.methods import get_method
+from saf_examples.methods import get_method
 
 REPO = Path(__file__).resolve().parents[2]
 IN, HIDDEN, OUT, BATCH = 8, 16, 4, 3
@@ -203,7 +203,7 @@ def test_time_memory_measures_memopt():
 
 def test_fashion_mnist_cli_rejects_bad_input(tmp_path, monkeypatch, capsys):
     from benchmarks import bench_fashion_mnist as fm
-    from spikingjelly_saf.trainer import idx
+    from saf_examples import idx
 
     monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     with pytest.raises(SystemExit) as info:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikingjelly_saf.trainer import build_parser, main
+from saf_examples.cli import build_parser
+from saf_examples.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CIFAR = ("cifar10", "cifar100")
@@ -147,7 +148,7 @@ def test_device_default_follows_cuda_and_says_so(capsys):
 def test_recorded_arguments_hold_only_shown_flags(monkeypatch):
     """vars(args) (what args.json records) has no hidden or foreign flag; they still read as the
     value their data sets ignore, and the test-only fault injection comes from the environment."""
-    from spikingjelly_saf.trainer.cli import INJECT_NAN_EPOCH_ENV
+    from saf_examples.cli import INJECT_NAN_EPOCH_ENV
 
     args = build_parser(("dvs128_gesture",)).parse_args(["-data-dir", "d", "-device", "cpu"])
     assert not {"cutout", "train_split", "download", "inject_nan_epoch"} & set(vars(args))

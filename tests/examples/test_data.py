@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import fabricate
-from spikingjelly_saf.trainer import build_parser, main
-from spikingjelly_saf.trainer import idx
-from spikingjelly_saf.trainer.data import DataMissingError, build_datasets, check_event_file
+from saf_examples.cli import build_parser
+from saf_examples.run import main
+from saf_examples import idx
+from saf_examples.data import DataMissingError, build_datasets, check_event_file
 
 CIFAR = ("cifar10", "cifar100")
 DVS = ("dvs128_gesture", "cifar10_dvs")

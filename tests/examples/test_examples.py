@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikingjelly_saf.methods import METHOD_NAMES, get_method
-from spikingjelly_saf.trainer import build_parser, main
-from spikingjelly_saf.trainer.cli import DEFAULT_MODELS, INJECT_NAN_EPOCH_ENV
-from spikingjelly_saf.trainer.data import DATASETS, Cutout, seeded_class_split
-from spikingjelly_saf.trainer.models import build_model
+from saf_examples.methods import METHOD_NAMES, get_method
+from saf_examples.cli import build_parser
+from saf_examples.run import main
+from saf_examples.cli import DEFAULT_MODELS, INJECT_NAN_EPOCH_ENV
+from saf_examples.data import DATASETS, Cutout, seeded_class_split
+from saf_examples.models import build_model
 
 import fabricate  # noqa: E402
 
@@ -133,8 +134,8 @@ def test_weighted_lif_readout_equals_saf_scores(method, sequence):
     """The deployed LIF network's outputs, read as SAF reads its own, give SAF's scores (float64)."""
     from spikingjelly.activation_based import functional
     from spikingjelly_saf.conversion import to_lif
-    from spikingjelly_saf.methods import evaluate_sequence
-    from spikingjelly_saf.trainer.run import _WeightedLIFReadout
+    from saf_examples.methods import evaluate_sequence
+    from saf_examples.run import _WeightedLIFReadout
     from spikingjelly_saf.training import saf_nodes
 
     args = build_parser(CIFAR).parse_args(["-data-dir", "unused", "-method", method, "-channels", "8"])
@@ -317,10 +318,11 @@ def test_seeded_split_and_cutout():
 
 _FUSED_CHILD = r"""
 import json, sys
-from spikingjelly_saf.methods import get_method
+from saf_examples.methods import get_method
 from spikingjelly_saf.neuron import SAFNode
-from spikingjelly_saf.trainer import build_parser, main
-from spikingjelly_saf.trainer.models import build_model
+from saf_examples.cli import build_parser
+from saf_examples.run import main
+from saf_examples.models import build_model
 
 argv = sys.argv[1:]
 args = build_parser(("cifar10", "cifar100")).parse_args(argv)
@@ -358,7 +360,7 @@ def test_fused_backend_refused_for_methods_without_saf_neurons(data, tmp_path, c
 
 
 def _tiny_model_and_loader(method_name, channels=4, samples=8):
-    from spikingjelly_saf.trainer.loop import ce_mse_loss
+    from saf_examples.engine import ce_mse_loss
 
     args = build_parser(CIFAR).parse_args(["-data-dir", "unused", "-device", "cpu", "-T", "3",
                                            "-method", method_name, "-channels", str(channels)])
@@ -375,7 +377,7 @@ def _tiny_model_and_loader(method_name, channels=4, samples=8):
 def test_train_and_test_loss_share_one_scale(method):
     """With a learning rate of 0 the weights stay, so the training pass must report exactly the
     test pass's loss: per sample, the loss of the prediction scores (not a sum over T steps)."""
-    from spikingjelly_saf.trainer.loop import evaluate, train_one_epoch
+    from saf_examples.engine import evaluate, train_one_epoch
 
     model, loader, f_loss = _tiny_model_and_loader(method)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -395,7 +397,7 @@ def test_train_and_test_loss_share_one_scale(method):
 
 
 def test_evaluation_warns_about_a_dead_network_once_and_not_about_a_live_one(capsys):
-    from spikingjelly_saf.trainer.loop import evaluate
+    from saf_examples.engine import evaluate
 
     model, loader, f_loss = _tiny_model_and_loader("saf-e-acc")
     with torch.no_grad():
@@ -418,7 +420,7 @@ def test_evaluation_warns_about_a_dead_network_once_and_not_about_a_live_one(cap
 
 
 def test_plot_names_and_minibatch_logger():
-    from spikingjelly_saf.trainer.report import minibatch_logger, short_layer_names
+    from saf_examples.report import minibatch_logger, short_layer_names
 
     assert short_layer_names(["1.features.1", "1.classifier.2"]) == ["features.1", "classifier.2"]
     assert short_layer_names(["module.features.1", "module.features.4"]) == ["features.1",

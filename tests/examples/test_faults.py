@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikingjelly_saf.trainer import checkpoint as ckpt
-from spikingjelly_saf.trainer import run as run_module
-from spikingjelly_saf.trainer.rundir import RunDirectory
+from saf_examples import checkpoint as ckpt
+from saf_examples import run as run_module
+from saf_examples.rundir import RunDirectory
 
 import fabricate  # noqa: E402
 
@@ -217,7 +217,7 @@ _KILL_RUNNER = textwrap.dedent("""
     import io, os, sys, time
     import torch
     torch.set_num_threads(1)
-    from spikingjelly_saf.trainer import checkpoint as ckpt, run
+    from saf_examples import checkpoint as ckpt, run
     target, stage, ready = sys.argv[1], sys.argv[2], sys.argv[3]
     seen = {"n": 0}
 
@@ -615,9 +615,9 @@ def test_resume_rebuilds_a_missing_or_damaged_best_checkpoint(stopped_run, tmp_p
 def test_test_only_evaluates_without_training_and_deploys_lif(data, stopped_run, tmp_path, capsys):
     from spikingjelly.activation_based import functional
 
-    from spikingjelly_saf.methods import evaluate_sequence, get_method, weighted_average_readout
-    from spikingjelly_saf.trainer.cli import build_parser
-    from spikingjelly_saf.trainer.models import build_model
+    from saf_examples.methods import evaluate_sequence, get_method, weighted_average_readout
+    from saf_examples.cli import build_parser
+    from saf_examples.models import build_model
 
     run = _copy_run(stopped_run, tmp_path / "run")
     before = _tree(run)
@@ -689,7 +689,7 @@ def test_saved_rng_state_round_trips(tmp_path):
 _DDP_RUNNER = textwrap.dedent("""
     import sys
     import torch
-    from spikingjelly_saf.trainer import run
+    from saf_examples import run
 
     real = run._Trainer.train_epoch
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikingjelly_saf.trainer import idx
+from saf_examples import idx
 
 
 def _idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikingjelly_saf import digits
+from saf_examples import digits
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

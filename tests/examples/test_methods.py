@@ -6,7 +6,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 from spikingjelly_saf import SAFNode
-from spikingjelly_saf.methods import (ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode,
+from saf_examples.methods import (ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode,
                                       evaluate_sequence, get_method)
 from spikingjelly_saf.training import run_sequence, step_mode_of
 

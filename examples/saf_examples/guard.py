@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from ..recording import unwrapped_name
+from spikingjelly_saf.recording import unwrapped_name
 
 __all__ = ["NonFiniteStateError", "first_nonfinite", "check_model_finite", "StepGuard",
            "FiniteBatches"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..measure import max_rss_bytes
+from .measure import max_rss_bytes
 
 __all__ = ["peak_memory_mib", "reset_peak_memory", "write_history", "plot_history", "summary_line",
            "short_layer_names", "minibatch_logger"]

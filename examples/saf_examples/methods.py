@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron, surrogate
 
-from . import functional as saf_functional
-from .neuron import SAFNode
-from .training import _check_batch, _check_x_seq, run_sequence, saf_online_training
+from spikingjelly_saf import functional as saf_functional
+from spikingjelly_saf.neuron import SAFNode
+from spikingjelly_saf.training import _check_batch, _check_x_seq, run_sequence, saf_online_training
 
 __all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
            "evaluate_sequence", "saf_readout", "mean_readout", "weighted_average_readout"]

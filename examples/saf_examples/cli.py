@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import backends
-from ..methods import METHOD_NAMES, get_method
+from spikingjelly_saf import backends
+from .methods import METHOD_NAMES, get_method
 from .models import SURROGATES
 from .rundir import add_run_flags
 

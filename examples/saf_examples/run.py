@@ -29,14 +29,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..methods import get_method
+from .methods import get_method
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .cli import DEFAULT_MODELS, build_parser
 from .data import DataMissingError, build_datasets
 from .distributed import Distributed
 from .guard import FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite
-from .loop import FiringRateRecorder, NonFiniteLossError, ce_mse_loss, evaluate, train_one_epoch
+from .engine import (FiringRateRecorder, NonFiniteLossError, ce_mse_loss, deploy_to_lif, evaluate,
+                     train_one_epoch)
 from .models import ModelChoiceError, build_model
 from .report import (minibatch_logger, peak_memory_mib, plot_history, reset_peak_memory,
                      summary_line, write_history)
@@ -101,22 +102,6 @@ def _counting_allreduce(counter: _SyncCounter, bucket):
 
     counter.calls += 1
     return default_hooks.allreduce_hook(None, bucket)
-
-
-class _WeightedLIFReadout:
-    r"""The deployed LIF network read as a method is read by the evaluation loop: its step mode,
-    and the library's SAF readout of its per-step outputs
-    (:func:`spikingjelly_saf.methods.weighted_average_readout`, :math:`\bar O[T]`), so that it
-    predicts what the SAF network predicted."""
-
-    def __init__(self, step_mode: str, decay: float):
-        from ..methods import weighted_average_readout
-
-        self.step_mode, self.decay = step_mode, decay
-        self._readout = weighted_average_readout(decay)
-
-    def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
-        return self._readout(y_seq)
 
 
 def _step_mode(method, args) -> str:
@@ -293,27 +278,27 @@ class _Trainer:
         if self.sync_counter is not None:
             self.sync_counter.calls = 0
         inject = getattr(self.args, "inject_nan_epoch", None)
-        loss_sum, correct, samples, seconds = train_one_epoch(
+        result = train_one_epoch(
             self.model, self.method, self.optimizer, self.train_loader, self.f_loss, epoch=epoch,
             steps=self.args.T, sequence=self.info.sequence, device=self.ddp.device,
             grad_scaler=self.grad_scaler, amp=self.args.amp, progress=progress,
             inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true,
             on_minibatch=None if writer is None else minibatch_logger(writer, epoch,
                                                                       len(self.train_loader)))
-        return (*self.ddp.sum(loss_sum, correct, samples), seconds)
+        return (*self.ddp.sum(result.loss_sum, result.correct, result.samples), result.seconds)
 
     def evaluate(self, model=None, readout=None) -> tuple:
         """``(mean loss, accuracy, firing rates)`` on the test set over all processes."""
         model = self.module if model is None else model
         recorder = FiringRateRecorder(model)
         try:
-            loss, correct, samples = evaluate(
+            result = evaluate(
                 model, readout or self.method, self.test_loader, self.f_loss, steps=self.args.T,
                 sequence=self.info.sequence, device=self.ddp.device, amp=self.args.amp)
         finally:
             recorder.remove()
         self.test_loader.raise_if_bad(self.ddp.all_true)
-        loss, correct, samples = self.ddp.sum(loss, correct, samples)
+        loss, correct, samples = self.ddp.sum(result.loss_sum, result.correct, result.samples)
         layers = list(recorder.sums)
         sums = self.ddp.sum(*recorder.sums.values(), *recorder.counts.values())
         rates = {name: sums[i] / sums[len(layers) + i] if sums[len(layers) + i] else 0.0
@@ -392,18 +377,10 @@ def _deploy(trainer: _Trainer, out_dir: Path) -> Optional[float]:
     """Accuracy of the trained weights in the LIF network that ``to_lif`` builds; the main process
     saves that network's ``state_dict`` (``lif_net.pt``) and its exactness report
     (``lif_exactness.json``)."""
-    try:
-        from ..conversion import to_lif
-    except ImportError as error:
-        print(f"-deploy-lif: spikingjelly_saf.conversion.to_lif is not available ({error}); "
-              "skipped.", file=sys.stderr)
-        return None
-    from ..exactness import check_exactness
-    from ..training import readout_decay
+    from spikingjelly_saf.exactness import check_exactness
 
     module = trainer.module
-    lif_model = to_lif(module, memoryless="keep")
-    readout = _WeightedLIFReadout(_step_mode(trainer.method, trainer.args), readout_decay(module))
+    lif_model, readout = deploy_to_lif(module, trainer.method)
     _, accuracy, _ = trainer.evaluate(lif_model, readout)
     error = None
     if trainer.ddp.main:

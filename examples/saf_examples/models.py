@@ -12,11 +12,11 @@ import torch.nn as nn
 from spikingjelly.activation_based import layer, surrogate
 from spikingjelly.activation_based.model import parametric_lif_net, spiking_vggws_ottt
 
-from .. import zoo
-from ..layer import InputAverage
-from ..methods import Method
-from ..neuron import SAFNode
-from ..surrogate import SpikeRepresentation
+from spikingjelly_saf import zoo
+from spikingjelly_saf.layer import InputAverage
+from .methods import Method
+from spikingjelly_saf.neuron import SAFNode
+from spikingjelly_saf.surrogate import SpikeRepresentation
 
 __all__ = ["SURROGATES", "MODEL_NAMES", "make_surrogate", "build_model", "ModelChoiceError"]
 

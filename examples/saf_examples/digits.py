@@ -1,7 +1,7 @@
 """
 The main job: SAF-E, SAF-E-acc and SAF-F next to SpikingJelly's OTTT on scikit-learn's digits.
 
-    python -m spikingjelly_saf.digits [-epochs 5] [-T 4] [-method saf-e saf-f ...] [-seed 0]
+    python examples/digits.py [-epochs 5] [-T 4] [-method saf-e saf-f ...] [-seed 0]
 
 The 8x8 digits ship inside scikit-learn, so nothing is downloaded. Every method trains the same
 small CNN (conv-neuron-avgpool twice and a linear readout, built from ``OTTTSequential`` so that
@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from . import functional as saf_functional
+from spikingjelly_saf import functional as saf_functional
 from .measure import max_rss_bytes, warm_up_runtime
 from .methods import (ALL_METHOD_NAMES, Method, evaluate_sequence, get_method,
                       weighted_average_readout)
@@ -100,7 +100,7 @@ def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 51
 
 def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float) -> float:
     """Accuracy of ``to_lif(model)``, the SAF-trained weights in an ordinary LIF network."""
-    from .conversion import to_lif
+    from spikingjelly_saf.conversion import to_lif
 
     lif_model = to_lif(copy.deepcopy(model), memoryless="keep")
     functional.set_step_mode(lif_model, "s")
@@ -114,7 +114,7 @@ def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 5, ta
     """Train one method from one seed with Adam and a cosine schedule; returns its measurements.
 
     ``build(method_name, tau, width) -> (model, method)`` makes the model; by default
-    :func:`build_digits_model`, which builds every method of :mod:`spikingjelly_saf.methods`.
+    :func:`build_digits_model`, which builds every method of :mod:`saf_examples.methods`.
     """
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = data
@@ -193,7 +193,7 @@ def _method_list(values) -> list:
 def build_parser() -> argparse.ArgumentParser:
     """The main job's flags, in the examples' single-dash style."""
     parser = argparse.ArgumentParser(
-        prog="python -m spikingjelly_saf.digits", description=__doc__.strip().splitlines()[0],
+        prog="python examples/digits.py", description=__doc__.strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="The README's digits table uses these settings with seeds 0-4 "
                "(python -m benchmarks --only accuracy).")
