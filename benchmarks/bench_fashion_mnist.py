@@ -43,7 +43,8 @@ from spikingjelly.activation_based import functional, layer
 
 from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq, weighted_average
 from saf_examples.measure import max_rss_bytes, warm_up_runtime
-from saf_examples.methods import evaluate_sequence, get_method
+from saf_examples.methods import get_method
+from spikingjelly_saf.training import run_sequence
 from spikingjelly_saf.training import step_mode_of
 
 from . import common
@@ -196,7 +197,7 @@ def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: t
     for i in range(0, len(y), batch):
         functional.reset_net(model)
         target = y[i:i + batch].to(device)
-        y_seq = evaluate_sequence(model, to_input_seq(x[i:i + batch], steps, device), step_mode)
+        y_seq = run_sequence(model, to_input_seq(x[i:i + batch], steps, device), step_mode)
         spikes = (recover_instantaneous_seq(y_seq.transpose(0, 1), decay).transpose(0, 1)
                   if saf_outputs else y_seq)
         scores = readout_scores(spikes, decay)

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_neuron_kernel needs a CUDA device (none is available to PyTorch here); "
-              "the kernels' correctness on CPU is covered by tests/test_backends.py.", file=sys.stderr)
+              "the kernels' correctness on CPU is covered by tests/library/test_backends.py.", file=sys.stderr)
         return 2
     device = torch.device("cuda")
     sg = surrogate.Sigmoid(alpha=4.0)
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             runners[name] = (lif_runner(sg), torch.float32)
             continue
         try:
-            backends.check_backend(name, "m")
+            backends.REGISTRY.check(name, "m")
         except (RuntimeError, ValueError) as error:
             skipped[name] = str(error)
             print(f"skipping {name}: {error}", file=sys.stderr)

@@ -16,11 +16,12 @@ import math
 from pathlib import Path
 
 import torch
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional, neuron, surrogate
 
 from saf_examples import digits
 from spikingjelly_saf import SAFNode
 from spikingjelly_saf import functional as saf_functional
+from spikingjelly_saf import gradients
 
 from . import bench_accuracy, common
 
@@ -34,12 +35,11 @@ def representation_error(decay: float, steps_list: list[int], samples: int = 200
     generator = torch.Generator().manual_seed(0)
     current = (torch.rand(samples, generator=generator, dtype=torch.float64) * 2.0 - 0.5) * v_threshold
     target = saf_functional.representation_mapping(current, v_threshold, 1.0)
-    heaviside = lambda u: (u >= 0).to(u.dtype)  # noqa: E731 - the forward spike function
-    abar, weight_sum = torch.zeros_like(current), 0.0
+    params = saf_functional.SAFParameters(decay, v_threshold)
+    state = saf_functional.SAFState()
     mean_error, max_error = {}, {}
     for t in range(1, max(steps_list) + 1):
-        abar, weight_sum = saf_functional.saf_step(current, abar, weight_sum, decay, v_threshold,
-                                                   1.0, heaviside)
+        abar, state = gradients.step(current, state, params, surrogate.Sigmoid())
         if t in steps_list:
             error = (abar - target).abs()
             mean_error[t], max_error[t] = error.mean().item(), error.max().item()

@@ -161,7 +161,7 @@ def variants_for(device: str) -> tuple[list[str], dict]:
                                 "them, which is not a performance path")
             continue
         try:
-            backends.check_backend(backend, "m")
+            backends.REGISTRY.check(backend, "m")
         except Exception as error:
             skipped[backend] = f"{type(error).__name__}: {error}"
             continue

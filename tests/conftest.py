@@ -7,8 +7,11 @@ import pytest
 
 # Test helpers (nets.py, fabricate.py) live beside the tests; the examples' engine (saf_examples)
 # lives in examples/, which is not installed with the library.
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+sys.path.insert(0, _EXAMPLES)
+# Child processes (torchrun, spawned trainers, "python -c") import saf_examples too.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_EXAMPLES, os.environ.get("PYTHONPATH")) if p)
 
 
 def pytest_collection_modifyitems(config, items):

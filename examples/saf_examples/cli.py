@@ -207,7 +207,7 @@ class _TrainingParser(argparse.ArgumentParser):
             self.error(f"argument -backend: {error}")
         if args.backend != "torch":
             try:
-                backends.check_backend(args.backend, "m")
+                backends.REGISTRY.check(args.backend, "m")
             except (RuntimeError, ValueError) as error:
                 self.error(f"argument -backend: {error}")
         if args.alpha is not None and args.surrogate == "rep":

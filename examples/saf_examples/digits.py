@@ -26,20 +26,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from spikingjelly_saf import functional as saf_functional
+from . import engine
 from .measure import max_rss_bytes, warm_up_runtime
-from .methods import (ALL_METHOD_NAMES, Method, evaluate_sequence, get_method,
-                      weighted_average_readout)
+from .methods import ALL_METHOD_NAMES, get_method
 
 __all__ = [
-    "load_digits_tensors", "digits_cnn", "build_digits_model", "repeat_in_time", "evaluate",
-    "deployment_accuracy", "train", "build_parser", "main",
+    "load_digits_tensors", "digits_cnn", "build_digits_model", "train", "build_parser", "main",
 ]
 
 #: The methods the main job runs by default: SAF's three and the OTTT they are compared with.
 DEFAULT_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a")
 #: Every method of the README's digits table, in its order.
 TABLE_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "dsr", "ideal")
+#: Test images per evaluation minibatch.
+EVALUATION_BATCH = 512
 
 
 def load_digits_tensors(seed: int = 0):
@@ -76,43 +76,12 @@ def build_digits_model(method_name: str, tau: float = 2.0, width: int = 16, step
     return method.prepare(model), method
 
 
-def repeat_in_time(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Direct encoding: the static image at every step, ``[B, T, *]``."""
-    return x.unsqueeze(1).expand(x.shape[0], steps, *x.shape[1:])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, method: Method, x, y, steps: int, batch: int = 512,
-             scores_fn=None) -> float:
-    """Test accuracy; ``scores_fn(y_seq)`` defaults to the method's own prediction scores."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        functional.reset_net(model)
-        # In the step mode the model's modules are in.
-        y_seq = evaluate_sequence(model, repeat_in_time(x[i:i + batch], steps))
-        scores = (scores_fn or method.prediction_scores)(y_seq)
-        correct += (scores.argmax(1) == y[i:i + batch]).sum().item()
-    functional.reset_net(model)
-    model.train()
-    return correct / len(y)
-
-
-def deployment_accuracy(model: nn.Module, x_test, y_test, steps: int, tau: float) -> float:
-    """Accuracy of ``to_lif(model)``, the SAF-trained weights in an ordinary LIF network."""
-    from spikingjelly_saf.conversion import to_lif
-
-    lif_model = to_lif(copy.deepcopy(model), memoryless="keep")
-    functional.set_step_mode(lif_model, "s")
-    scores = weighted_average_readout(saf_functional.decay_factor(tau))
-    return evaluate(lif_model, None, x_test, y_test, steps, scores_fn=scores)
-
-
 def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 5, tau: float = 2.0,
           batch: int = 64, lr: float = 2e-2, width: int = 16, on_epoch=None,
           build=None) -> dict:
     """Train one method from one seed with Adam and a cosine schedule; returns its measurements.
 
+    Training, evaluation and the LIF deployment check are the engine's (:mod:`saf_examples.engine`).
     ``build(method_name, tau, width) -> (model, method)`` makes the model; by default
     :func:`build_digits_model`, which builds every method of :mod:`saf_examples.methods`.
     """
@@ -130,27 +99,29 @@ def train(method_name: str, seed: int, data, steps: int = 4, epochs: int = 5, ta
     rss_before = max_rss_bytes()
     epoch_seconds = []
     for epoch in range(epochs):
-        start = time.perf_counter()
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            functional.reset_net(model)
-            method.train_step(model, optimizer, repeat_in_time(x_train[idx], steps), y_train[idx],
-                              F.cross_entropy)
-            scheduler.step()
-        epoch_seconds.append(time.perf_counter() - start)
+        result = engine.train_one_epoch(model, method, optimizer,
+                                        engine.tensor_batches(x_train, y_train, batch, generator),
+                                        F.cross_entropy, steps=steps,
+                                        on_minibatch=lambda *_: scheduler.step())
+        epoch_seconds.append(result.seconds)
         if on_epoch is not None:
             on_epoch(epoch, model)
     training_peak = max(max_rss_bytes() - rss_before, 0)  # before evaluation's larger batches
-    functional.reset_net(model)
+    test_batches = list(engine.tensor_batches(x_test, y_test, EVALUATION_BATCH))
+    evaluation = engine.evaluate(model, method, test_batches, F.cross_entropy, steps=steps,
+                                 check_health=False, keep_predictions=method.deploys_to_lif)
     result = {
         "method": method_name,
-        "accuracy": evaluate(model, method, x_test, y_test, steps),
+        "accuracy": evaluation.accuracy,
         "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds),
         "peak_memory_growth_bytes": training_peak,
     }
     if method.deploys_to_lif:
-        result["to_lif_accuracy"] = deployment_accuracy(model, x_test, y_test, steps, tau)
+        deployment = engine.check_deployment(model, method, test_batches, F.cross_entropy,
+                                             steps=steps, saf_predictions=evaluation.predictions)
+        result["to_lif_accuracy"] = deployment.accuracy
+        result["to_lif_mismatches"] = deployment.mismatches
+    model.train()
     return result
 
 

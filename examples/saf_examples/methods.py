@@ -19,11 +19,11 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron, surrogate
 
 from spikingjelly_saf import functional as saf_functional
-from spikingjelly_saf.neuron import SAFNode
+from spikingjelly_saf.neuron import SAFNode, check_tau
 from spikingjelly_saf.training import _check_batch, _check_x_seq, run_sequence, saf_online_training
 
 __all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
-           "evaluate_sequence", "saf_readout", "mean_readout", "weighted_average_readout"]
+           "saf_readout", "mean_readout", "weighted_average_readout"]
 
 
 class ReLUNode(nn.Module):
@@ -39,15 +39,6 @@ class ReLUNode(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
-
-
-def evaluate_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: Optional[str] = None
-                      ) -> torch.Tensor:
-    """Run ``x_seq`` ``[B, T, *]`` through a (reset) model; returns the outputs ``[B, T, *]``.
-
-    The same runner as :func:`spikingjelly_saf.training.run_sequence`.
-    """
-    return run_sequence(model, x_seq, step_mode)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,9 +136,10 @@ def _dsr_kwargs(method, tau, v_threshold, surrogate_function, detach_reset, step
 
 
 def _check_saf_tau(method, tau) -> None:
-    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau >= 1.0):
-        raise ValueError(f"tau={tau!r}: {method.name} needs tau >= 1 (tau=1 is memoryless, "
-                         "tau=inf an IF neuron).")
+    try:
+        check_tau(tau)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{method.name}: {error}") from None
 
 
 def _check_lif_tau(method, tau) -> None:

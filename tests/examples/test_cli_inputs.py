@@ -57,7 +57,7 @@ BAD_FLAGS = [
     (["-epochs", "0"], "argument -epochs: 0 must be a positive integer"),
     (["-j", "-1"], "argument -j: -1 must be 0 or more"),
     (["-stop-after", "0"], "argument -stop-after: 0 must be a positive integer"),
-    (["-tau", "0.5"], "argument -tau: tau=0.5: saf-e needs tau >= 1"),
+    (["-tau", "0.5"], "argument -tau: saf-e: tau must be >= 1"),
     (["-tau", "nan"], "argument -tau: nan must be a number above 0"),
     (["-tau", "1", "-method", "bptt"], "argument -tau: tau=1.0: bptt uses SpikingJelly's LIFNode, "
                                        "which needs tau > 1"),

@@ -134,8 +134,8 @@ def test_weighted_lif_readout_equals_saf_scores(method, sequence):
     """The deployed LIF network's outputs, read as SAF reads its own, give SAF's scores (float64)."""
     from spikingjelly.activation_based import functional
     from spikingjelly_saf.conversion import to_lif
-    from saf_examples.methods import evaluate_sequence
-    from saf_examples.run import _WeightedLIFReadout
+    from spikingjelly_saf.training import run_sequence
+    from saf_examples.engine import DeployedLIF
     from spikingjelly_saf.training import saf_nodes
 
     args = build_parser(CIFAR).parse_args(["-data-dir", "unused", "-method", method, "-channels", "8"])
@@ -152,11 +152,11 @@ def test_weighted_lif_readout_equals_saf_scores(method, sequence):
         x_seq = (3.0 * torch.rand(2, 1, 3, 16, 16, dtype=torch.float64)).expand(2, 4, 3, 16, 16)
     with torch.no_grad():
         model_mode = get_method(method).step_mode
-        saf_scores = get_method(method).prediction_scores(evaluate_sequence(model, x_seq, model_mode))
+        saf_scores = get_method(method).prediction_scores(run_sequence(model, x_seq, model_mode))
         functional.reset_net(model)
         lif = to_lif(model).eval()
-        lif_outputs = evaluate_sequence(lif, x_seq, model_mode)
-    readout = _WeightedLIFReadout(model_mode, saf_nodes(model)[-1].decay)
+        lif_outputs = run_sequence(lif, x_seq, model_mode)
+    readout = DeployedLIF(get_method(method), saf_nodes(model)[-1].decay)
     assert saf_scores.abs().max() > 0
     torch.testing.assert_close(readout.prediction_scores(lif_outputs), saf_scores, rtol=1e-9, atol=1e-9)
 
@@ -382,17 +382,17 @@ def test_train_and_test_loss_share_one_scale(method):
     model, loader, f_loss = _tiny_model_and_loader(method)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     seen = []
-    train_loss, train_correct, samples, _ = train_one_epoch(
+    trained = train_one_epoch(
         model, get_method(method), optimizer, loader, f_loss, epoch=0, steps=3, sequence=False,
         device=torch.device("cpu"), on_minibatch=lambda batch, values: seen.append((batch, values)))
-    test_loss, test_correct, test_samples = evaluate(
+    tested = evaluate(
         model, get_method(method), loader, f_loss, steps=3, sequence=False,
         device=torch.device("cpu"), check_health=False)
-    assert samples == test_samples == 8 and train_correct == test_correct
-    assert train_loss == pytest.approx(test_loss, rel=1e-5)
+    assert trained.samples == tested.samples == 8 and trained.correct == tested.correct
+    assert trained.loss_sum == pytest.approx(tested.loss_sum, rel=1e-5)
     # Per-minibatch values for TensorBoard: both minibatches, the same loss, the method's objective.
     assert [batch for batch, _ in seen] == [0, 1]
-    assert sum(values["loss"] * 4 for _, values in seen) == pytest.approx(train_loss, rel=1e-6)
+    assert sum(values["loss"] * 4 for _, values in seen) == pytest.approx(trained.loss_sum, rel=1e-6)
     assert {"loss", "acc", "objective", "lr"} <= set(seen[0][1])
 
 

@@ -6,8 +6,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 from spikingjelly_saf import SAFNode
-from saf_examples.methods import (ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode,
-                                      evaluate_sequence, get_method)
+from saf_examples.methods import ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode, get_method
 from spikingjelly_saf.training import run_sequence, step_mode_of
 
 SAF = ("saf-e", "saf-e-acc", "saf-f")
@@ -66,7 +65,7 @@ def test_prepare_follows_the_neurons_backend():
 
 def test_tau_checks():
     get_method("saf-e").check_neuron_arguments(1.0)
-    with pytest.raises(ValueError, match="saf-e needs tau >= 1"):
+    with pytest.raises(ValueError, match="saf-e: tau must be >= 1"):
         get_method("saf-e").check_neuron_arguments(0.5)
     with pytest.raises(ValueError, match="LIFNode, which needs tau > 1"):
         get_method("bptt").check_neuron_arguments(1.0)
@@ -134,7 +133,7 @@ def test_one_sequence_runner(mode):
                            else net(x[:, t:t + 1].transpose(0, 1))[0] for t in range(5)], 1)
     torch.testing.assert_close(y, by_hand)
     functional.reset_net(net)
-    torch.testing.assert_close(evaluate_sequence(net, x), y)
+    torch.testing.assert_close(run_sequence(net, x), y)
     functional.reset_net(net)
     torch.testing.assert_close(run_sequence(net, x, last_only=True), y[:, -1])
     relu = nn.Sequential(layer.Linear(6, 3), ReLUNode())
