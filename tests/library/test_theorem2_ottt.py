@@ -14,7 +14,7 @@ add and ``layer.Dropout``; single- and multi-step SAF.
 
 The equality is of gradients at equal states. An optimizer step inside the sequence (OTTT_O, SAF-E)
 changes what follows differently: LIF's membrane keeps the contributions of the old weights, while
-SAF re-applies the new weights to the whole accumulated rate. tests/test_training.py shows the
+SAF re-applies the new weights to the whole accumulated rate. tests/library/test_training.py shows the
 update schedules: SAF-E-acc's minibatch update equals OTTT_A's.
 """
 
