@@ -36,6 +36,7 @@ from spikingjelly.activation_based import functional as sj_functional
 from . import functional as saf_functional
 from .layer import OutputRecovery
 from .neuron import SAFNode
+from .recurrent import outside_delayed, stepping_modules
 
 __all__ = [
     "METHODS",
@@ -91,7 +92,7 @@ def step_mode_of(model: nn.Module) -> str:
     Read from its stateful modules (neurons, :class:`~spikingjelly_saf.layer.InputAverage`), or, in a
     network without any (the ReLU "ideal"), from its step-mode layers. Mixed modes are an error.
     """
-    modules = list(model.modules())
+    modules = list(outside_delayed(model))  # a recurrent container's children run single-step
     modes = _mode_set(m for m in modules if isinstance(m, base.MemoryModule))
     if not modes:
         modes = _mode_set(modules)
@@ -107,11 +108,14 @@ def step_mode_of(model: nn.Module) -> str:
 
 
 def model_step_mode(model: nn.Module) -> str:
-    """The step mode shared by the model's SAF neurons (an error when it has none)."""
-    nodes = saf_nodes(model)
-    if not nodes:
+    """The step mode shared by the model's SAF neurons (an error when it has none).
+
+    Neurons inside a recurrent or feedback container always run single-step; the container's own
+    mode is the one the model is called in.
+    """
+    if not saf_nodes(model):
         raise ValueError(_NO_SAF_NODE)
-    modes = _mode_set(nodes)
+    modes = _mode_set(stepping_modules(model))
     if len(modes) > 1:
         raise ValueError(
             f"model mixes step modes {sorted(modes)}; call "
@@ -246,7 +250,7 @@ class _ContractedModel:
                     f"The model is called with {calls}. {_CONTRACT_FIX}")
 
         handles = [node.register_forward_pre_hook(check_neuron_input)
-                   for node in saf_nodes(self.model)]
+                   for node in stepping_modules(self.model)]
         try:
             y = _first_output(self.model(x))
         except ModelContractError:
