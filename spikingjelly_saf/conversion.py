@@ -17,12 +17,16 @@ import math
 import warnings
 from typing import Callable, NamedTuple, Optional
 
+import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 from spikingjelly.activation_based.neuron.base_node import NonSpikingBaseNode
 
 from .layer import InputAverage
 from .neuron import SAFNode
+from .recurrent import (FeedbackContainer, SAFElementWiseRecurrentContainer, SAFFeedbackContainer,
+                        SAFLinearRecurrentContainer, element_wise_problem,
+                        stepping_modules)
 
 __all__ = ["to_saf", "to_lif", "CONVERTIBLE_NEURONS", "MAX_POOLS"]
 
@@ -134,13 +138,12 @@ def _replace_modules(model: nn.Module, replacement_for: Callable[[str, nn.Module
                      ) -> nn.Module:
     """Replace every submodule for which ``replacement_for(name, module)`` returns a module.
 
-    A module shared by several parents is replaced by one shared replacement.
+    Bottom-up, so that a replacement built from a module's children (a recurrent container's
+    twin) is built from children already replaced. A module shared by several parents is replaced
+    by one shared replacement.
     """
-    root = replacement_for("", model)
-    if root is not None:
-        return root
     replaced: dict[int, Optional[nn.Module]] = {}
-    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
+    for parent_name, parent in reversed(list(model.named_modules(remove_duplicate=False))):
         for child_name, child in list(parent._modules.items()):
             if child is None:
                 continue
@@ -150,7 +153,8 @@ def _replace_modules(model: nn.Module, replacement_for: Callable[[str, nn.Module
             new = replaced[id(child)]
             if new is not None:
                 setattr(parent, child_name, new)
-    return model
+    root = replacement_for("", model)
+    return model if root is None else root
 
 
 def _refresh_reset_cache(model: nn.Module) -> None:
@@ -181,6 +185,54 @@ def _saf_node_from(node: nn.Module) -> SAFNode:
     return saf.train(node.training)
 
 
+def _recurrent_problem(name: str, module: nn.Module) -> Optional[str]:
+    if type(module) is not layer.ElementWiseRecurrentContainer:
+        return None
+    problem = element_wise_problem(module.element_wise_function)
+    if problem is None:
+        return None
+    return (f"'{name}' (ElementWiseRecurrentContainer): {problem} Fix: use an affine element-wise "
+            "function (torch.add, lambda y, x: y + x, ...).")
+
+
+def _linear_recurrent_like(cls, container: nn.Module) -> nn.Module:
+    # The constructor draws an initialisation for rc, which is replaced at once: keep the caller's
+    # random stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        new = cls(container.sub_module, container.rc.out_features, container.sub_module_out_features,
+                  bias=container.rc.bias is not None, step_mode=container.step_mode)
+    new.rc = container.rc
+    return new.train(container.training)
+
+
+def _saf_container_from(module: nn.Module) -> Optional[nn.Module]:
+    """The SAF twin of a delayed container, around the same (already converted) children."""
+    kind = type(module)
+    if kind is layer.LinearRecurrentContainer:
+        return _linear_recurrent_like(SAFLinearRecurrentContainer, module)
+    if kind is layer.ElementWiseRecurrentContainer:
+        return SAFElementWiseRecurrentContainer(module.sub_module, module.element_wise_function,
+                                                module.step_mode).train(module.training)
+    if kind is FeedbackContainer:
+        return SAFFeedbackContainer(module.entry, module.body, module.feedback,
+                                    module.step_mode).train(module.training)
+    return None
+
+
+def _lif_container_from(module: nn.Module) -> Optional[nn.Module]:
+    """The ordinary (SpikingJelly / LIF) twin of a SAF delayed container."""
+    kind = type(module)
+    if kind is SAFLinearRecurrentContainer:
+        return _linear_recurrent_like(layer.LinearRecurrentContainer, module)
+    if kind is SAFElementWiseRecurrentContainer:
+        return layer.ElementWiseRecurrentContainer(module.sub_module, module.element_wise_function,
+                                                   module.step_mode).train(module.training)
+    if kind is SAFFeedbackContainer:
+        return FeedbackContainer(module.entry, module.body, module.feedback,
+                                 module.step_mode).train(module.training)
+    return None
+
+
 def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average: bool = False,
            inplace: bool = False, soft_reset: bool = False) -> nn.Module:
     r"""
@@ -196,6 +248,9 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     保留 ``tau``、``v_threshold``、``decay_input``、替代函数、``detach_reset`` 与步进模式；``IFNode`` 变为
     ``SAFNode(tau=math.inf)``。全部参数与模块名保持不变。硬复位神经元（SpikingJelly 的 ``LIFNode``/``IFNode``
     默认 ``v_reset=0.0``）默认被拒绝并说明原因；``soft_reset=True`` 时照样转换，此后训练的是软复位网络。
+    SpikingJelly 的 ``LinearRecurrentContainer``、``ElementWiseRecurrentContainer`` （逐元素函数须为仿射，否则
+    拒绝并说明原因）与 :class:`~spikingjelly_saf.recurrent.FeedbackContainer` 换成其 SAF 版本，延迟的值带上
+    :math:`c[t-1]/c[t]` 并在步边界处切断计算图（``docs/theory.md``）。
     转换后 ``reset_net`` 会重置新的神经元。``OTTTSequential`` 照常工作（``SAFNode`` 输出张量，
     它被直接传递）。
 
@@ -223,6 +278,13 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     converts them anyway, for a model you are about to (re)train: SAF then trains the soft-reset
     network, and :func:`to_lif` deploys it as a soft-reset neuron (``v_reset=None``), not as the
     hard-reset original. A ``UserWarning`` names every neuron whose reset changed.
+
+    SpikingJelly's ``LinearRecurrentContainer`` and ``ElementWiseRecurrentContainer`` and
+    :class:`~spikingjelly_saf.recurrent.FeedbackContainer` become their SAF twins
+    (:mod:`spikingjelly_saf.recurrent`), whose delayed value carries :math:`c[t-1]/c[t]` and is
+    detached at the step boundary (``docs/theory.md``, "Delayed connections"); an
+    ``ElementWiseRecurrentContainer`` whose function is not affine is refused with the reason.
+    :func:`to_lif` swaps them back.
 
     Afterwards ``reset_net`` resets the new neurons. ``OTTTSequential`` containers keep working:
     a ``SAFNode`` returns a tensor, which ``OTTTSequential`` passes straight through.
@@ -255,6 +317,8 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
             problems.append(f"'{name}' ({type(module).__name__}): {issue.reason} Fix: {issue.fix}")
         elif replace_maxpool and (problem := _maxpool_problem(name, module)) is not None:
             problems.append(problem)
+        elif (problem := _recurrent_problem(name, module)) is not None:
+            problems.append(problem)
         elif type(module) in CONVERTIBLE_NEURONS and getattr(module, "v_reset", None) is not None:
             reset_changed.append(f"'{name}' ({type(module).__name__}, v_reset={module.v_reset})")
     _raise_problems(problems, "to_saf")
@@ -277,12 +341,16 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
         return None
 
     model = _replace_modules(model, replacement_for)
+    # Containers after neurons: a container's SAF twin is built around its converted children.
+    model = _replace_modules(model, lambda name, module: _saf_container_from(module))
     if insert_input_average:
         first = next((m for m in model.modules() if isinstance(m, SAFNode)), None)
         if first is None:
             raise ValueError("insert_input_average=True needs a SAFNode in the model to take tau "
                              "and step_mode from; the model has none.")
-        model = nn.Sequential(InputAverage(tau=first.tau, step_mode=first.step_mode), model)
+        # A neuron inside a recurrent container runs single-step whatever the model's mode.
+        step_mode = stepping_modules(model)[0].step_mode
+        model = nn.Sequential(InputAverage(tau=first.tau, step_mode=step_mode), model)
     _refresh_reset_cache(model)
     return model
 
@@ -358,5 +426,6 @@ def to_lif(model: nn.Module, memoryless: str = "error", inplace: bool = False) -
         return None
 
     model = _replace_modules(model, replacement_for)
+    model = _replace_modules(model, lambda name, module: _lif_container_from(module))
     _refresh_reset_cache(model)
     return model

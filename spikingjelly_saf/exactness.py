@@ -15,7 +15,9 @@ Which modules of a network break SAF's equivalence with the LIF network (Theorem
 Theorem 1 holds when everything between two neurons is affine in its input and fixed over time.
 The report is an allow-list: Linear/Conv (with bias, weight-standardised or not), average pooling,
 flatten, padding, eval-mode BatchNorm, constant scaling, dropout with a mask shared across time
-steps, containers, and residual adds in blocks it knows are exact. Every other module is
+steps, containers, residual adds in blocks it knows are exact, and recurrent and feedback
+containers with an affine connection (SpikingJelly's, which ``to_saf`` swaps for their SAF twins,
+and :mod:`spikingjelly_saf.recurrent`'s). Every other module is
 reported: as breaking the equivalence where it is known to (MaxPool, ...), as unproven where it is
 simply not known (a recurrent layer, a bilinear map, your own module, ...).
 """
@@ -38,6 +40,8 @@ from .conversion import CONVERTIBLE_NEURONS, MAX_POOLS, is_neuron, neuron_issue,
 from .layer import InputAverage
 from .neuron import SAFNode, SpikeTap
 from .recording import SpikeRecorder
+from .recurrent import (SAF_DELAYED_CONTAINERS, FeedbackContainer, element_wise_problem,
+                        stepping_modules)
 
 __all__ = ["Finding", "ExactnessReport", "check_exactness", "LIFComparison", "compare_with_lif",
            "EFFECTS"]
@@ -375,6 +379,31 @@ def _dropout_rule(module: nn.Module) -> Optional[_Verdict]:
     return _EXACT
 
 
+_LIF_DELAYED_CONTAINERS = (layer.LinearRecurrentContainer, layer.ElementWiseRecurrentContainer,
+                           FeedbackContainer)
+
+
+def _recurrent_rule(module: nn.Module) -> Optional[_Verdict]:
+    """Delayed containers: exact when their element-wise function is affine and, holding SAF
+    neurons, they are the SAF twins (what they wrap is examined on its own)."""
+    saf_twin = type(module) in SAF_DELAYED_CONTAINERS
+    if not (saf_twin or type(module) in _LIF_DELAYED_CONTAINERS):
+        return None  # a subclass may compute anything: the state rule calls it unproven
+    function = getattr(module, "element_wise_function", None)
+    problem = None if function is None else element_wise_problem(function)
+    if problem is not None:
+        return _report("nonlinear-recurrence", problem,
+                       "use an affine element-wise function (torch.add, lambda y, x: y + x, ...).")
+    if not saf_twin and any(isinstance(m, SAFNode) for m in module.modules()):
+        return _report(
+            "delayed-rate",
+            "SpikingJelly's container feeds its SAF neurons Abar[t-1], where the LIF network they "
+            "must reproduce integrates (c[t-1]/c[t]) Abar[t-1]; and it keeps the graph of y[t-1] "
+            "across steps, so SAF's per-step backward fails on the second step.",
+            "to_saf(model) swaps it for its SAF twin (spikingjelly_saf.recurrent).")
+    return _EXACT
+
+
 def _state_rule(module: nn.Module) -> Optional[_Verdict]:
     if isinstance(module, _TIME_SAFE_STATEFUL):
         return _EXACT
@@ -411,7 +440,7 @@ def _unproven(module: nn.Module) -> _Verdict:
 #: no rule knows is reported as unproven (the report is an allow-list).
 _RULES = (_neuron_rule, _max_pool_rule, _power_pool_rule, _time_varying_norm_rule,
           _batch_norm_rule, _sample_norm_rule, _attention_rule, _connect_function_rule,
-          _activation_rule, _dropout_rule, _state_rule, _known_affine_rule)
+          _activation_rule, _dropout_rule, _recurrent_rule, _state_rule, _known_affine_rule)
 
 
 def _examine(name: str, module: nn.Module, trusted: tuple[type, ...]) -> Optional[Finding]:
@@ -705,7 +734,7 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
     nodes = [m for m in model.modules() if isinstance(m, SAFNode)]
     if not nodes:
         raise ValueError("model contains no SAFNode; convert it with spikingjelly_saf.to_saf first.")
-    modes = {node.step_mode for node in nodes}
+    modes = {m.step_mode for m in stepping_modules(model)}
     if len(modes) != 1:
         raise ValueError(f"model mixes step modes {sorted(modes)}; use functional.set_step_mode.")
     step_mode = modes.pop()
