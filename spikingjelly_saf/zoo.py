@@ -24,8 +24,10 @@ from spikingjelly.activation_based import layer
 from spikingjelly.activation_based.model import spiking_vggws_ottt
 
 from .neuron import SAFNode
+from .recurrent import FeedbackContainer, SAFFeedbackContainer
 
-__all__ = ["ottt_spiking_vggws", "vggws", "VGGWS", "VGGWS_CONFIG", "vggws_widths", "StepwiseOutput"]
+__all__ = ["ottt_spiking_vggws", "vggws", "VGGWS", "VGGWS_CONFIG", "vggws_widths", "StepwiseOutput",
+           "VGGF", "vggf"]
 
 #: The layout of ``ottt_spiking_vggws`` (SpikingJelly's config ``"S"``): convolution widths, and
 #: ``"A"`` for a 2x2 average pool.
@@ -191,6 +193,137 @@ def vggws(spiking_neuron: Callable[..., nn.Module] = SAFNode, num_classes: int =
     return VGGWS(vggws_widths(first_width, width_divisor), in_channels=in_channels,
                  num_classes=num_classes, spiking_neuron=spiking_neuron, drop_rate=drop_rate,
                  **neuron_kwargs)
+
+
+class VGGF(nn.Module):
+    r"""
+    **API Language** - :ref:`中文 <VGGF-cn>` | :ref:`English <VGGF-en>`
+
+    ----
+
+    .. _VGGF-cn:
+
+    * **中文**
+
+    OTTT 论文的 VGG-F（带反馈的 VGG-WS）：最后一个特征图经最近邻上采样与一个 3x3 卷积（``feedback``）
+    延迟一步反馈到第一层神经元的输入，第 1 步没有反馈。结构与 :class:`VGGWS` 相同（``WSConv2d``、每个神经元后
+    ``Scale(2.74)``、平均池化、轻量分类器），特征部分是一个反馈容器：神经元为 ``SAFNode`` 时是
+    :class:`~spikingjelly_saf.recurrent.SAFFeedbackContainer`，否则是
+    :class:`~spikingjelly_saf.recurrent.FeedbackContainer`（``to_saf`` / ``to_lif`` 互换两者）。反馈卷积权重初始化为
+    零，与 OTTT 相同。容器内的层总是单步运行；``step_mode`` 设置容器与分类器的步进模式。
+
+    :param widths: 卷积宽度，``"A"`` 为 2x2 平均池化（见 :func:`vggws_widths`）
+    :param in_channels: 输入通道数
+    :param num_classes: 类别数
+    :param spiking_neuron: 神经元类或工厂（以单步模式构建）
+    :param step_mode: ``'s'`` 或 ``'m'``
+    :param neuron_kwargs: 每个神经元的关键字参数
+
+    Shape:
+        - 单步模式：``[N, C, H, W]`` -> ``[N, num_classes]``；多步模式：加上前导维 ``T``
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly_saf import SAFNode, zoo
+        >>> net = zoo.vggf(SAFNode, num_classes=10, width_divisor=16, step_mode="m")
+        >>> out = net(torch.rand(4, 2, 3, 32, 32))   # [T, N, C, H, W] -> [T, N, 10]
+
+    ----
+
+    .. _VGGF-en:
+
+    * **English**
+
+    The VGG-F of the OTTT paper (VGG-WS with feedback): the last feature map, upsampled
+    (nearest) and passed through a 3x3 convolution (``feedback``), is fed back one step later into
+    the first neuron's input; there is no feedback at step 1. Otherwise the layout of
+    :class:`VGGWS` (``WSConv2d``, ``Scale(2.74)`` after every neuron, average pools, the light
+    classifier). The features are a feedback container:
+    :class:`~spikingjelly_saf.recurrent.SAFFeedbackContainer` when the neurons are ``SAFNode``,
+    :class:`~spikingjelly_saf.recurrent.FeedbackContainer` otherwise (``to_saf`` / ``to_lif`` swap
+    them). The feedback convolution's weight starts at zero, as in OTTT. The layers inside the
+    container always run single-step; ``step_mode`` sets the container's and the classifier's.
+
+    :param widths: convolution widths, ``"A"`` for a 2x2 average pool (see :func:`vggws_widths`)
+    :param in_channels: input channels
+    :param num_classes: classifier outputs
+    :param spiking_neuron: the neuron class or factory (built single-step)
+    :param step_mode: ``'s'`` or ``'m'``
+    :param neuron_kwargs: keyword arguments of every neuron
+
+    Shape:
+        - single-step mode: ``[N, C, H, W]`` -> ``[N, num_classes]``; multi-step mode: with a
+          leading ``T``
+
+    Example::
+
+        >>> import torch
+        >>> from spikingjelly_saf import SAFNode, zoo
+        >>> net = zoo.vggf(SAFNode, num_classes=10, width_divisor=16, step_mode="m")
+        >>> out = net(torch.rand(4, 2, 3, 32, 32))   # [T, N, C, H, W] -> [T, N, 10]
+    """
+
+    def __init__(self, widths=VGGWS_CONFIG, in_channels: int = 3, num_classes: int = 10,
+                 spiking_neuron: Callable[..., nn.Module] = SAFNode, step_mode: str = "s",
+                 **neuron_kwargs):
+        super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        num_classes = _positive_int("num_classes", num_classes)
+        widths = tuple(widths)
+        if not widths or widths[0] == "A":
+            raise ValueError(f"widths must start with a convolution width (the layer that receives "
+                             f"the feedback), got {widths!r}.")
+        neuron_kwargs.pop("step_mode", None)  # inside the container every neuron runs single-step
+        first = _positive_int("every width", widths[0])
+        entry = layer.WSConv2d(in_channels, first, kernel_size=3, padding=1)
+        body, channels, pools = [], first, 0
+        for index, width in enumerate(widths):
+            if width == "A":
+                body.append(layer.AvgPool2d(kernel_size=2, stride=2))
+                pools += 1
+                continue
+            if index > 0:
+                width = _positive_int("every width", width)
+                body.append(layer.WSConv2d(channels, width, kernel_size=3, padding=1))
+            body += [spiking_neuron(**deepcopy(neuron_kwargs)), spiking_vggws_ottt.Scale(2.74)]
+            channels = width
+        feedback = nn.Sequential(nn.Upsample(scale_factor=2 ** pools, mode="nearest"),
+                                 layer.Conv2d(channels, first, kernel_size=3, padding=1))
+        body = nn.Sequential(*body)
+        saf = any(isinstance(m, SAFNode) for m in body.modules())
+        container = SAFFeedbackContainer if saf else FeedbackContainer
+        self.features = container(entry, body, feedback, step_mode=step_mode)
+        self.classifier = nn.Sequential(layer.AdaptiveAvgPool2d((1, 1), step_mode=step_mode),
+                                        layer.Flatten(1, step_mode=step_mode),
+                                        layer.Linear(channels, num_classes, step_mode=step_mode))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.constant_(module.bias, 0)
+        # OTTT starts the feedback at zero: the network begins as the plain VGG.
+        nn.init.constant_(feedback[1].weight, 0)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def vggf(spiking_neuron: Callable[..., nn.Module] = SAFNode, num_classes: int = 10,
+         in_channels: int = 3, first_width: Optional[int] = None,
+         width_divisor: Optional[int] = None, step_mode: str = "s", **neuron_kwargs) -> VGGF:
+    r"""OTTT's VGG-F (:class:`VGGF`) at the widths of :func:`vggws`, scaled like them.
+
+    * **中文**: 宽度与 :func:`vggws` 相同（``first_width`` 或 ``width_divisor`` 缩放）；其余关键字参数传给神经元。
+    * **English**: the widths of :func:`vggws` (scaled by ``first_width`` or ``width_divisor``);
+      every other keyword goes to the neurons.
+    """
+    return VGGF(vggws_widths(first_width, width_divisor), in_channels=in_channels,
+                num_classes=num_classes, spiking_neuron=spiking_neuron, step_mode=step_mode,
+                **neuron_kwargs)
 
 
 class StepwiseOutput(nn.Module):
