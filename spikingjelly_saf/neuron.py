@@ -96,7 +96,9 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     :param detach_reset: 为兼容而接受（``True``/``False``）；SAF 的在线梯度本就不经过复位
     :param step_mode: ``'s'`` 或 ``'m'``
     :param store_v_seq: 是否记录与之等价的 LIF 膜电位 ``v_seq``
-    :param backend: ``'torch'``，或多步模式下的融合后端（见 ``supported_backends`` 与 ``docs/backends.md``）
+    :param backend: ``'auto'`` （默认：按输入所在设备选择融合内核——CUDA 上 CuPy、Triton，CPU 上由 CUDA 源码编译的
+        ``'cpp'``——没有时用 ``'torch'``；环境变量 ``SAF_BACKEND`` 可强制指定），或明确的 ``'torch'``、``'cpp'``、
+        ``'cupy'``、``'triton'`` （见 ``supported_backends`` 与 ``docs/backends.md``）
 
     Shape:
         - 单步模式：输入 :math:`I[t]` ``[N, *]``，输出 :math:`\bar A[t]` ``[N, *]``
@@ -138,8 +140,11 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         passes through the reset
     :param step_mode: ``'s'`` or ``'m'``
     :param store_v_seq: record the equivalent LIF membrane (after reset) in ``v_seq``
-    :param backend: ``'torch'``, or a fused backend in multi-step mode (see ``supported_backends``
-        and ``docs/backends.md``)
+    :param backend: ``'auto'`` (default: the fused kernels of the input's device, CuPy then Triton
+        on CUDA and ``'cpp'``, the CUDA source compiled for the CPU, on CPU, else ``'torch'``; the
+        environment variable ``SAF_BACKEND`` forces one), or explicitly ``'torch'``, ``'cpp'``,
+        ``'cupy'`` or ``'triton'``, in both step modes (see ``supported_backends`` and
+        ``docs/backends.md``)
 
     Shape:
         - single-step mode: input :math:`I[t]` ``[N, *]``, output :math:`\bar A[t]` ``[N, *]``
@@ -167,7 +172,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         detach_reset: bool = True,
         step_mode: str = "s",
         store_v_seq: bool = False,
-        backend: str = "torch",
+        backend: str = "auto",
     ):
         self._check_v_reset(v_reset)
         if not callable(surrogate_function):

@@ -10,9 +10,15 @@ Backends that run SAF's step: typed objects with a declared contract, and the re
   and its forward and backward. :data:`REGISTRY` owns lazy loading, selection and the fallback to
   the torch backend, in one place. See ``docs/backends.md``.
 
+``'auto'`` (:class:`AutomaticBackend`, ``SAFNode``'s default) chooses per call from the input's
+device, as SpikingJelly 2.0's neurons do: on CUDA ``'cupy'``, else ``'triton'``, else ``'torch'``; on
+CPU ``'cpp'`` (the CUDA source compiled for the CPU), else ``'torch'``. The environment variable
+:data:`BACKEND_ENVIRONMENT_VARIABLE` (``SAF_BACKEND``) forces one of them.
+
 The math is :mod:`spikingjelly_saf.functional`; fused kernels read its coefficient table
 (:func:`~spikingjelly_saf.functional.coefficient_table`). Importing this package never imports CuPy
-or Triton, and never imports :mod:`spikingjelly_saf.neuron`.
+or Triton, builds nothing, and never imports :mod:`spikingjelly_saf.neuron`. (The first call of a custom
+operator imports ``torch._dynamo``, which imports Triton when it is installed: that is PyTorch's.)
 """
 
 from __future__ import annotations
@@ -24,16 +30,22 @@ import threading
 from collections.abc import Mapping
 from typing import Iterator, Optional
 
+import warnings
+
 import torch
+from spikingjelly.logger import logger
 
 from .. import functional as saf_functional
 from .. import gradients
-from .surrogate_codes import register_surrogate_code
+from .surrogate_codes import CUDA_CODE_BACKENDS, register_surrogate_code
 
 __all__ = [
     "Backend",
     "TorchBackend",
     "FusedBackend",
+    "CppBackend",
+    "AutomaticBackend",
+    "BACKEND_ENVIRONMENT_VARIABLE",
     "BackendRegistry",
     "REGISTRY",
     "BackendSelectable",
@@ -44,6 +56,14 @@ __all__ = [
 ]
 
 _FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+#: The environment variable that forces what ``backend='auto'`` runs: ``auto`` (the default),
+#: ``torch``, ``cpp``, ``cupy`` or ``triton``. Explicit ``backend=`` names are not affected.
+BACKEND_ENVIRONMENT_VARIABLE = "SAF_BACKEND"
+
+# As SpikingJelly's own operators: the choice is logged (once per device), and silent unless the
+# application enables it, e.g. ``spikingjelly.logger.logger.enable("spikingjelly_saf")``.
+logger.disable(__name__)
 
 
 class Backend:
@@ -80,8 +100,10 @@ class Backend:
     def load(self) -> None:
         """Import what it needs (idempotent). Called when the backend is chosen, never while tracing."""
 
-    def accepts(self, input_seq: torch.Tensor, state: saf_functional.SAFState, surrogate_function) -> bool:
-        """Whether it computes this call itself; ``False`` sends the call to the torch backend."""
+    def accepts(self, input_seq: torch.Tensor, state: saf_functional.SAFState, surrogate_function,
+                warn: bool = True) -> bool:
+        """Whether it computes this call itself; ``False`` sends the call to the torch backend (``warn``:
+        whether a surrogate without kernel code is worth a warning)."""
         return True
 
     def single_step(self, input_current, state: saf_functional.SAFState, params: saf_functional.SAFParameters,
@@ -127,15 +149,16 @@ def triton_interpreting() -> bool:
 
 
 class FusedBackend(Backend):
-    """A multi-step kernel pair, registered as ``torch.ops.spikingjelly_saf.<name>_*`` custom operators.
+    """A fused kernel pair, registered as ``torch.ops.spikingjelly_saf.<name>_*`` custom operators.
 
     The kernel module (``spikingjelly_saf.backends.<module>``) provides ``forward_impl`` and
     ``backward_impl`` (contract in :mod:`.custom_ops`); it is imported by :meth:`load`. Kernels
     compute in float32: 16-bit inputs are converted on entry, as the torch backend does
-    (:func:`~spikingjelly_saf.functional.compute_dtype`).
+    (:func:`~spikingjelly_saf.functional.compute_dtype`). A single step is a launch with ``T = 1``
+    that continues from the state.
     """
 
-    step_modes = ("m",)
+    step_modes = ("s", "m")
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     surrogates = ("SpikingJelly's Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, "
                   "Erf; SpikeRepresentation; classes given code with register_surrogate_code")
@@ -173,39 +196,54 @@ class FusedBackend(Backend):
             if self.ops is not None:
                 return
             from .custom_ops import define_backend_ops
-            from .surrogate_codes import resolve_surrogate_code
 
             kernels = importlib.import_module(f"{__name__}.{self.module}")
+
+            def code_for(surrogate_function, warn):
+                return self.resolve_code(surrogate_function, warn)
+
             # The id depends only on the surrogate's class, parameters and registrations, never on
             # tensors: traced code (torch.compile, strict torch.export) takes it as a constant instead of
-            # tracing code generation and the registry's lock. Applied here: it loads torch._dynamo.
-            self._surrogate_code = torch.compiler.assume_constant_result(resolve_surrogate_code)
+            # tracing code generation, the C++ compiler and the registry's lock. Applied here: it loads
+            # torch._dynamo (as the first call of any custom operator does).
+            self._surrogate_code = torch.compiler.assume_constant_result(code_for)
             self.ops = define_backend_ops(self.name, kernels.forward_impl, kernels.backward_impl)
 
-    def kernel_code(self, surrogate_function) -> Optional[int]:
-        """The surrogate's kernel code id, ``None`` (with one warning per class) when it has none."""
-        return self._surrogate_code(surrogate_function, self.name)
+    def resolve_code(self, surrogate_function, warn: bool) -> Optional[int]:
+        """:func:`~.surrogate_codes.resolve_surrogate_code` for this backend (run eagerly, even when traced)."""
+        from .surrogate_codes import resolve_surrogate_code
 
-    def accepts(self, input_seq, state, surrogate_function) -> bool:
+        return resolve_surrogate_code(surrogate_function, self.name, warn)
+
+    def kernel_code(self, surrogate_function, warn: bool = True) -> Optional[int]:
+        """The surrogate's kernel code id; ``None`` when it has none (with one warning per class if ``warn``)."""
+        return self._surrogate_code(surrogate_function, warn)
+
+    def accepts(self, input_seq, state, surrogate_function, warn: bool = True) -> bool:
         state_dtype = state.abar.dtype if isinstance(state.abar, torch.Tensor) else input_seq.dtype
         if saf_functional.compute_dtype(input_seq.dtype, state_dtype) != torch.float32:
             return False
         if self.ops is None:  # used without selection (SAFNode selects, and so loads, at construction)
             self.load()
-        return self.kernel_code(surrogate_function) is not None
+        return self.kernel_code(surrogate_function, warn) is not None
 
     def check_device(self, tensor: torch.Tensor) -> None:
         if tensor.device.type not in self.device_types():
             raise RuntimeError(
                 f"SAFNode(backend={self.name!r}) got a tensor on {tensor.device}; its kernels run on "
-                f"{' or '.join(self.device_types())} tensors. Move the model and input to the GPU, or use "
-                "backend='torch'." + self.device_hint())
+                f"{' or '.join(self.device_types())} tensors. Move the model and input to the "
+                f"{' or '.join(self.device_types()).upper()} device, or use backend='auto' (it chooses "
+                "from the input's device)." + self.device_hint())
 
     def device_hint(self) -> str:
         return ""
 
+    def single_step(self, input_current, state, params, surrogate_function):
+        abar_seq, state = self.multi_step(input_current.unsqueeze(0), state, params, surrogate_function)
+        return abar_seq[0], state
+
     def multi_step(self, input_seq, state, params, surrogate_function):
-        from .custom_ops import coefficient_tensor
+        from .custom_ops import COEFFICIENT_TABLES
 
         self.check_device(input_seq)
         code_id = self.kernel_code(surrogate_function)
@@ -213,8 +251,7 @@ class FusedBackend(Backend):
         flat_input = input_seq.to(torch.float32).reshape(steps, -1).contiguous()
         abar_prev = state.abar if isinstance(state.abar, torch.Tensor) else input_seq.new_zeros(input_seq.shape[1:])
         flat_abar = abar_prev.detach().to(flat_input).reshape(-1).contiguous()
-        table = saf_functional.coefficient_table(params, state.weight_sum, steps)
-        coefficients = coefficient_tensor(table, flat_input.device)
+        coefficients, weight_sum = COEFFICIENT_TABLES.get(params, state.weight_sum, steps, flat_input.device)
         gain = params.input_scale / params.v_threshold
         if torch.is_grad_enabled() and flat_input.requires_grad:
             abar_seq, _ = self.ops.forward(flat_input, flat_abar, coefficients, params.v_threshold,
@@ -223,8 +260,52 @@ class FusedBackend(Backend):
             abar_seq = self.ops.forward_only(flat_input, flat_abar, coefficients, params.v_threshold,
                                              gain, code_id)
         abar_seq = abar_seq.view(input_seq.shape)
-        # clone: a view would keep the whole [T, N] output alive as state.
-        return abar_seq, saf_functional.SAFState(abar_seq[-1].detach().clone(), table[-1].weight_sum)
+        last = abar_seq[-1].detach()
+        # A view of a longer sequence would keep the whole [T, N] output alive as state; with T = 1
+        # the view is the whole output anyway.
+        return abar_seq, saf_functional.SAFState(last.clone() if steps > 1 else last, weight_sum)
+
+
+class CppBackend(FusedBackend):
+    """``backend='cpp'``: the CUDA source compiled for the CPU by the system's C++ compiler
+    (:mod:`.cpu_source`, :mod:`.cpu_build`), built at first use per surrogate and cached on disk."""
+
+    def __init__(self):
+        super().__init__("cpp", "cpp_backend", "", "")
+        self.install_extra = None
+        self._broken: dict[int, str] = {}
+
+    def device_types(self) -> tuple[str, ...]:
+        return ("cpu",)
+
+    def missing(self) -> list[str]:
+        from .cpu_build import compiler
+
+        return [] if compiler() is not None else ["no C++ compiler was found (looked for $CXX, c++, g++, clang++)"]
+
+    def unavailable_reason(self) -> Optional[str]:
+        missing = self.missing()
+        if not missing:
+            return None
+        return (f"backend='cpp' cannot run: {missing[0]}. Install one (e.g. apt-get install g++) or set CXX "
+                "to a C++ compiler; backend='torch' runs without one.")
+
+    def resolve_code(self, surrogate_function, warn: bool) -> Optional[int]:
+        from . import cpp_backend
+        from .cpu_build import CpuBuildError
+
+        code_id = super().resolve_code(surrogate_function, warn)
+        if code_id is None or code_id in self._broken:
+            return None
+        try:
+            cpp_backend.library(code_id)  # built here, before dispatch, so that a failure can fall back
+        except CpuBuildError as error:
+            self._broken[code_id] = str(error)
+            first_line = str(error).splitlines()[0]
+            warnings.warn(f"SAF's CPU kernel could not be built, so SAFNode runs on the torch backend on CPU "
+                          f"(unfused, slower): {first_line}", RuntimeWarning, stacklevel=2)
+            return None
+        return code_id
 
 
 class _TritonBackend(FusedBackend):
@@ -288,24 +369,129 @@ class BackendRegistry:
         backend.load()
         return backend
 
+    def dispatched(self, name: str, input_current, state, surrogate_function, warn: bool = True) -> Backend:
+        """The backend that computes this call: ``name``'s, or the torch backend where it does not
+        :meth:`~Backend.accepts` it (float64, a surrogate without kernel code)."""
+        backend = self._backends[name]
+        if backend is not self.fallback and not backend.accepts(input_current, state, surrogate_function, warn):
+            return self.fallback
+        return backend
+
     def single_step(self, name, input_current, state, params, surrogate_function):
         backend = self._backends[name]
         if "s" not in backend.step_modes:
             self.check(name, "s")  # raises, naming the valid backends
+        backend = self.dispatched(name, input_current, state, surrogate_function)
         return backend.single_step(input_current, state, params, surrogate_function)
 
     def multi_step(self, name, input_seq, state, params, surrogate_function):
         if input_seq.dim() == 0 or input_seq.shape[0] == 0:
             raise ValueError(f"input_seq of shape {tuple(input_seq.shape)} has no time steps; a SAF sequence "
                              "[T, N, *] needs T >= 1.")
-        backend = self._backends[name]
-        if backend is not self.fallback and not backend.accepts(input_seq, state, surrogate_function):
-            backend = self.fallback
+        backend = self.dispatched(name, input_seq, state, surrogate_function)
+        return backend.multi_step(input_seq, state, params, surrogate_function)
+
+
+class AutomaticBackend(Backend):
+    """``backend='auto'``: the backend is chosen per call from the input's device, once per device.
+
+    On CUDA ``'cupy'``, else ``'triton'``, else ``'torch'``; on CPU ``'cpp'``, else ``'torch'``
+    (:attr:`PRIORITY`); the first that can run here wins. ``SAF_BACKEND``
+    (:data:`BACKEND_ENVIRONMENT_VARIABLE`) forces one name instead, and an error says why it cannot
+    run. The chosen backend still hands float64 and surrogates without kernel code to ``'torch'``,
+    without the warning an explicit choice gives. The choice is logged once per device and request
+    (``spikingjelly.logger``, disabled unless enabled).
+    """
+
+    name = "auto"
+    step_modes = ("s", "m")
+    dtypes = _FLOATING
+    surrogates = "any callable surrogate: the chosen backend's kernels where they have code, else torch"
+
+    #: Candidates by device type, in order of preference.
+    PRIORITY = {"cuda": ("cupy", "triton"), "cpu": ("cpp",)}
+
+    def __init__(self, registry: "BackendRegistry"):
+        self.registry = registry
+        self._chosen: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+        self._resolve = None
+
+    def device_types(self) -> tuple[str, ...]:
+        return self.registry.fallback.device_types()
+
+    def load(self) -> None:
+        with self._lock:
+            if self._resolve is None:
+                def resolve(device_type, device_index, requested):
+                    return self.choose(torch.device(device_type, device_index), requested)
+
+                # Traced code (torch.compile) takes the choice as a constant: it is made once per
+                # device, and making it may build the CPU kernel.
+                self._resolve = torch.compiler.assume_constant_result(resolve)
+
+    def choose(self, device: torch.device, requested: str = "auto") -> str:
+        """The name of the backend that runs tensors on ``device`` (cached; logged the first time)."""
+        key = (device.type, device.index, requested)
+        chosen = self._chosen.get(key)
+        if chosen is not None:
+            return chosen
+        with self._lock:
+            chosen = self._chosen.get(key)
+            if chosen is None:
+                chosen, reason = self._choose(device, requested)
+                self._chosen[key] = chosen
+                logger.info("SAFNode(backend='auto') on {}: {} ({})", device, chosen, reason)
+        return chosen
+
+    def _choose(self, device: torch.device, requested: str) -> tuple[str, str]:
+        names = tuple(n for n in self.registry.names("s") if n != self.name)
+        if requested not in ("auto",) + names:
+            raise ValueError(f"{BACKEND_ENVIRONMENT_VARIABLE}={requested!r} is not a backend; valid: auto, "
+                             f"{', '.join(names)}.")
+        if requested != "auto":
+            backend = self.registry.select(requested, "s")
+            if device.type not in backend.device_types():
+                raise RuntimeError(
+                    f"{BACKEND_ENVIRONMENT_VARIABLE}={requested} cannot run tensors on {device}: its kernels run on "
+                    f"{' or '.join(backend.device_types())} tensors. Unset {BACKEND_ENVIRONMENT_VARIABLE} (or set "
+                    "it to auto) to choose from the device.")
+            return requested, f"{BACKEND_ENVIRONMENT_VARIABLE}={requested}"
+        skipped = []
+        for name in self.PRIORITY.get(device.type, ()):
+            backend = self.registry.get(name)
+            reason = backend.unavailable_reason()
+            if reason is None:
+                backend.load()
+                return name, "first available of " + ", ".join(self.PRIORITY[device.type] + ("torch",))
+            skipped.append(reason)
+        if device.type == "cpu" and skipped:
+            # Only the CPU says so: there, the missing piece is an ordinary system package.
+            warnings.warn(f"SAFNode(backend='auto') runs on the torch backend on CPU (unfused, slower): {skipped[0]} "
+                          f"Set {BACKEND_ENVIRONMENT_VARIABLE}=torch to silence this.", RuntimeWarning, stacklevel=2)
+        return self.registry.fallback.name, "; ".join(skipped) or f"no fused kernel for {device.type} tensors"
+
+    def _backend_for(self, tensor: torch.Tensor) -> str:
+        if self._resolve is None:
+            self.load()
+        requested = os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto")
+        return self._resolve(tensor.device.type, tensor.device.index, requested)
+
+    def single_step(self, input_current, state, params, surrogate_function):
+        backend = self.registry.dispatched(self._backend_for(input_current), input_current, state,
+                                           surrogate_function, warn=False)
+        return backend.single_step(input_current, state, params, surrogate_function)
+
+    def multi_step(self, input_seq, state, params, surrogate_function):
+        backend = self.registry.dispatched(self._backend_for(input_seq), input_seq, state, surrogate_function,
+                                           warn=False)
         return backend.multi_step(input_seq, state, params, surrogate_function)
 
 
 #: The registry every ``SAFNode`` uses.
 REGISTRY = BackendRegistry(TorchBackend())
+REGISTRY.register(AutomaticBackend(REGISTRY))
+REGISTRY.register(CppBackend())
 REGISTRY.register(FusedBackend(
     "cupy", "cupy_backend", "cupy",
     'The CuPy backend needs an NVIDIA GPU and CuPy: pip install "spikingjelly-saf[cupy]" (or the '

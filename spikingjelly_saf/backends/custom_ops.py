@@ -1,7 +1,7 @@
 r"""
 ``torch.library`` registration shared by the fused backends, and what their kernels share.
 
-Each kernel module (:mod:`.cupy_backend`, :mod:`.triton_backend`) supplies two implementations on
+Each kernel module (:mod:`.cupy_backend`, :mod:`.triton_backend`, :mod:`.cpp_backend`) supplies two implementations on
 flat float32 tensors,
 
     forward_impl(input_seq[T, N], abar_prev[N], coefficients[T, 4], v_threshold, gain, code_id, save)
@@ -18,7 +18,9 @@ context, nothing saved: SAF-F's steps before the last, and inference) and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 from typing import Callable
 
 import torch
@@ -26,20 +28,81 @@ import torch
 from .. import functional as saf_functional
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
-__all__ = ["coefficient_tensor", "saved_dtype", "new_saved", "define_backend_ops",
-           "BackendOps"]
+__all__ = ["coefficient_tensor", "CoefficientTables", "COEFFICIENT_TABLES", "CAPTURE_MESSAGE", "saved_dtype",
+           "new_saved", "define_backend_ops", "BackendOps"]
+
+
+#: Why a table cannot be made while a CUDA graph is captured, and what to do.
+CAPTURE_MESSAGE = (
+    "SAF's per-step coefficient table for this step was first needed while a CUDA graph was being "
+    "captured. Its host-to-device copy would be baked into the graph (replays would read a freed host "
+    "buffer), so it is refused. Run the same steps once before capturing (a warm-up, as "
+    "torch.compile(mode='reduce-overhead') does): the tables are then kept on the device and the graph "
+    "reads them there."
+)
 
 
 def coefficient_tensor(table, device: torch.device) -> torch.Tensor:
     """The kernel table as a float32 tensor on ``device``; ``table`` is a list of
-    :class:`~spikingjelly_saf.functional.StepCoefficients` or an already flattened list."""
+    :class:`~spikingjelly_saf.functional.StepCoefficients` or an already flattened list.
+
+    :raises RuntimeError: on CUDA while the current stream is being captured (:data:`CAPTURE_MESSAGE`)
+    """
     if table and isinstance(table[0], saf_functional.StepCoefficients):
         table = [getattr(k, column) for k in table for column in saf_functional.KERNEL_COLUMNS]
     host = torch.tensor(table, dtype=torch.float32)
-    if device.type == "cuda":
-        # Pinned + non_blocking: the copy is queued on the stream instead of synchronising with it.
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return host.to(device)
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(CAPTURE_MESSAGE)
+    # Pinned + non_blocking: the copy is queued on the stream instead of synchronising with it.
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+class CoefficientTables:
+    """The kernels' coefficient tensors by ``(device, parameters, c[t0], T)``, each built once.
+
+    A table rebuilt at every call costs a host tensor (and on CUDA a copy) per layer and step, which
+    single-step mode pays at every step. Kept on the device, a table is also what a captured CUDA
+    graph can read: entries used during a capture are never evicted, since the graph reads them at
+    every replay. At most ``capacity`` other entries are kept (least recently used go first).
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._captured: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, params: saf_functional.SAFParameters, weight_sum_prev: float, steps: int,
+            device: torch.device) -> tuple[torch.Tensor, float]:
+        """``(table [T, 4] on device, c[t0 + T])``."""
+        if torch.compiler.is_compiling():  # traced code holds its tables as graph constants
+            table = saf_functional.coefficient_table(params, weight_sum_prev, steps)
+            return coefficient_tensor(table, device), table[-1].weight_sum
+        key = (device, params, weight_sum_prev, steps)
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        with self._lock:
+            entry = self._captured.get(key)
+            if entry is None:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    if capturing:
+                        self._captured[key] = self._entries.pop(key)
+            if entry is not None:
+                return entry
+        table = saf_functional.coefficient_table(params, weight_sum_prev, steps)
+        entry = (coefficient_tensor(table, device), table[-1].weight_sum)
+        with self._lock:
+            self._entries[key] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return entry
+
+
+#: The tables every fused backend reads.
+COEFFICIENT_TABLES = CoefficientTables()
 
 
 def saved_dtype(code_id: int, dtype: torch.dtype) -> torch.dtype:

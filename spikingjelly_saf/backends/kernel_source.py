@@ -1,5 +1,6 @@
 r"""
-CUDA C source of SAF's fused multi-step kernels (used by the CuPy backend and the compile test).
+CUDA C source of SAF's fused multi-step kernels: the CuPy backend runs it on the GPU, the CPU backend
+(:mod:`.cpu_source`) compiles the same text for the CPU.
 
 The kernels implement :func:`spikingjelly_saf.gradients.step` over a float32 sequence ``[T, N]``:
 
@@ -75,7 +76,13 @@ def _indent(code: str, spaces: int) -> str:
 
 
 def cuda_source(code: SurrogateKernelCode, dtype: str = "float32") -> str:
-    """The complete CUDA translation unit for one surrogate."""
+    """The complete CUDA translation unit for one surrogate.
+
+    The arithmetic is in two ``__device__`` functions, ``saf_step`` (one neuron, one step) and
+    ``saf_input_gradient`` (one element of the backward); the ``__global__`` kernels only index. The
+    CPU backend compiles this same text with :data:`~.cpu_source.CPU_PRELUDE` and calls the two
+    functions from its own loops (:mod:`.cpu_source`).
+    """
     _check_dtype(dtype)
     representation = code.level == REPRESENTATION_LEVEL
     if not representation and code.cuda is None:
@@ -83,18 +90,38 @@ def cuda_source(code: SurrogateKernelCode, dtype: str = "float32") -> str:
     if representation:
         derivative = "    return 0.0f;  // representation level: the mask is the derivative\n"
         saved_type = "unsigned char"
-        save = "const float u = __fmul_rn(current, gain);\n            saved[i] = (u > 0.0f && u < 1.0f) ? 1 : 0;"
-        gradient = "__fmul_rn(__fmul_rn(grad, saved[i] ? 1.0f : 0.0f), gain)"
+        save = "const float u = __fmul_rn(current, gain);\n        *saved = (u > 0.0f && u < 1.0f) ? 1 : 0;"
+        gradient = "__fmul_rn(__fmul_rn(grad, saved ? 1.0f : 0.0f), gain)"
     else:
         derivative = _indent(code.cuda, 4) + "\n    return grad_s_to_h;\n"
-        saved_type, save = "float", "saved[i] = over_th;"
-        gradient = "__fmul_rn(__fmul_rn(grad, surrogate_derivative(saved[i])), input_scale)"
+        saved_type, save = "float", "*saved = over_th;"
+        gradient = "__fmul_rn(__fmul_rn(grad, surrogate_derivative(saved)), input_scale)"
 
     return f"""// SAF fused multi-step kernels: {code.label}, float32
 typedef {saved_type} saved_t;
 
 __device__ __forceinline__ float surrogate_derivative(const float over_th) {{
 {derivative}}}
+
+// One neuron, one step: Abar[t] from I[t] and Abar[t-1], with k the step's row of the coefficient
+// table (c[t] s, V_th lam c[t-1], lam c[t-1], 1 / c[t]); stores what the backward needs in *saved
+// unless saved is null.
+__device__ __forceinline__ float saf_step(const float current, const float abar, const float *k,
+                                          const float v_threshold, const float gain, saved_t *saved) {{
+    const float h = __fsub_rn(__fmul_rn(k[0], current), __fmul_rn(k[1], abar));
+    const float over_th = __fsub_rn(h, v_threshold);
+    const float spike = over_th >= 0.0f ? 1.0f : 0.0f;
+    if (saved != nullptr) {{
+        {save}
+    }}
+    return __fmul_rn(__fadd_rn(spike, __fmul_rn(k[2], abar)), k[3]);
+}}
+
+// One element of the backward: the temporal path is detached, so it is elementwise.
+__device__ __forceinline__ float saf_input_gradient(const float grad, const saved_t saved,
+                                                    const float input_scale, const float gain) {{
+    return {gradient};
+}}
 
 extern "C" __global__ void saf_forward(
     const float *__restrict__ input_seq, const float *__restrict__ abar_prev,
@@ -106,16 +133,9 @@ extern "C" __global__ void saf_forward(
     float abar = abar_prev[n];
     for (int t = 0; t < steps; ++t) {{
         const long long i = t * neurons + n;
-        const float *k = coefficients + 4 * t;  // c[t] s, V_th lam c[t-1], lam c[t-1], 1 / c[t]
-        const float current = input_seq[i];
-        const float h = __fsub_rn(__fmul_rn(k[0], current), __fmul_rn(k[1], abar));
-        const float over_th = __fsub_rn(h, v_threshold);
-        const float spike = over_th >= 0.0f ? 1.0f : 0.0f;
-        abar = __fmul_rn(__fadd_rn(spike, __fmul_rn(k[2], abar)), k[3]);
+        abar = saf_step(input_seq[i], abar, coefficients + 4 * t, v_threshold, gain,
+                        saved == nullptr ? nullptr : saved + i);
         abar_seq[i] = abar;
-        if (saved != nullptr) {{
-            {save}
-        }}
     }}
 }}
 
@@ -125,8 +145,7 @@ extern "C" __global__ void saf_backward(
     const float input_scale, const float gain) {{
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {{
-        const float grad = grad_abar_seq[i];
-        grad_input_seq[i] = {gradient};
+        grad_input_seq[i] = saf_input_gradient(grad_abar_seq[i], saved[i], input_scale, gain);
     }}
 }}
 """

@@ -3,10 +3,10 @@ Kernel code for surrogate gradients: which surrogate objects the fused backends 
 
 **API Language** - 中文 | English
 
-* **中文**: 融合后端（``'cupy'``、``'triton'``）需要替代函数导数的 CUDA/Triton 代码。本模块解析一个替代函数对象，
+* **中文**: 融合后端（``'cpp'``、``'cupy'``、``'triton'``）需要替代函数导数的 CUDA/Triton 代码。本模块解析一个替代函数对象，
   得到其内核代码；用户可用 :func:`register_surrogate_code` 为自己的替代函数类注册代码。没有内核代码的替代函数
   会回退到 torch 后端，并对每个类只警告一次。
-* **English**: the fused backends (``'cupy'``, ``'triton'``) need CUDA or Triton code for a
+* **English**: the fused backends (``'cpp'``, ``'cupy'``, ``'triton'``) need CUDA or Triton code for a
   surrogate's derivative. This module resolves a surrogate object to its kernel code, and
   :func:`register_surrogate_code` lets users add code for their own surrogate classes. A surrogate
   without kernel code runs on the torch backend, with one warning per class.
@@ -18,7 +18,8 @@ Resolution order for a surrogate object ``sg``:
 2. a class registered with :func:`register_surrogate_code` (the nearest registered base class wins);
 3. the seven SpikingJelly 2.0 built-ins ``Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp,
    SoftSign, SuperSpike, Erf`` with a numeric ``alpha`` and ``spiking=True``;
-4. any object with ``cuda_codes(y, x, dtype)`` (SpikingJelly before 2.0): CUDA only;
+4. any object with ``cuda_codes(y, x, dtype)`` (SpikingJelly before 2.0): CUDA code only (``'cupy'``
+   and ``'cpp'``);
 5. otherwise: no kernel code.
 
 Every derivative is evaluated in float32, whatever the tensor dtype. Importing this module imports
@@ -67,11 +68,16 @@ def builtin_cuda_code(name: str, alpha: float, y: str, x: str) -> str:
     """CUDA float code that declares ``y``, the derivative of built-in surrogate ``name`` at ``x``."""
     a = _float_literal(alpha)
     bodies = {
-        "Sigmoid": f"const float sg_s = 1.0f / (1.0f + expf(-({a}) * fabsf({x})));\n"
-                   f"{y} = (1.0f - sg_s) * sg_s * ({a});",
+        # a e / (1 + e)^2 with e = exp(-a|x|) <= 1: relative accuracy on both sides of the threshold
+        # and no overflow; 1 - sigmoid(a|x|) would round to 0 once a|x| > ~16.6.
+        "Sigmoid": f"const float sg_e = expf(-({a}) * fabsf({x}));\n"
+                   f"const float sg_d = 1.0f + sg_e;\n"
+                   f"{y} = (({a}) * sg_e) / (sg_d * sg_d);",
         "ATan": f"const float sg_z = {x} * (1.5707963267948966f * ({a}));\n"
                 f"{y} = (0.5f * ({a})) / (1.0f + sg_z * sg_z);",
-        "PiecewiseQuadratic": f"{y} = fmaxf(0.0f, ({a}) - ({a}) * ({a}) * fabsf({x}));",
+        # Not fmaxf, which returns 0 for NaN: a NaN membrane gives a NaN gradient, as in torch.
+        "PiecewiseQuadratic": f"const float sg_q = ({a}) - ({a}) * ({a}) * fabsf({x});\n"
+                              f"{y} = sg_q < 0.0f ? 0.0f : sg_q;",
         "PiecewiseExp": f"{y} = (0.5f * ({a})) * expf(-({a}) * fabsf({x}));",
         "SoftSign": f"const float sg_z = 1.0f / ({a}) + fabsf({x});\n"
                     f"{y} = 1.0f / (2.0f * ({a}) * sg_z * sg_z);",
@@ -281,22 +287,27 @@ def _build(surrogate) -> tuple[Optional[SurrogateKernelCode], str]:
     return None, "it has no kernel code"
 
 
-def resolve_surrogate_code(surrogate, backend: str) -> Optional[int]:
-    """The interned id of ``surrogate``'s kernel code for ``backend`` (``'cupy'`` or ``'triton'``).
+#: Backends that compile the CUDA code of a surrogate (the others run its Triton code).
+CUDA_CODE_BACKENDS = ("cupy", "cpp")
 
-    ``None`` means "run on the torch backend"; the first time a class is met this way a
-    ``UserWarning`` names it and says how to add code.
+
+def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Optional[int]:
+    """The interned id of ``surrogate``'s kernel code for ``backend`` (``'cupy'``, ``'cpp'`` or ``'triton'``).
+
+    ``None`` means "run on the torch backend"; with ``warn``, the first time a class is met this way
+    a ``UserWarning`` names it and says how to add code (``backend='auto'`` does not warn: it asked
+    for no particular kernel).
     """
     code, reason = _build(surrogate)
     if code is not None:
-        if backend == "cupy" and code.level == SPIKE_LEVEL and code.cuda is None:
+        if backend in CUDA_CODE_BACKENDS and code.level == SPIKE_LEVEL and code.cuda is None:
             code, reason = None, "it has Triton code but no CUDA code"
         elif backend == "triton" and code.level == SPIKE_LEVEL and code.triton is None:
             code, reason = None, "it has CUDA code (cuda_codes) but no Triton code"
     if code is not None:
         return SURROGATE_CODES.intern(code)
     key = (type(surrogate).__qualname__, backend)
-    if SURROGATE_CODES.first_warning(key):
+    if warn and SURROGATE_CODES.first_warning(key):
         warnings.warn(
             f"surrogate {type(surrogate).__qualname__} has no {backend!r} kernel code ({reason}); "
             f"SAFNode(backend={backend!r}) runs it on the torch backend. Add code with "

@@ -28,9 +28,12 @@ _BLOCK = 1024
 # ---- surrogate derivatives fn(x, p0, p1), x in float32; p0 is alpha ----------------------------
 @triton.jit
 def sigmoid_derivative(x, p0, p1):
-    # The derivative is even in x; exp of a non-positive argument cannot overflow.
-    s = 1.0 / (1.0 + tl.exp(-p0 * tl.abs(x)))
-    return (1.0 - s) * s * p0
+    # The derivative is even in x: a e / (1 + e)^2 with e = exp(-a|x|) <= 1 keeps its relative
+    # accuracy on both sides of the threshold and cannot overflow (1 - sigmoid(a|x|) rounds to 0
+    # once a|x| > ~16.6).
+    e = tl.exp(-p0 * tl.abs(x))
+    d = 1.0 + e
+    return (p0 * e) / (d * d)
 
 
 @triton.jit
@@ -41,7 +44,9 @@ def atan_derivative(x, p0, p1):
 
 @triton.jit
 def piecewise_quadratic_derivative(x, p0, p1):
-    return tl.maximum(0.0, p0 - p0 * p0 * tl.abs(x))
+    # Not tl.maximum, which may return 0 for NaN: a NaN membrane gives a NaN gradient, as in torch.
+    q = p0 - p0 * p0 * tl.abs(x)
+    return tl.where(q < 0.0, 0.0, q)
 
 
 @triton.jit

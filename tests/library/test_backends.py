@@ -122,31 +122,51 @@ def compare_with_torch(backend, surrogate_function, dtype, tau, decay_input, ste
 
 # ---- import and selection (no kernel needed) -------------------------------------------------------
 def test_import_never_imports_cupy_or_triton():
+    """The package imports no kernel module; a CPU node never loads the CuPy or Triton backends, and
+    with backend='torch' not even Triton (with 'cpp', PyTorch's custom operators import
+    torch._dynamo, which imports Triton: that one is PyTorch's)."""
     code = (
         "import sys, torch, spikingjelly_saf as saf\n"
-        "node = saf.SAFNode(step_mode='m')\n"
-        "node(torch.rand(2, 3))\n"
-        "print(sorted(m for m in ('cupy', 'triton') if m in sys.modules))\n"
+        "ours = ('spikingjelly_saf.backends.cupy_backend', 'spikingjelly_saf.backends.triton_backend', 'cupy')\n"
+        "print(sorted(m for m in ours + ('triton',) if m in sys.modules))\n"
+        "saf.SAFNode(step_mode='m', backend='torch')(torch.rand(2, 3))\n"
+        "print(sorted(m for m in ours + ('triton',) if m in sys.modules))\n"
+        "saf.SAFNode(step_mode='m')(torch.rand(2, 3))\n"
+        "print(sorted(m for m in ours if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split() == ["[]", "[]", "[]"]
+
+
+ALL_NAMES = ("torch", "auto", "cpp", "cupy", "triton")
 
 
 def test_supported_backends_per_step_mode():
     node = saf.SAFNode(step_mode="m")
-    assert node.supported_backends == ("torch", "cupy", "triton")
+    assert node.backend == "auto"
+    assert node.supported_backends == ALL_NAMES
     node.step_mode = "s"
-    assert node.supported_backends == ("torch",)
+    assert node.supported_backends == ALL_NAMES
 
 
-def test_fused_backend_refused_in_single_step_mode():
-    with pytest.raises(ValueError, match="step_mode='m'"):
-        saf.SAFNode(step_mode="s", backend="triton")
+def test_a_multi_step_only_backend_is_refused_in_single_step_mode():
+    class MultiStepOnly(backends.TorchBackend):
+        name = "multi-only-test"
+        step_modes = ("m",)
+
+    registry = backends.BackendRegistry(backends.TorchBackend())
+    registry.register(MultiStepOnly())
+    assert registry.select("multi-only-test", "m").name == "multi-only-test"
+    with pytest.raises(ValueError, match="use step_mode='m'"):
+        registry.check("multi-only-test", "s")
+    with pytest.raises(ValueError, match="use step_mode='m'"):
+        registry.single_step("multi-only-test", torch.rand(3), saf.functional.SAFState(),
+                             saf.functional.SAFParameters(0.5), surrogate.ATan())
 
 
 def test_unknown_backend_names_valid_ones():
-    with pytest.raises(ValueError, match="'torch', 'cupy', 'triton'"):
+    with pytest.raises(ValueError, match="'torch', 'auto', 'cpp', 'cupy', 'triton'"):
         saf.SAFNode(step_mode="m", backend="inductor")
 
 
@@ -185,35 +205,35 @@ def test_backends_package_does_not_import_the_neuron():
 
 
 def test_each_backend_declares_its_contract():
-    for name in ("torch", "cupy", "triton"):
+    for name in ALL_NAMES:
         backend = backends.REGISTRY.get(name)
         assert isinstance(backend, backends.Backend) and backend.name == name
-        assert backend.step_modes and backend.dtypes and backend.surrogates and backend.device_types()
+        assert backend.step_modes == ("s", "m") and backend.dtypes and backend.surrogates and backend.device_types()
         assert backend.is_available() == (backend.unavailable_reason() is None)
-    torch_backend = backends.REGISTRY.get("torch")
-    assert torch_backend.step_modes == ("s", "m") and torch.float64 in torch_backend.dtypes
+    for name in ("torch", "auto"):
+        assert torch.float64 in backends.REGISTRY.get(name).dtypes
     for name in ("cupy", "triton"):
         fused = backends.REGISTRY.get(name)
-        assert fused.step_modes == ("m",) and torch.float64 not in fused.dtypes
-        assert fused.install_extra == name
+        assert torch.float64 not in fused.dtypes and fused.install_extra == name
         reason = fused.unavailable_reason()
         assert reason is None or f'"spikingjelly-saf[{name}]"' in reason
-    assert dict(backends.SUPPORTED_BACKENDS) == {"s": ("torch",), "m": ("torch", "cupy", "triton")}
+    cpp = backends.REGISTRY.get("cpp")
+    assert cpp.device_types() == ("cpu",) and cpp.install_extra is None and torch.float64 not in cpp.dtypes
+    assert dict(backends.SUPPORTED_BACKENDS) == {"s": ALL_NAMES, "m": ALL_NAMES}
 
 
 def test_checking_a_backend_changes_nothing():
     before = {name: backends.REGISTRY.get(name) for name in backends.REGISTRY.names("m")}
-    for name in ("cupy", "triton"):
-        try:
-            backends.REGISTRY.check(name, "m")
-        except RuntimeError:
-            pass
-    with pytest.raises(ValueError, match="use step_mode='m'"):
-        backends.REGISTRY.check("triton", "s")
+    for name in ("cupy", "triton", "cpp"):
+        for step_mode in ("s", "m"):
+            try:
+                backends.REGISTRY.check(name, step_mode)
+            except RuntimeError:
+                pass
     assert {name: backends.REGISTRY.get(name) for name in backends.REGISTRY.names("m")} == before
 
 
-def test_registry_dispatches_single_step_and_refuses_fused_backends_there():
+def test_registry_dispatches_single_step_to_the_named_backend():
     from spikingjelly_saf import functional as saf_functional
     from spikingjelly_saf import gradients
 
@@ -221,8 +241,6 @@ def test_registry_dispatches_single_step_and_refuses_fused_backends_there():
     params = saf_functional.SAFParameters.from_tau(2.0)
     abar, state = backends.REGISTRY.single_step("torch", x, saf_functional.SAFState(), params, surrogate.ATan())
     assert torch.equal(abar, gradients.step(x, saf_functional.SAFState(), params, surrogate.ATan())[0]) and state.weight_sum == 1.0
-    with pytest.raises(ValueError, match="step_mode='m'"):
-        backends.REGISTRY.single_step("triton", x, saf_functional.SAFState(), params, surrogate.ATan())
     node = saf.SAFNode(step_mode="m")
     node.step_mode = "s"
     assert node(x).shape == x.shape
@@ -261,14 +279,23 @@ def small_net(step_mode="m"):
 
 
 def test_set_backend_sets_every_node_and_is_all_or_nothing():
+    class MultiStepOnly(backends.TorchBackend):
+        name = "multi-only-test"
+        step_modes = ("m",)
+
     net = small_net("m")
+    assert [m.backend for m in net if isinstance(m, saf.SAFNode)] == ["auto", "auto"]
     assert saf.set_backend(net, "torch") == 2
     with pytest.raises(ValueError, match="not supported"):
         saf.set_backend(net, "inductor")
-    net[1].step_mode = "s"
-    with pytest.raises(ValueError, match="step_mode='m'"):
-        saf.set_backend(net, "triton")
-    # The first node failed the check: no node was changed.
+    backends.REGISTRY.register(MultiStepOnly())
+    try:
+        net[3].step_mode = "s"
+        with pytest.raises(ValueError, match="step_mode='m'"):
+            saf.set_backend(net, "multi-only-test")
+    finally:
+        del backends.REGISTRY._backends["multi-only-test"]
+    # The second node failed the check: neither node was changed.
     assert [m.backend for m in net if isinstance(m, saf.SAFNode)] == ["torch", "torch"]
 
 
