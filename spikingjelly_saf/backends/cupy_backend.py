@@ -2,7 +2,8 @@ r"""
 ``backend='cupy'``: SAF's fused multi-step CUDA kernels, compiled at run time by CuPy (NVRTC).
 
 The CUDA source comes from :mod:`.kernel_source`: one float32 module per surrogate code, cached
-(16-bit tensors are converted by :class:`~spikingjelly_saf.backends.FusedBackend`).
+(16-bit tensors are converted by :class:`~spikingjelly_saf.backends.FusedBackend`). Buffers, grid
+sizes and arguments are :mod:`.cuda_host`'s, the code the CPU test of the CUDA source runs too.
 Kernels run on PyTorch's current CUDA stream and read and write PyTorch tensors in place (pointers
 are passed directly), so there is no copy between frameworks.
 
@@ -12,6 +13,7 @@ is first used.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import numpy as np
@@ -25,13 +27,15 @@ except ImportError as error:  # pragma: no cover - the availability check names 
         "matching your CUDA)."
     ) from error
 
-from .custom_ops import new_saved
+from . import cuda_host
 from .kernel_source import NVRTC_OPTIONS, cuda_source
 from .surrogate_codes import surrogate_code_by_id
 
 __all__ = ["forward_impl", "backward_impl", "compiled_kernels"]
 
-_THREADS = 256
+# ctypes values from cuda_host, as the NumPy scalars CuPy passes to a kernel.
+_NUMPY_OF = {ctypes.c_void_p: lambda v: np.uint64(v or 0), ctypes.c_int: np.int32,
+             ctypes.c_longlong: np.int64, ctypes.c_float: np.float32}
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,41 +52,24 @@ def _max_backward_blocks(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count * 32
 
 
-def _pointer(tensor: torch.Tensor) -> np.uint64:
-    return np.uint64(tensor.data_ptr())
+def _launcher(code_id: int, device_index: int):
+    def launch(name, grid, block, args):
+        kernel = compiled_kernels(code_id, device_index)[name]
+        values = tuple(_NUMPY_OF[type(a)](a.value) for a in args)
+        with cupy.cuda.Device(device_index), cupy.cuda.ExternalStream(
+            torch.cuda.current_stream(device_index).cuda_stream
+        ):
+            kernel((grid,), (block,), values)
 
-
-def _launch(kernel, blocks: int, args: tuple, device_index: int) -> None:
-    with cupy.cuda.Device(device_index), cupy.cuda.ExternalStream(
-        torch.cuda.current_stream(device_index).cuda_stream
-    ):
-        kernel((blocks,), (_THREADS,), args)
+    return launch
 
 
 def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save):
-    steps, neurons = input_seq.shape
-    abar_seq = torch.empty_like(input_seq)
-    saved = new_saved(input_seq, code_id, save)
-    if abar_seq.numel() == 0:
-        return abar_seq, saved
-    device = input_seq.device.index
-    args = (
-        _pointer(input_seq), _pointer(abar_prev), _pointer(coefficients), _pointer(abar_seq),
-        _pointer(saved) if save else np.uint64(0), np.int32(steps), np.int64(neurons),
-        np.float32(v_threshold), np.float32(gain),
-    )
-    _launch(compiled_kernels(code_id, device)["saf_forward"], (neurons + _THREADS - 1) // _THREADS, args, device)
-    return abar_seq, saved
+    return cuda_host.forward(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save,
+                             _launcher(code_id, input_seq.device.index))
 
 
 def backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
-    grad_input = torch.empty_like(grad_abar_seq)
-    numel = grad_input.numel()
-    if numel == 0:
-        return grad_input
     device = grad_abar_seq.device.index
-    blocks = min((numel + _THREADS - 1) // _THREADS, _max_backward_blocks(device))
-    args = (_pointer(grad_abar_seq), _pointer(saved), _pointer(grad_input), np.int64(numel),
-            np.float32(input_scale), np.float32(gain))
-    _launch(compiled_kernels(code_id, device)["saf_backward"], blocks, args, device)
-    return grad_input
+    return cuda_host.backward(grad_abar_seq, saved, input_scale, gain, _max_backward_blocks(device),
+                              _launcher(code_id, device))

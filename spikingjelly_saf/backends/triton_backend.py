@@ -13,6 +13,8 @@ This module imports Triton; :mod:`spikingjelly_saf.backends` imports it only whe
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -20,7 +22,7 @@ import triton.language as tl
 from .custom_ops import new_saved
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
-__all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES"]
+__all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES", "on_tensor_device"]
 
 _BLOCK = 1024
 
@@ -134,6 +136,12 @@ def _launch_options() -> dict:
     return {"enable_fp_fusion": False}
 
 
+def on_tensor_device(tensor: torch.Tensor):
+    """The context to launch in: Triton launches on the current CUDA device, whatever the tensors'
+    device, so a tensor on cuda:1 while cuda:0 is current needs its own device made current."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
 def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save):
     representation = surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL
     steps, neurons = input_seq.shape
@@ -141,11 +149,12 @@ def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id,
     saved = new_saved(input_seq, code_id, save)
     if abar_seq.numel():
         grid = (triton.cdiv(neurons, _BLOCK),)
-        _saf_forward_kernel[grid](
-            input_seq, abar_prev, coefficients, abar_seq, saved if save else abar_seq,
-            steps, neurons, float(v_threshold), float(gain),
-            SAVE=save, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
-        )
+        with on_tensor_device(input_seq):
+            _saf_forward_kernel[grid](
+                input_seq, abar_prev, coefficients, abar_seq, saved if save else abar_seq,
+                steps, neurons, float(v_threshold), float(gain),
+                SAVE=save, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
+            )
     return abar_seq, saved
 
 
@@ -163,9 +172,10 @@ def backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
     if numel:
         grid = (triton.cdiv(numel, _BLOCK),)
         surrogate = sigmoid_derivative if representation else _surrogate_function(code)
-        _saf_backward_kernel[grid](
-            grad_abar_seq, saved, grad_input, numel, float(input_scale), float(gain),
-            float(code.params[0]), float(code.params[1]),
-            SURROGATE=surrogate, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
-        )
+        with on_tensor_device(grad_abar_seq):
+            _saf_backward_kernel[grid](
+                grad_abar_seq, saved, grad_input, numel, float(input_scale), float(gain),
+                float(code.params[0]), float(code.params[1]),
+                SURROGATE=surrogate, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
+            )
     return grad_input
