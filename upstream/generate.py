@@ -11,7 +11,8 @@ rewritten for the new location (relative, in SpikingJelly's style), names that w
 host module's are renamed, and what SpikingJelly 2.0 does not ship (the CuPy backend) is dropped.
 Only glue that exists solely upstream (the ``functional`` entry points in SpikingJelly's calling
 convention, the device dispatch, exports, tests, the tutorial page) comes from
-``upstream/templates/``.
+``upstream/templates/``; the tests' helpers are not copied there but taken from the project's own
+tests (:data:`HELPERS_DIRECTIVE`).
 
 The patches are made with ``git format-patch`` against the installed SpikingJelly (the 2.0.0
 wheel), with a fixed author and date, so that the output depends only on the sources.
@@ -106,6 +107,16 @@ REGEX_SUBSTITUTIONS = (
 #: Text that must not reach SpikingJelly; generate.py warns, naming the file and line.
 RESIDUE = re.compile(r"spikingjelly_saf|spikingjelly-saf|SAF_SPEC|``docs/|\bplugin\b")
 
+#: A line of a test template that generate.py replaces with top-level definitions of the project's
+#: tests, exactly as they are there, so that the upstream tests and ours share one copy of their
+#: helpers (names separated by spaces; a helper that another one uses must be named too):
+#:     # generate.py: helpers from tests/nets.py: Residual conv_net randomise
+HELPERS_DIRECTIVE = re.compile(r"^# generate\.py: helpers from (\S+): (.*)$", re.M)
+#: The project's own test helpers. No test template may define a function or class under one of
+#: their names, nor under the name of a file's helpers it pulls in or of a definition of the series
+#: (a leading underscore aside): that would be a hand copy, free to drift from the original.
+TEST_HELPERS = "tests/nets.py"
+
 #: The patches: (file name stem, subject, body, files). A file belongs to the first patch naming it.
 SERIES = (
     ("surrogate-add-SpikeRepresentation",
@@ -179,8 +190,8 @@ summed loss and the stacked outputs [B, T, ...].""",
      "test: SAF theorems and API",
      """\
 Theorem 1: SAFNode's spikes equal LIFNode's (soft reset) for the same
-weights, in float64, with bias, average pooling and eval-mode batch norm
-between neurons. Theorem 2: each step's weight gradients of SAF-E equal
+weights, in float64, with bias, average pooling, eval-mode batch norm, a
+residual add and dropout between neurons. Theorem 2: each step's weight gradients of SAF-E equal
 those of OTTTLIFNode + OTTTSequential. Theorem 3: SAF-F with
 SpikeRepresentation gives the Spike Representation gradient of
 DSRIFNode networks. API: argument checks, supported_step_mode,
@@ -559,6 +570,169 @@ def reuse_spikingjelly_surrogates(source: str, path: str) -> str:
     return "".join(lines)
 
 
+# ---- test helpers shared with the project's tests -------------------------------------------------
+def import_bindings(tree: ast.Module) -> dict[str, tuple[str, str | None, str]]:
+    """name -> (module, attribute or None for ``import module``, a statement binding only that name)."""
+    bound = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                name = a.asname or a.name.split(".")[0]
+                module = a.name if a.asname else name
+                bound[name] = (module, None, f"import {a.name}" + (f" as {a.asname}" if a.asname else ""))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+            for a in node.names:
+                bound[a.asname or a.name] = (node.module, a.name, import_line(0, node.module, [(a.name, a.asname)]))
+    return bound
+
+
+def module_source(module: str, read) -> str | None:
+    """The text of ``module`` in the generated SpikingJelly tree (``read(path)``), or None."""
+    stem = module.replace(".", "/")
+    for path in (f"{stem}/__init__.py", f"{stem}.py"):
+        text = read(path)
+        if text is not None:
+            return text
+    return None
+
+
+def module_exports(module: str, read, seen: frozenset = frozenset()) -> set[str]:
+    """The names ``module.name`` reaches in the generated tree, following its ``import *`` lines."""
+    text = module_source(module, read)
+    if text is None or module in seen:
+        return set()
+    tree = ast.parse(text)
+    names = set(top_level_bindings(tree))
+    package = read(f"{module.replace('.', '/')}/__init__.py") is not None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            base = module.split(".") if package else module.split(".")[:-1]
+            if node.level > 1:
+                base = base[: len(base) - (node.level - 1)]
+            source = node.module if node.level == 0 else ".".join(base + ([node.module] if node.module else []))
+            source_text = module_source(source, read)
+            if source_text is None:
+                continue
+            public = module_all(ast.parse(source_text))
+            names |= set(public) if public else {n for n in module_exports(source, read, seen | {module})
+                                                 if not n.startswith("_")}
+    return names
+
+
+def upstream_reference(template: str, used: str, module: str, attribute: str | None,
+                       template_imports: dict, added: dict[str, str], read) -> str:
+    """How the series' test ``template`` spells a package object that a shared helper imports.
+
+    Through a SpikingJelly module the template already imports, when that module exports it
+    (``SAFNode`` -> ``neuron.SAFNode``): looked up when the test runs, so that without the series
+    each test still fails by itself (check_series.py counts them). Otherwise through an import of
+    the module that defines it upstream, added to the template's imports.
+    """
+    child = f"{module}.{attribute}" if attribute else module
+    if attribute is None or module_exists(child):  # a package module imported as a name
+        if child not in closure():
+            raise GenerateError(f"{template}: a shared helper uses {child}, which the series does not add")
+        parent, _, last = target_module(child).rpartition(".")
+        added[used] = import_line(0, parent, [(last, used if used != last else None)])
+        return used
+    owner = module if module != PACKAGE else defined_in().get(attribute)
+    if owner is None or owner not in closure():
+        raise GenerateError(f"{template}: a shared helper uses {attribute} from {module}, which the series "
+                            "does not add")
+    target = target_module(owner)
+    for alias, (bound_module, bound_attribute, _) in sorted(template_imports.items()):
+        bound = f"{bound_module}.{bound_attribute}" if bound_attribute else bound_module
+        if (target == bound or target.startswith(bound + ".")) and attribute in module_exports(bound, read):
+            return f"{alias}.{attribute}"
+    added[used] = import_line(0, target, [(attribute, used if used != attribute else None)])
+    return used
+
+
+def top_level_definitions(tree: ast.Module) -> dict[str, ast.stmt]:
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
+              and isinstance(node.targets[0], ast.Name)):
+            found[node.targets[0].id] = node
+    return found
+
+
+def expand_helpers(template: str, text: str, read) -> str:
+    """Replace each :data:`HELPERS_DIRECTIVE` of a test template with the named definitions.
+
+    A definition's source is copied as it is in the project's test file; the names it imports there
+    must be bound the same way in the template (a missing import is added), and the package's
+    names become their SpikingJelly names (:func:`upstream_reference`).
+    """
+    template_imports = import_bindings(ast.parse(text))
+    added: dict[str, str] = {}
+
+    def expand(match: re.Match) -> str:
+        source_path, names = match.group(1), match.group(2).split()
+        file = ROOT / source_path
+        if not file.is_file() or not names:
+            raise GenerateError(f"{template}: {match.group(0)!r} must name a file of this project and "
+                                "some of its definitions")
+        source = file.read_text()
+        tree = ast.parse(source)
+        lines = source.splitlines(keepends=True)
+        definitions = top_level_definitions(tree)
+        imports = import_bindings(tree)
+        renames, segments = {}, []
+        for name in names:
+            node = definitions.get(name)
+            if node is None:
+                raise GenerateError(f"{template}: {source_path} has no top-level definition {name}")
+            for used in sorted({n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - {name}):
+                if used in definitions and used not in names:
+                    raise GenerateError(f"{template}: {name} of {source_path} uses {used}; name it in the "
+                                        "directive too")
+                if used not in imports:
+                    continue  # a local, a builtin or another shared helper
+                module, attribute, statement = imports[used]
+                if module.split(".")[0] == PACKAGE:
+                    renames[used] = upstream_reference(template, used, module, attribute, template_imports,
+                                                       added, read)
+                elif used in template_imports:
+                    if template_imports[used][:2] != (module, attribute):
+                        raise GenerateError(f"{template}: {used} means {template_imports[used][2]!r} there and "
+                                            f"{statement!r} in {source_path}, whose {name} uses it")
+                elif added.setdefault(used, statement) != statement:
+                    raise GenerateError(f"{template}: shared helpers import {used} in two ways")
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            segments.append("".join(lines[first - 1:node.end_lineno]).rstrip("\n"))
+        return substitute_text(rename_names("\n\n\n".join(segments) + "\n", renames, set())).rstrip("\n")
+
+    text = HELPERS_DIRECTIVE.sub(expand, text)
+    if added:
+        tree = ast.parse(text)
+        last_import = max(n.end_lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+        lines = text.splitlines(keepends=True)
+        lines[last_import:last_import] = [line + "\n" for line in sorted(set(added.values()))]
+        text = "".join(lines)
+    return text
+
+
+def check_no_hand_copies(template: str, text: str) -> None:
+    """Refuse a test template that defines its own copy of a helper the project already has."""
+    sources = [TEST_HELPERS] + [m.group(1) for m in HELPERS_DIRECTIVE.finditer(text)]
+    shared = {}  # name without leading underscores -> where it is defined, and how to use that one
+    for source_path in sources:
+        file = ROOT / source_path
+        if file.is_file():
+            for name in top_level_definitions(ast.parse(file.read_text())):
+                shared.setdefault(name.lstrip("_"), f"{name} of {source_path}; bring it in with a line "
+                                                    f"'# generate.py: helpers from {source_path}: {name}'")
+    for name, module in defined_in().items():
+        shared.setdefault(name.lstrip("_"), f"{name} of {module}; import it from {target_module(module)}, "
+                                            "where the series puts it")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name.lstrip("_") in shared:
+            raise GenerateError(f"{template}:{node.lineno}: {node.name} copies {shared[node.name.lstrip('_')]}")
+
+
 # ---- building files -------------------------------------------------------------------------------
 def top_level_bindings(tree: ast.Module) -> dict[str, str]:
     """name -> what it is bound to, for the host module's top level."""
@@ -750,6 +924,18 @@ def generate_tree(base: Path, work: Path) -> dict[str, list[str]]:
                 raise GenerateError(f"template {path} would overwrite generated code")
             contents[path] = template.read_text()
         origins.setdefault(path, []).append(f"upstream/templates/{relative_path}")
+
+    def read(path: str) -> str | None:
+        if path in contents:
+            return contents[path]
+        return (base / path).read_text() if (base / path).is_file() else None
+
+    # After every template is placed, so that a helper's names resolve against the finished tree.
+    for path in sorted(contents):
+        if path.startswith("test/") and path.endswith(".py"):
+            check_no_hand_copies(path, contents[path])
+            origins[path] += sorted({m.group(1) for m in HELPERS_DIRECTIVE.finditer(contents[path])})
+            contents[path] = expand_helpers(path, contents[path], read)
     for path, text in contents.items():
         for number, line in enumerate(text.splitlines(), start=1):
             if RESIDUE.search(line):

@@ -7,8 +7,11 @@
   contract checks on both copies, and compares the touched modules' public names. With
   ``SPIKINGJELLY_TESTS=<checkout>/test/activation_based`` it also runs a few of SpikingJelly's own
   tests on the patched copy.
+* The series' tests take their helpers from the project's tests (``# generate.py: helpers from ...``
+  lines in the templates), and the generator refuses a template that hand-copies one.
 """
 
+import ast
 import importlib.util
 import os
 import shutil
@@ -54,6 +57,72 @@ def test_generator_refuses_what_it_cannot_place(tmp_path, monkeypatch):
     with pytest.raises(generate.GenerateError, match="docs/"):
         generate.generate(tmp_path / "series")
     assert generate.main(["--out", str(tmp_path / "out")]) == 2
+
+
+THEOREMS = "test/activation_based/test_saf_theorems.py"
+
+
+def test_series_tests_carry_the_project_test_helpers_as_they_are(tmp_path):
+    generate = _load("generate")
+    generate.generate_tree(generate.spikingjelly_dir().parent, tmp_path)
+    generated = (tmp_path / THEOREMS).read_text()
+    defined = set(generate.top_level_definitions(ast.parse(generated)))
+    directives = generate.HELPERS_DIRECTIVE.findall((UPSTREAM / "templates" / THEOREMS).read_text())
+    assert any(path == "tests/nets.py" for path, _ in directives)
+    for path, names in directives:
+        source = (ROOT / path).read_text()
+        tree = ast.parse(source)
+        package_names = {name for name, (module, _, _) in generate.import_bindings(tree).items()
+                         if module.split(".")[0] == "spikingjelly_saf"}
+        definitions = generate.top_level_definitions(tree)
+        for name in names.split():
+            assert name in defined, f"{name} of {path} is not in the generated {THEOREMS}"
+            node = definitions[name]
+            if not {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & package_names:
+                assert ast.get_source_segment(source, node) in generated, f"{name} of {path} was changed"
+    # SAFNode, which saf_factory imports from the package, is SpikingJelly's neuron.SAFNode there.
+    assert "lambda: neuron.SAFNode(tau=tau, decay_input=decay_input" in generated
+    assert "spikingjelly_saf" not in generated and "generate.py:" not in generated
+
+
+def test_hand_copied_helpers_are_refused():
+    generate = _load("generate")
+    for template in ("test_saf_theorems.py", "test_saf_node.py"):
+        generate.check_no_hand_copies(template, (UPSTREAM / "templates/test/activation_based" / template).read_text())
+    template = (UPSTREAM / "templates" / THEOREMS).read_text()
+    copies = {
+        "randomise of tests/nets.py": "def _randomise(net, seed):\n    pass\n",
+        "weight_sums of spikingjelly_saf.functional": "def _weight_sums(tau, steps):\n    return []\n",
+        # a helper of a file that a directive names, copied inside a test
+        "_mlp of tests/library/test_theorem3": "def test_x():\n    def mlp():\n        pass\n",
+    }
+    for what, copy in copies.items():
+        with pytest.raises(generate.GenerateError, match=what):
+            generate.check_no_hand_copies(THEOREMS, template + "\n\n" + copy)
+
+
+def test_helpers_directive_brings_what_the_helpers_need():
+    generate = _load("generate")
+    directive = "# generate.py: helpers from tests/nets.py: {}\n"
+    no_tree = lambda path: None  # noqa: E731 - a SpikingJelly tree without the series
+    with pytest.raises(generate.GenerateError, match="conv_net of tests/nets.py uses Residual"):
+        generate.expand_helpers("t.py", directive.format("conv_net"), no_tree)
+    with pytest.raises(generate.GenerateError, match="no top-level definition conv_nett"):
+        generate.expand_helpers("t.py", directive.format("conv_nett"), no_tree)
+    with pytest.raises(generate.GenerateError, match="nn means 'import numpy as nn' there"):
+        generate.expand_helpers("t.py", "import numpy as nn\n\n" + directive.format("Residual"), no_tree)
+    # Missing imports are added; a package name is imported from where the series puts it ...
+    text = generate.expand_helpers("t.py", "import math\n\n" + directive.format("lif_factory saf_factory"),
+                                   no_tree)
+    assert "from spikingjelly.activation_based import neuron\n" in text
+    assert "from spikingjelly.activation_based.neuron.saf import SAFNode\n" in text
+    assert "def lif_factory(" in text and "lambda: SAFNode(" in text
+    # ... or, when a module the template imports exports it, named through that module.
+    series_tree = {"spikingjelly/activation_based/neuron/__init__.py": "from .saf import *\n",
+                   "spikingjelly/activation_based/neuron/saf.py": '__all__ = ["SAFNode"]\n'}
+    text = generate.expand_helpers("t.py", "from spikingjelly.activation_based import neuron\n\n"
+                                   + directive.format("saf_factory"), series_tree.get)
+    assert "lambda: neuron.SAFNode(" in text and "import SAFNode" not in text
 
 
 def test_series_applies_to_spikingjelly_and_its_tests_pass():

@@ -15,6 +15,9 @@ from spikingjelly.activation_based import base, functional, layer, neuron, surro
 from spikingjelly.activation_based.learning import online_learning
 
 
+# generate.py: helpers from tests/nets.py: run_steps
+
+
 def test_exports():
     assert issubclass(neuron.SAFNode, neuron.BaseNode)
     assert callable(functional.saf_step) and callable(functional.saf_multi_step)
@@ -86,10 +89,9 @@ def test_set_step_mode_and_functional_agree():
     # input is the input itself, so the LIF neuron below receives the same current.
     x_seq = (torch.rand(4, 5, dtype=torch.float64) * 2).expand(6, -1, -1)
     node = neuron.SAFNode(tau=2.0)
-    single = torch.stack([node(x) for x in x_seq])
+    single = run_steps(node, x_seq, "s")
     functional.reset_net(node)
-    functional.set_step_mode(node, "m")
-    multi = node(x_seq)
+    multi = run_steps(node, x_seq, "m")
     torch.testing.assert_close(multi, single)
 
     abar_seq, (abar, weight_sum), v_seq = functional.saf_multi_step(x_seq, tau=2.0, store_v_seq=True)
