@@ -592,6 +592,28 @@ def test_interpreted_custom_ops_pass_opcheck_and_compile():
     assert torch.equal(y, saf.SAFNode(step_mode="m")(x.detach()))
 
 
+@interpreted
+def test_interpreted_sigmoid_and_piecewise_quadratic_derivatives_at_their_edges():
+    """Sigmoid: a e / (1 + e)^2 is accurate where 1 - sigmoid(a|x|) gave 0 (a=4, x=-4.2: 2.02e-7) on both
+    sides; PiecewiseQuadratic: NaN in, NaN out."""
+    from spikingjelly_saf.backends import triton_backend
+
+    sg = surrogate.Sigmoid(alpha=4.0)
+    x = torch.tensor([-4.2, 4.2, -3.0, 3.0, -10.0, 10.0, -20.0, 20.0, math.nan])
+    grad = triton_backend.backward_impl(torch.ones_like(x), x.clone(), 1.0, 1.0,
+                                        surrogate_codes.resolve_surrogate_code(sg, "triton"))
+    reference = type(sg).backward(torch.ones_like(x), -x.to(torch.float64).abs(), alpha=4.0)
+    assert abs(reference[0].item() - 2.02e-7) < 0.01e-7
+    relative = ((grad[:-1].to(torch.float64) - reference[:-1]) / reference[:-1]).abs()
+    assert relative.max().item() < 1e-5, relative
+    assert grad[-1].isnan()
+    quadratic = surrogate.PiecewiseQuadratic(alpha=1.5)
+    x = torch.tensor([math.nan, 0.0, 1 / 1.5, 2.0, -math.inf])
+    grad = triton_backend.backward_impl(torch.ones_like(x), x.clone(), 1.0, 1.0,
+                                        surrogate_codes.resolve_surrogate_code(quadratic, "triton"))
+    assert grad[0].isnan() and grad[1] == 1.5 and abs(grad[2]) < 1e-6 and grad[3] == 0 and grad[4] == 0
+
+
 # ---- CUDA (skipped without a GPU) ---------------------------------------------------------------------
 cuda = pytest.mark.cuda
 
