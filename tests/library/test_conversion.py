@@ -569,3 +569,39 @@ def test_soft_reset_opt_in_converts_and_says_what_is_trained():
     assert check_exactness(saf.eval()).exact
     with pytest.raises(TypeError, match="soft_reset"):
         to_saf(net, soft_reset="yes")
+
+
+# ---- recurrent and feedback containers ---------------------------------------------------------
+def _if_node():
+    return neuron.IFNode(v_reset=None, v_threshold=0.5)
+
+
+def test_to_saf_swaps_nested_and_root_containers_bottom_up():
+    """A container directly inside another, a container whose sub-module is the neuron itself,
+    and a container as the root are all swapped, around children already converted."""
+    from spikingjelly_saf.recurrent import (FeedbackContainer, SAFElementWiseRecurrentContainer,
+                                            SAFFeedbackContainer, SAFLinearRecurrentContainer)
+
+    inner = layer.LinearRecurrentContainer(_if_node(), 4, 4)
+    loop = FeedbackContainer(layer.Linear(3, 4), inner, layer.Linear(4, 4), step_mode="m")
+    saf = to_saf(loop)
+    assert type(saf) is SAFFeedbackContainer and type(saf.body) is SAFLinearRecurrentContainer
+    assert isinstance(saf.body.sub_module, SAFNode)
+    element_wise = to_saf(layer.ElementWiseRecurrentContainer(_if_node(), torch.add))
+    assert type(element_wise) is SAFElementWiseRecurrentContainer
+    assert isinstance(element_wise.sub_module, SAFNode)
+    back = to_lif(saf)
+    assert type(back) is FeedbackContainer and type(back.body) is layer.LinearRecurrentContainer
+    assert isinstance(back.body.sub_module, neuron.IFNode)
+    x_seq = (torch.rand(3, 1, 3) * 2).expand(3, 6, 3)  # static: no InputAverage needed
+    comparison = compare_with_lif(saf, x_seq, lif_model=loop)
+    assert comparison.spikes_equal and comparison.conclusive
+
+
+def test_to_saf_keeps_the_random_stream():
+    lif = nn.Sequential(layer.LinearRecurrentContainer(_if_node(), 4, 4))
+    torch.manual_seed(5)
+    to_saf(lif)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after)

@@ -298,3 +298,39 @@ def test_vggws_input_channels_and_both_width_scalings():
 def test_vggws_refuses_bad_sizes_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         vggws(SAFNode, **kwargs)
+
+
+# ---- zoo.vggf: OTTT's VGG with feedback ---------------------------------------------------------
+def test_vggf_feedback_container_matches_the_neuron_and_round_trips():
+    from spikingjelly_saf.recurrent import FeedbackContainer, SAFFeedbackContainer
+    from spikingjelly_saf.zoo import VGGF, vggf
+
+    torch.manual_seed(0)
+    saf = vggf(SAFNode, num_classes=10, width_divisor=16, step_mode="m", **NEURON_KWARGS)
+    assert type(saf.features) is SAFFeedbackContainer
+    assert torch.count_nonzero(saf.features.feedback[1].weight) == 0  # OTTT's zero start
+    lif = vggf(neuron.LIFNode, num_classes=10, width_divisor=16, step_mode="m", **NEURON_KWARGS)
+    assert type(lif.features) is FeedbackContainer
+    assert list(lif.state_dict()) == list(saf.state_dict())
+    for model in (to_lif(saf), to_saf(to_lif(saf))):
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in saf.state_dict().items())
+    assert type(to_lif(saf).features) is FeedbackContainer
+    assert check_exactness(saf).exact and check_exactness(lif).exact
+    with pytest.raises(ValueError, match="must start with a convolution width"):
+        VGGF(widths=("A", 8))
+
+
+@pytest.mark.parametrize("step_mode, method", [("s", "saf-e"), ("m", "saf-f"), ("m", "saf-e-acc")])
+def test_vggf_trains_and_its_feedback_learns(step_mode, method):
+    from spikingjelly_saf.zoo import vggf
+
+    torch.manual_seed(0)
+    model = vggf(SAFNode, num_classes=10, width_divisor=16, step_mode=step_mode, **NEURON_KWARGS)
+    feedback = model.features.feedback[1].weight
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x_seq = torch.rand(2, 3, 3, 16, 16)
+    loss, y_seq = saf_online_training(model, optimizer, x_seq, torch.tensor([1, 2]),
+                                      nn.functional.cross_entropy, method)
+    functional.reset_net(model)
+    assert torch.isfinite(loss) and y_seq.shape == (2, 3, 10)
+    assert torch.count_nonzero(feedback) > 0  # the feedback got a gradient from step 2 on
