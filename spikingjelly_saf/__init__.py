@@ -3,7 +3,7 @@
 Train spiking networks online with half of OTTT's forward work and memory that does not grow with
 the number of time steps; deploy the weights unchanged in an ordinary LIF network.
 """
-from . import functional, health, recording, surrogate, zoo
+from . import functional, health, recording, recurrent, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
@@ -28,6 +28,7 @@ __all__ = [
     "FiringHealth",
     "health",
     "recording",
+    "recurrent",
     "METHODS",
     "functional",
     "surrogate",
