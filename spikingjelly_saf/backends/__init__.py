@@ -301,9 +301,11 @@ class CppBackend(FusedBackend):
             cpp_backend.library(code_id)  # built here, before dispatch, so that a failure can fall back
         except CpuBuildError as error:
             self._broken[code_id] = str(error)
-            first_line = str(error).splitlines()[0]
+            lines = str(error).splitlines()
+            detail = lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
             warnings.warn(f"SAF's CPU kernel could not be built, so SAFNode runs on the torch backend on CPU "
-                          f"(unfused, slower): {first_line}", RuntimeWarning, stacklevel=2)
+                          f"(unfused, slower): {detail} Fix the compiler (or set CXX to another one), or set "
+                          f"{BACKEND_ENVIRONMENT_VARIABLE}=torch to silence this.", RuntimeWarning, stacklevel=2)
             return None
         return code_id
 
@@ -354,7 +356,7 @@ class BackendRegistry:
         if name not in valid:
             hint = ""
             if step_mode == "s" and name in self.names("m"):
-                hint = " Fused backends run in multi-step mode: use step_mode='m'."
+                hint = " It runs in multi-step mode only: use step_mode='m'."
             raise ValueError(f"backend={name!r} is not supported in step_mode={step_mode!r}; valid backends: "
                              f"{', '.join(repr(b) for b in valid)}.{hint}")
         backend = self._backends[name]
@@ -549,7 +551,7 @@ def set_backend(net, backend: str, instance=None) -> int:
     删除了 ``functional.set_backend``，本函数代替它。后端不被支持或无法运行时抛出异常，网络保持不变。
 
     :param net: 网络
-    :param backend: ``'torch'``、``'cupy'`` 或 ``'triton'``
+    :param backend: ``'auto'`` （按设备自动选择）、``'torch'``、``'cpp'``、``'cupy'`` 或 ``'triton'``
     :param instance: 只修改此类型的模块；默认所有可选后端的模块（``SAFNode``）
     :return: 被修改的模块数
 
@@ -560,12 +562,13 @@ def set_backend(net, backend: str, instance=None) -> int:
     * **English**
 
     Set ``backend`` on every ``SAFNode`` of ``net`` (or every module of type ``instance``).
-    SpikingJelly 2.0 removed ``functional.set_backend``; this replaces it for SAF. Fused backends are
-    multi-step only, so call ``functional.set_step_mode(net, 'm')`` first. If any module cannot take
-    the backend, an error is raised before anything is changed.
+    SpikingJelly 2.0 removed ``functional.set_backend``; this replaces it for SAF. Every backend runs
+    both step modes. If any module cannot take the backend, an error is raised before anything is
+    changed.
 
     :param net: the network
-    :param backend: ``'torch'``, ``'cupy'`` or ``'triton'``
+    :param backend: ``'auto'`` (chosen per device, the default of ``SAFNode``), ``'torch'``,
+        ``'cpp'``, ``'cupy'`` or ``'triton'``
     :param instance: only change modules of this type; by default every module that selects a
         backend from the registry (``SAFNode``)
     :return: the number of modules changed

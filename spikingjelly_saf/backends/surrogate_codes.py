@@ -129,16 +129,20 @@ class SurrogateCodeTable:
         self.interned: dict[tuple, int] = {}
         self.by_id: list[SurrogateKernelCode] = []
         self.warned: set[tuple[str, str]] = set()
+        #: _build's answers for surrogates whose code depends only on (class, spiking, alpha).
+        self.built: dict[tuple, tuple] = {}
         self.lock = threading.Lock()
 
     def register(self, cls: type, registration: _Registration) -> None:
         with self.lock:
             self.registrations[cls] = registration
             self.warned.difference_update({w for w in self.warned if w[0] == cls.__qualname__})
+            self.built.clear()
 
     def unregister(self, cls: type) -> None:
         with self.lock:
             self.registrations.pop(cls, None)
+            self.built.clear()
 
     def registration_of(self, surrogate) -> Optional[_Registration]:
         """The nearest registered base class's registration."""
@@ -291,6 +295,20 @@ def _build(surrogate) -> tuple[Optional[SurrogateKernelCode], str]:
 CUDA_CODE_BACKENDS = ("cupy", "cpp")
 
 
+def _built_key(surrogate) -> Optional[tuple]:
+    """The key of :attr:`SurrogateCodeTable.built` for SpikingJelly's built-ins and the representation
+    level, which every step meets: their code is a function of class, ``spiking`` and ``alpha`` (read
+    at every call, so an annealed ``alpha`` gets its own code). ``None`` for the others, whose code
+    may read any attribute and is built at every call."""
+    cls = type(surrogate)
+    builtin = cls.__module__ == _SPIKINGJELLY_SURROGATE_MODULE and cls.__name__ in BUILTIN_SURROGATES
+    if not (builtin or isinstance(surrogate, RepresentationSurrogate)):
+        return None
+    if SURROGATE_CODES.registration_of(surrogate) is not None:
+        return None
+    return cls, getattr(surrogate, "spiking", True), _alpha_of(surrogate)
+
+
 def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Optional[int]:
     """The interned id of ``surrogate``'s kernel code for ``backend`` (``'cupy'``, ``'cpp'`` or ``'triton'``).
 
@@ -298,7 +316,13 @@ def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Option
     a ``UserWarning`` names it and says how to add code (``backend='auto'`` does not warn: it asked
     for no particular kernel).
     """
-    code, reason = _build(surrogate)
+    key = _built_key(surrogate)
+    built = SURROGATE_CODES.built.get(key) if key is not None else None
+    if built is None:
+        built = _build(surrogate)
+        if key is not None:
+            SURROGATE_CODES.built[key] = built
+    code, reason = built
     if code is not None:
         if backend in CUDA_CODE_BACKENDS and code.level == SPIKE_LEVEL and code.cuda is None:
             code, reason = None, "it has Triton code but no CUDA code"

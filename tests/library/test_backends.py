@@ -310,6 +310,24 @@ def test_builtin_surrogates_have_cuda_and_triton_code(sg):
         assert code.params == (float(sg.alpha), 0.0)
 
 
+def test_kernel_code_follows_alpha_and_registrations():
+    """The code of built-ins is remembered per (class, spiking, alpha): an annealed alpha gets its own
+    code, and a registration for a built-in class takes over at once."""
+    sg = surrogate.Sigmoid(alpha=4.0)
+    first = surrogate_codes.resolve_surrogate_code(sg, "cpp")
+    assert surrogate_codes.resolve_surrogate_code(surrogate.Sigmoid(alpha=4.0), "cpp") == first
+    sg.alpha = 2.0
+    second = surrogate_codes.resolve_surrogate_code(sg, "cpp")
+    assert second != first and "2.0" in surrogate_codes.surrogate_code_by_id(second).cuda
+    saf.register_surrogate_code(surrogate.Sigmoid, cuda=lambda s, y, x: f"{y} = 7.0f;")
+    try:
+        code = surrogate_codes.surrogate_code_by_id(surrogate_codes.resolve_surrogate_code(sg, "cpp"))
+        assert code.cuda == "const float grad_s_to_h = 7.0f;"
+    finally:
+        surrogate_codes.unregister_surrogate_code(surrogate.Sigmoid)
+    assert surrogate_codes.resolve_surrogate_code(sg, "cpp") == second
+
+
 def test_spike_representation_resolves_to_representation_level():
     code_id = surrogate_codes.resolve_surrogate_code(SpikeRepresentation(), "cupy")
     assert surrogate_codes.surrogate_code_by_id(code_id).level == "representation"

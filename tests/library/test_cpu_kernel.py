@@ -300,3 +300,23 @@ def test_triton_launches_on_the_tensor_device():
     context = triton_backend.on_tensor_device(OnSecondGpu())
     assert isinstance(context, torch.cuda.device) and context.idx == 1
     assert not isinstance(triton_backend.on_tensor_device(torch.zeros(1)), torch.cuda.device)
+
+
+def test_a_failed_build_warns_once_and_runs_torch(monkeypatch):
+    cpp = backends.REGISTRY.get("cpp")
+    cpp.load()
+
+    def broken(source, name, flags=(), directory=None):
+        raise cpu_build.CpuBuildError("g++ failed to build SAF's CPU kernel (saf_kernels):\nerror: no omp.h")
+
+    monkeypatch.setattr(cpu_build, "load", broken)
+    monkeypatch.setattr(backends.cpp_backend, "_libraries", {})
+    monkeypatch.setattr(cpp, "_broken", {})
+    sg = surrogate.SoftSign(alpha=3.0)
+    x = torch.rand(2, 3)
+    with pytest.warns(RuntimeWarning, match="torch backend on CPU.*no omp.h.*SAF_BACKEND=torch"):
+        y = saf.SAFNode(step_mode="m", surrogate_function=sg)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(saf.SAFNode(step_mode="m", surrogate_function=sg)(x), y)
+    assert torch.equal(y, saf.SAFNode(step_mode="m", surrogate_function=sg, backend="torch")(x))
