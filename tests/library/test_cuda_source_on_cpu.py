@@ -311,3 +311,67 @@ def test_a_write_outside_a_buffer_is_detected():
 
     with pytest.raises(AssertionError, match="wrote after buffer"):
         cuda_host.backward(grad, saved, 2.0, 1.0, 1 << 20, OffByOne(sg))
+
+
+def test_cupy_backend_host_code_with_a_cupy_that_launches_on_the_cpu(monkeypatch):
+    """The CuPy backend's own forward_impl/backward_impl, with a stand-in CuPy module whose kernels
+    are the emulated CPU launches: the NumPy argument types CuPy receives, the grid, the stream and
+    device contexts, and the results (bitwise forward, grad within the bound)."""
+    import importlib
+    import sys
+    import types
+
+    import numpy as np
+
+    sg = surrogate.Sigmoid(alpha=4.0)
+    launch = GuardedLaunch(sg)
+    contexts = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, values):
+            expected = {"saf_forward": (np.uint64,) * 5 + (np.int32, np.int64, np.float32, np.float32),
+                        "saf_backward": (np.uint64,) * 3 + (np.int64, np.float32, np.float32)}[self.name]
+            assert tuple(type(v) for v in values) == expected, values
+            to_ctypes = {np.uint64: lambda v: ctypes.c_void_p(int(v) or None), np.int32: ctypes.c_int,
+                         np.int64: ctypes.c_longlong, np.float32: ctypes.c_float}
+            launch(self.name, grid[0], block[0], tuple(to_ctypes[type(v)](v.item() if type(v) is not np.uint64
+                                                                          else v) for v in values))
+
+    class Context:
+        def __init__(self, *args):
+            self.args = args
+
+        def __enter__(self):
+            contexts.append(self.args)
+
+        def __exit__(self, *exc):
+            return False
+
+    fake = types.ModuleType("cupy")
+    fake.RawModule = lambda code, options: types.SimpleNamespace(get_function=Kernel)
+    fake.cuda = types.SimpleNamespace(Device=Context, ExternalStream=Context)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delitem(sys.modules, "spikingjelly_saf.backends.cupy_backend", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=1234))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(multi_processor_count=1))
+    try:
+        cupy_backend = importlib.import_module("spikingjelly_saf.backends.cupy_backend")
+        params = saf.functional.SAFParameters.from_tau(2.0)
+        x, abar_prev = inputs(4, 9000, seed=21)
+        table = backends.custom_ops.coefficient_tensor(saf.functional.coefficient_table(params, 1.0, 4), x.device)
+        abar_seq, saved = cupy_backend.forward_impl(x, abar_prev, table, 1.0, 1.0, code_id_of(sg), True)
+        reference, _ = torch_forward(sg, x, abar_prev, params, 1.0)
+        assert torch.equal(abar_seq, reference)
+        grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        grad = cupy_backend.backward_impl(grad_out, saved, 1.0, 1.0, code_id_of(sg))
+        assert grad_error_in_ulps(sg, grad_out, grad, saved, 1.0).max().item() <= GRAD_ULP_BOUND
+        # one block per 256 neurons; the backward's grid is capped at 32 blocks per multiprocessor
+        assert launch.launches == [("saf_forward", math.ceil(9000 / 256), 256), ("saf_backward", 32, 256)]
+        # Each launch in the tensor's device (here a CPU tensor: index None) and on PyTorch's current stream.
+        assert [c for c in contexts if c != (None,)] == [(1234,), (1234,)] and contexts.count((None,)) == 3
+    finally:
+        sys.modules.pop("spikingjelly_saf.backends.cupy_backend", None)
