@@ -461,6 +461,8 @@ class AutomaticBackend(Backend):
             return requested, f"{BACKEND_ENVIRONMENT_VARIABLE}={requested}"
         skipped = []
         for name in self.PRIORITY.get(device.type, ()):
+            if name not in names:  # a registry without it (SpikingJelly's has no CuPy)
+                continue
             backend = self.registry.get(name)
             reason = backend.unavailable_reason()
             if reason is None:

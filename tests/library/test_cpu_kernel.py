@@ -194,6 +194,23 @@ def test_cuda_priority_cupy_then_triton_then_torch(cupy, triton, expected):
         assert registry.get(expected).loaded
 
 
+def test_a_registry_without_the_fused_backends_chooses_torch():
+    registry = backends.BackendRegistry(backends.TorchBackend())
+    automatic = backends.AutomaticBackend(registry)
+    registry.register(automatic)
+    assert automatic.choose(torch.device("cuda", 0)) == "torch"
+    assert automatic.choose(torch.device("cpu")) == "torch"
+
+
+@needs_compiler
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's memory map (Linux)")
+def test_one_openmp_runtime_is_shared_with_pytorch():
+    saf.SAFNode(backend="cpp")(torch.rand(40000))
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
 @needs_compiler
 def test_choice_is_per_device_and_logged_once(monkeypatch):
     from spikingjelly.logger import logger
