@@ -5,7 +5,8 @@ Training and evaluating SAF networks on one minibatch of sequences.
   ``learning.online_learning.ottt_online_training``. Each schedule is its own function
   (:data:`SCHEDULES`).
 * :func:`saf_inference`: the evaluation counterpart: a reset model, one sequence, the prediction
-  scores :math:`\bar O[T]`.
+  scores: the output's firing rate by default (what the deployed LIF network gives read as
+  ``out_seq.mean(0)``), :math:`\bar O[T]` with ``readout='weighted'``.
 * :func:`run_sequence`: the one sequence runner for any SpikingJelly model (SAF, LIF, OTTT, DSR,
   ReLU), in whichever step mode the model is in; :func:`step_mode_of` is the one step-mode lookup.
 
@@ -47,6 +48,8 @@ __all__ = [
     "saf_inference",
     "run_sequence",
     "step_mode_of",
+    "READOUTS",
+    "output_is_spiking",
     "model_step_mode",
     "saf_nodes",
     "readout_decay",
@@ -317,7 +320,70 @@ def run_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: Optional[str]
     return outputs[-1] if last_only else torch.stack(outputs, dim=1)
 
 
-def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
+#: The readouts :func:`saf_inference` gives, by name.
+READOUTS = ("rate", "weighted")
+
+
+class _OutputSource:
+    """Tells, while a model runs, whether its output is a SAF neuron's output (a weighted firing
+    rate, whose recovered values are spike counts) rather than a layer after the last neuron.
+
+    Hooks only observe: the last SAF neuron output seen is compared with what the model returns.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.node_output, self.spiking = None, None
+        self.handles = [node.register_forward_hook(self._on_node) for node in saf_nodes(model)]
+        self.handles.append(model.register_forward_hook(self._on_model))
+
+    def _on_node(self, module, inputs, output):
+        self.node_output = output
+
+    def _on_model(self, module, inputs, output):
+        output, node = _first_output(output), self.node_output
+        # A view of the neuron's output (e.g. a flatten) is still its output.
+        same = (isinstance(output, torch.Tensor) and isinstance(node, torch.Tensor)
+                and output.data_ptr() == node.data_ptr() and output.numel() == node.numel())
+        self.spiking = same if self.spiking is None else self.spiking and same
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _check_readout(readout: str) -> None:
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r} is unknown; valid readouts: {', '.join(READOUTS)}.")
+
+
+def output_is_spiking(model: nn.Module, x_seq: torch.Tensor) -> bool:
+    r"""Whether ``model``'s output is a SAF neuron's output (so its recovered values are spikes).
+
+    * **中文**: 用 ``x_seq`` 的第一个样本在 eval 模式、无梯度下运行一次（之后恢复各模块的 train/eval 标志并重置
+      网络），判断网络的输出是否直接来自一个 :class:`SAFNode`。是则 :func:`~spikingjelly_saf.functional.rate_readout`
+      可用 ``spikes=True`` 取整脉冲计数。
+    * **English**: runs the first sample of ``x_seq`` once, in eval mode without gradients (each
+      module's train/eval flag is restored and the network reset afterwards), and tells whether the
+      network's output comes straight from a :class:`SAFNode`. When it does,
+      :func:`~spikingjelly_saf.functional.rate_readout` may round the spike counts (``spikes=True``).
+    """
+    _check_x_seq(x_seq, "output_is_spiking")
+    flags = [(m, m.training) for m in model.modules()]
+    source = _OutputSource(model)
+    sj_functional.reset_net(model)
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_sequence(model, x_seq[:1], model_step_mode(model))
+    finally:
+        source.remove()
+        for module, training in flags:
+            module.training = training
+        sj_functional.reset_net(model)
+    return bool(source.spiking)
+
+
+def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") -> torch.Tensor:
     r"""
     **API Language** - :ref:`中文 <saf_inference-cn>` | :ref:`English <saf_inference-en>`
 
@@ -328,8 +394,13 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     * **中文**
 
     ``saf_online_training`` 的推理版本：重置网络，在 ``torch.no_grad`` 下按网络的步进模式运行整个序列
-    ``x_seq`` （``[B, T, *]``），返回最后的加权平均输出 :math:`\bar O[T]` （``[B, C]``），之后再次重置。
-    含 BatchNorm 或 Dropout 的网络请先调用 ``model.eval()``。
+    ``x_seq`` （``[B, T, *]``），返回预测分数（``[B, C]``），之后再次重置。含 BatchNorm 或 Dropout 的网络请先调用
+    ``model.eval()``。
+
+    默认读出 ``readout='rate'`` 是输出的发放率：恢复出的瞬时输出 :math:`o[t]` 在 T 上的均值
+    （:func:`~spikingjelly_saf.functional.rate_readout`），即 ``to_lif`` 部署后的 LIF 网络按 SpikingJelly 的常规
+    方式 ``out_seq.mean(0)`` 读出的分数。输出层是神经元时脉冲计数先取整，两者的 argmax（包括计数相等的并列）完全相同。
+    ``readout='weighted'`` 返回最后的加权平均输出 :math:`\bar O[T]` （SAF-F 的训练目标）。
 
     Shape:
         - ``x_seq``: ``[B, T, *]``
@@ -337,7 +408,7 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
 
     Example::
 
-        >>> scores = saf_inference(net, x_seq)      # 网络已重置，之后再次重置
+        >>> scores = saf_inference(net, x_seq)                 # 发放率；网络已重置，之后再次重置
         >>> prediction = scores.argmax(1)
 
     ----
@@ -348,14 +419,24 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
 
     The evaluation counterpart of :func:`saf_online_training`: reset the network, run the whole
     sequence ``x_seq`` ``[B, T, *]`` under ``torch.no_grad`` in the network's step mode, and return
-    the prediction scores, the last weighted-average output :math:`\bar O[T]` ``[B, C]``
-    (``scores.argmax(1)`` is the class). The network is reset again afterwards, so no state leaks
-    into the next sequence. Call ``model.eval()`` first where BatchNorm or Dropout should be in
-    evaluation mode; this function leaves the train/eval flag alone.
+    the prediction scores ``[B, C]`` (``scores.argmax(1)`` is the class). The network is reset again
+    afterwards, so no state leaks into the next sequence. Call ``model.eval()`` first where BatchNorm
+    or Dropout should be in evaluation mode; this function leaves the train/eval flag alone.
+
+    The default ``readout='rate'`` is the firing rate of the output: the mean over T of the
+    recovered instantaneous output :math:`o[t] = c[t]\bar O[t] - \lambda c[t-1]\bar O[t-1]`
+    (:func:`~spikingjelly_saf.functional.rate_readout`), which is what the LIF network deployed with
+    :func:`~spikingjelly_saf.to_lif` gives when read the way SpikingJelly reads any network,
+    ``out_seq.mean(0)``. Where the output layer is a neuron (seen while the network runs) the spike
+    counts are rounded first, so the two predict the same class on every sample, ties between equal
+    counts included. ``readout='weighted'`` returns the last weighted-average output
+    :math:`\bar O[T]` instead, SAF-F's training target (weights :math:`\lambda^{T-t}`, dominated by
+    the last steps).
 
     :param model: a network of :class:`SAFNode`, possibly wrapped in ``DistributedDataParallel``
     :param x_seq: input of shape ``[B, T, *]`` with ``T >= 1``
-    :return: the scores :math:`\bar O[T]`, shape ``[B, C]``
+    :param readout: ``'rate'`` (default) or ``'weighted'`` (:data:`READOUTS`)
+    :return: the scores, shape ``[B, C]``
 
     Shape:
         - ``x_seq``: ``[B, T, *]``
@@ -363,7 +444,11 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
 
     Example::
 
-        >>> scores = saf_inference(net, x_seq)      # resets the network before and after
+        >>> scores = saf_inference(net, x_seq)                 # firing rate; resets before and after
+        >>> lif_net = to_lif(net)                              # 部署
+        >>> functional.reset_net(lif_net)
+        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # 与 scores 的 argmax 相同
+        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
         >>> prediction = scores.argmax(1)
     """
     _check_x_seq(x_seq, "saf_inference")
@@ -371,7 +456,15 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
     sj_functional.reset_net(model)
     try:
         with torch.no_grad():
-            return run_sequence(model, x_seq, step_mode, last_only=True)
+            if readout == "weighted":
+                return run_sequence(model, x_seq, step_mode, last_only=True)
+            source = _OutputSource(model)
+            try:
+                y_seq = run_sequence(model, x_seq, step_mode)
+            finally:
+                source.remove()
+            return saf_functional.rate_readout(y_seq, readout_decay(model), dim=1,
+                                               spikes=bool(source.spiking))
     finally:
         sj_functional.reset_net(model)
 
@@ -390,8 +483,13 @@ class _Minibatch:
         self.inputs = x_seq.transpose(0, 1)
         self.steps = x_seq.shape[1]
         self.target, self.target_is_sequence = target, target_is_sequence
+        >>> lif_net = to_lif(net)                              # deploy
+        >>> functional.reset_net(lif_net)
+        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # the same argmax as scores
+        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
         self.decay = readout_decay(model)
         self.forward = _ContractedModel(model, step_mode, x_seq.shape[0], schedule)
+    _check_readout(readout)
 
     def target_at(self, t: int) -> torch.Tensor:
         return self.target[:, t] if self.target_is_sequence else self.target

@@ -129,8 +129,10 @@ class SurrogateCodeTable:
         self.interned: dict[tuple, int] = {}
         self.by_id: list[SurrogateKernelCode] = []
         self.warned: set[tuple[str, str]] = set()
-        #: _build's answers for surrogates whose code depends only on (class, spiking, alpha).
+        #: _build's answers for surrogates whose code depends only on (class, spiking, alpha), and
+        #: their interned ids by (that key, backend): every step of every layer asks.
         self.built: dict[tuple, tuple] = {}
+        self.resolved: dict[tuple, int] = {}
         self.lock = threading.Lock()
 
     def register(self, cls: type, registration: _Registration) -> None:
@@ -138,11 +140,13 @@ class SurrogateCodeTable:
             self.registrations[cls] = registration
             self.warned.difference_update({w for w in self.warned if w[0] == cls.__qualname__})
             self.built.clear()
+            self.resolved.clear()
 
     def unregister(self, cls: type) -> None:
         with self.lock:
             self.registrations.pop(cls, None)
             self.built.clear()
+            self.resolved.clear()
 
     def registration_of(self, surrogate) -> Optional[_Registration]:
         """The nearest registered base class's registration."""
@@ -317,6 +321,10 @@ def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Option
     for no particular kernel).
     """
     key = _built_key(surrogate)
+    if key is not None:
+        found = SURROGATE_CODES.resolved.get((key, backend))
+        if found is not None:
+            return found
     built = SURROGATE_CODES.built.get(key) if key is not None else None
     if built is None:
         built = _build(surrogate)
@@ -329,7 +337,10 @@ def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Option
         elif backend == "triton" and code.level == SPIKE_LEVEL and code.triton is None:
             code, reason = None, "it has CUDA code (cuda_codes) but no Triton code"
     if code is not None:
-        return SURROGATE_CODES.intern(code)
+        code_id = SURROGATE_CODES.intern(code)
+        if key is not None:
+            SURROGATE_CODES.resolved[(key, backend)] = code_id
+        return code_id
     key = (type(surrogate).__qualname__, backend)
     if warn and SURROGATE_CODES.first_warning(key):
         warnings.warn(
