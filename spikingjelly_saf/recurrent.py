@@ -52,6 +52,7 @@ __all__ = [
     "delay_factor",
     "stepping_modules",
     "outside_delayed",
+    "unconverted_delayed_problem",
 ]
 
 #: Element-wise functions accepted without probing: each is affine in ``(y, x)`` by definition.
@@ -539,3 +540,17 @@ def stepping_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in outside_delayed(model)
             if isinstance(m, SAFNode)
             or (isinstance(m, DELAYED_CONTAINERS) and _first_saf_node(m) is not None)]
+
+
+def unconverted_delayed_problem(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot be trained as it is, when SpikingJelly's (or the LIF) delayed containers
+    hold SAF neurons; ``None`` otherwise."""
+    names = [name or "<model>" for name, m in model.named_modules()
+             if type(m) in DELAYED_CONTAINERS and _first_saf_node(m) is not None]
+    if not names:
+        return None
+    return (f"{', '.join(names)} hold(s) SAF neurons inside a container that feeds them Abar[t-1] "
+            "unscaled (the LIF network integrates (c[t-1]/c[t]) Abar[t-1]) and keeps the graph of "
+            "y[t-1] across steps, so a second step's backward would fail. Convert the model with "
+            "spikingjelly_saf.to_saf(model), which swaps in the SAF twins of "
+            "spikingjelly_saf.recurrent.")

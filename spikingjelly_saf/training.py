@@ -37,7 +37,7 @@ from spikingjelly.activation_based import functional as sj_functional
 from . import functional as saf_functional
 from .layer import OutputRecovery
 from .neuron import SAFNode
-from .recurrent import outside_delayed, stepping_modules
+from .recurrent import outside_delayed, stepping_modules, unconverted_delayed_problem
 
 __all__ = [
     "METHODS",
@@ -118,6 +118,8 @@ def model_step_mode(model: nn.Module) -> str:
     """
     if not saf_nodes(model):
         raise ValueError(_NO_SAF_NODE)
+    if (problem := unconverted_delayed_problem(model)) is not None:
+        raise ModelContractError(problem)
     modes = _mode_set(stepping_modules(model))
     if len(modes) > 1:
         raise ValueError(
