@@ -54,6 +54,7 @@ __all__ = [
     "recover_instantaneous_seq",
     "running_average",
     "weighted_average",
+    "rate_readout",
 ]
 
 
@@ -263,3 +264,45 @@ def weighted_average(seq: torch.Tensor, decay: float, dim: int = 0) -> torch.Ten
     if average is None:
         raise ValueError(f"the sequence has no steps along dim={dim} (shape {tuple(seq.shape)}).")
     return average
+
+
+def rate_readout(average_seq: torch.Tensor, decay: float, dim: int = 0, spikes: bool = False) -> torch.Tensor:
+    r"""The firing-rate readout of a SAF output: the mean over time of the recovered output :math:`o[t]`.
+
+    * **中文**: SAF 网络的默认预测分数：恢复出的瞬时输出 :math:`o[t]` 在时间维（``dim``）上的均值，即其 LIF
+      孪生网络的 ``out_seq.mean(0)``。由 :math:`A[t] = c[t]\bar O[t]` 直接求得：
+      :math:`\frac1T\sum_t o[t] = \frac1T\big(A[T] + (1-\lambda)\sum_{t<T} A[t]\big)`。
+      ``spikes=True`` （输出层是神经元，:math:`o[t] \in \{0, 1\}`）时先把脉冲计数取整，再除以 ``T``，
+      使分数与 LIF 网络的脉冲均值逐位相同，argmax（包括计数相等的并列）也完全一致。
+    * **English**: the default prediction scores of a SAF network: the mean over ``dim`` (time) of the
+      recovered instantaneous output :math:`o[t] = c[t]\bar O[t] - \lambda c[t-1]\bar O[t-1]`
+      (:func:`recover_instantaneous`), i.e. ``out_seq.mean(0)`` of the network's LIF twin. The sum
+      telescopes: with :math:`A[t] = c[t]\bar O[t] = \lambda A[t-1] + o[t]`,
+
+      .. math:: \frac1T\sum_{t=1}^T o[t] = \frac1T\Big(A[T] + (1-\lambda)\sum_{t=1}^{T-1} A[t]\Big)
+
+      so no step is recovered one by one. With ``spikes=True`` (the output layer is a neuron, so
+      :math:`o[t] \in \{0, 1\}`) the spike count is rounded to the integer it is up to rounding
+      before dividing by ``T``: the scores are then the LIF twin's ``out_seq.mean(0)`` bit for bit
+      on the CPU, and on any device a strictly increasing function of the same counts, so the
+      argmax is the same, ties between equal counts included.
+
+    :param average_seq: the weighted-average outputs :math:`\bar O[1..T]`
+    :param decay: :math:`\lambda` of the output (:func:`spikingjelly_saf.training.readout_decay`)
+    :param dim: the time dimension of ``average_seq``
+    :param spikes: the outputs are a neuron's weighted firing rates (round the spike counts)
+    :return: the scores, ``average_seq`` without ``dim``
+    """
+    steps = average_seq.shape[dim]
+    if steps == 0:
+        raise ValueError(f"the sequence has no steps along dim={dim} (shape {tuple(average_seq.shape)}).")
+    weight_sum, total, accumulated = 0.0, None, None
+    for t, average in enumerate(average_seq.unbind(dim)):
+        weight_sum = next_weight_sum(weight_sum, decay)
+        accumulated = weight_sum * average          # A[t]
+        if t < steps - 1:
+            total = (1.0 - decay) * accumulated if total is None else total + (1.0 - decay) * accumulated
+    total = accumulated if total is None else total + accumulated
+    if spikes:
+        total = total.round()
+    return total / steps

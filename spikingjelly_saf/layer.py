@@ -164,10 +164,17 @@ class OutputRecovery(base.MemoryModule):
         return (output,), (average.detach(), weight_sum)
 
 
-def predict(average_output: torch.Tensor) -> torch.Tensor:
-    r"""The class prediction of a SAF network: the arg-max of its last weighted-average output :math:`\bar O[T]`.
+def predict(scores: torch.Tensor) -> torch.Tensor:
+    r"""The class prediction of a SAF network: the arg-max over the last dimension of its scores.
 
-    OTTT and BPTT predict from the plain sum of per-step outputs instead; SAF predicts from the
-    Spike Representation of the output, which is what SAF-F trains.
+    * **中文**: 对 :func:`~spikingjelly_saf.saf_inference` 的分数取 argmax。默认分数是输出的发放率（恢复出的瞬时
+      输出在 T 上的均值），与 ``to_lif`` 部署后 LIF 网络 ``out_seq.mean(0)`` 的预测相同；
+      ``saf_inference(..., readout='weighted')`` 的 :math:`\bar O[T]` 也可以传入。
+    * **English**: the arg-max of the scores :func:`~spikingjelly_saf.saf_inference` returns. By
+      default those are the firing rate of the output (the mean over T of the recovered
+      instantaneous output, :func:`~spikingjelly_saf.functional.rate_readout`), the readout
+      SpikingJelly applies to every network: the LIF network deployed with ``to_lif`` and read as
+      ``out_seq.mean(0)`` predicts the same class. :math:`\bar O[T]`
+      (``saf_inference(..., readout='weighted')``, SAF-F's training target) is accepted too.
     """
-    return average_output.argmax(dim=-1)
+    return scores.argmax(dim=-1)
