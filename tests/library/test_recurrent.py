@@ -197,6 +197,19 @@ def test_without_the_factor_spikes_differ(tau):
     assert sum(int((wrong_spikes[n] != s).sum()) for n, s in lif_spikes.items()) > 0
 
 
+def test_training_refuses_saf_neurons_in_spikingjelly_containers():
+    """Instead of PyTorch's "backward through the graph a second time", a message naming to_saf."""
+    from spikingjelly_saf import ModelContractError
+
+    net = nn.Sequential(layer.LinearRecurrentContainer(SAFNode(), IN, IN), layer.Linear(IN, CLASSES))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ModelContractError, match="to_saf"):
+        saf_online_training(net, optimizer, torch.rand(2, 3, IN), torch.tensor([0, 1]), F.cross_entropy)
+    fixed = to_saf(net)
+    saf_online_training(fixed, torch.optim.SGD(fixed.parameters(), lr=0.1), torch.rand(2, 3, IN),
+                        torch.tensor([0, 1]), F.cross_entropy)
+
+
 class _FactorOnFeedbackInput(SAFFeedbackContainer):
     """The factor on the feedback's input instead of its output: the feedback bias then enters at
     step 1 and with weight c[t] instead of c[t-1]."""
