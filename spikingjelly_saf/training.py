@@ -46,10 +46,10 @@ __all__ = [
     "StateCarriedOverWarning",
     "saf_online_training",
     "saf_inference",
-    "run_sequence",
-    "step_mode_of",
     "READOUTS",
     "output_is_spiking",
+    "run_sequence",
+    "step_mode_of",
     "model_step_mode",
     "saf_nodes",
     "readout_decay",
@@ -412,6 +412,10 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") 
 
         >>> scores = saf_inference(net, x_seq)                 # 发放率；网络已重置，之后再次重置
         >>> prediction = scores.argmax(1)
+        >>> lif_net = to_lif(net)                              # 部署
+        >>> functional.reset_net(lif_net)
+        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # 与 scores 的 argmax 相同
+        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
 
     ----
 
@@ -447,13 +451,14 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") 
     Example::
 
         >>> scores = saf_inference(net, x_seq)                 # firing rate; resets before and after
-        >>> lif_net = to_lif(net)                              # 部署
-        >>> functional.reset_net(lif_net)
-        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # 与 scores 的 argmax 相同
-        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
         >>> prediction = scores.argmax(1)
+        >>> lif_net = to_lif(net)                              # deploy
+        >>> functional.reset_net(lif_net)
+        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # the same argmax as scores
+        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
     """
     _check_x_seq(x_seq, "saf_inference")
+    _check_readout(readout)
     step_mode = model_step_mode(model)
     sj_functional.reset_net(model)
     try:
@@ -485,13 +490,8 @@ class _Minibatch:
         self.inputs = x_seq.transpose(0, 1)
         self.steps = x_seq.shape[1]
         self.target, self.target_is_sequence = target, target_is_sequence
-        >>> lif_net = to_lif(net)                              # deploy
-        >>> functional.reset_net(lif_net)
-        >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # the same argmax as scores
-        >>> obar_T = saf_inference(net, x_seq, readout="weighted")
         self.decay = readout_decay(model)
         self.forward = _ContractedModel(model, step_mode, x_seq.shape[0], schedule)
-    _check_readout(readout)
 
     def target_at(self, t: int) -> torch.Tensor:
         return self.target[:, t] if self.target_is_sequence else self.target
