@@ -27,17 +27,16 @@ import importlib
 import importlib.util
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Iterator, Optional
-
-import warnings
 
 import torch
 from spikingjelly.logger import logger
 
 from .. import functional as saf_functional
 from .. import gradients
-from .surrogate_codes import CUDA_CODE_BACKENDS, register_surrogate_code
+from .surrogate_codes import register_surrogate_code
 
 __all__ = [
     "Backend",
