@@ -7,8 +7,8 @@ from . import functional, health, recording, recurrent, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SpikeTap
-from .training import (METHODS, ModelContractError, StateCarriedOverWarning, saf_inference,
-                       saf_online_training)
+from .training import (METHODS, ModelContractError, NonFiniteTrainingError, StateCarriedOverWarning,
+                       saf_inference, saf_online_training)
 from .recording import SpikeRecorder
 from .health import FiringHealth
 from .conversion import to_lif, to_saf
@@ -24,6 +24,7 @@ __all__ = [
     "saf_inference",
     "ModelContractError",
     "StateCarriedOverWarning",
+    "NonFiniteTrainingError",
     "SpikeRecorder",
     "FiringHealth",
     "health",

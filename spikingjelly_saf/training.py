@@ -26,6 +26,7 @@ sequences means).
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "SCHEDULES",
     "ModelContractError",
     "StateCarriedOverWarning",
+    "NonFiniteTrainingError",
     "saf_online_training",
     "saf_inference",
     "READOUTS",
@@ -66,6 +68,29 @@ class ModelContractError(ValueError):
 
 class StateCarriedOverWarning(UserWarning):
     """A network still held state from an earlier sequence; it was reset before use."""
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """:func:`saf_online_training` met a NaN or infinite input, loss or gradient and stopped before
+    the optimizer step that would have written it into the weights.
+
+    ``what`` is ``'input'``, ``'loss'`` or ``'gradient'``; ``step`` the time step (``None`` for the
+    input, checked before the first step); ``parameter`` names the first parameter whose gradient is
+    not finite; ``value`` is ``'nan'`` or ``'inf'``.
+    """
+
+    def __init__(self, what: str, step: Optional[int], detail: str, value: str,
+                 parameter: Optional[str] = None):
+        where = "" if step is None else f" at time step {step}"
+        super().__init__(
+            f"saf_online_training stopped: the {what} is not finite{where} ({detail}); the optimizer "
+            "step was not taken, so the weights hold the last finite update. Check the data and "
+            "lower the learning rate; SAF-E steps the optimizer T times per minibatch.")
+        self.what, self.step, self.value, self.parameter = what, step, value, parameter
+
+
+def _nan_or_inf(tensor: torch.Tensor) -> str:
+    return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
 def saf_nodes(model: nn.Module) -> list[SAFNode]:
@@ -484,9 +509,12 @@ class _Minibatch:
     """What every schedule needs: the contracted model, inputs ``[T, B, *]`` and per-step targets."""
 
     def __init__(self, model, optimizer, x_seq, target, f_loss, target_is_sequence, grad_scaler,
-                 step_mode, schedule):
+                 step_mode, schedule, check_finite=True):
         self.model, self.optimizer, self.f_loss = model, optimizer, f_loss
         self.grad_scaler, self.step_mode = grad_scaler, step_mode
+        self.check_finite = check_finite
+        self.first_bad_loss: Optional[tuple[int, float]] = None
+        self.time_step = 0
         self.inputs = x_seq.transpose(0, 1)
         self.steps = x_seq.shape[1]
         self.target, self.target_is_sequence = target, target_is_sequence
@@ -501,13 +529,44 @@ class _Minibatch:
 
     def step(self, t: int) -> torch.Tensor:
         """The output of step ``t`` alone, ``[B, *]``, in either step mode."""
+        self.time_step = t
         y = self.forward(self.step_input(t))
         return y if self.step_mode == "s" else y[0]
 
     def backward(self, loss: torch.Tensor) -> None:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"f_loss must return a single number (a scalar tensor), got {_shape(loss)}; reduce it, "
+                "e.g. with reduction='mean' or .mean().")
+        if self.check_finite and self.first_bad_loss is None and not torch.isfinite(loss.detach()).all():
+            self.first_bad_loss = (self.time_step, float(loss.detach()))
+        # Backward even on a bad loss: under DistributedDataParallel every process must take part in
+        # the gradient all-reduce, and the non-finite gradient then stops all of them together.
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
+    def _check_before_step(self) -> None:
+        if self.first_bad_loss is not None:
+            step, value = self.first_bad_loss
+            raise NonFiniteTrainingError("loss", step, f"f_loss returned {value}",
+                                         "nan" if math.isnan(value) else "inf")
+        if self.grad_scaler is not None:
+            return  # a GradScaler skips steps with non-finite gradients by design
+        gradients = [p.grad for group in self.optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]
+        if not gradients:
+            return
+        largest = float(torch.nn.utils.get_total_norm(gradients, norm_type=math.inf))
+        if math.isfinite(largest):
+            return
+        name = next((name for name, p in self.model.named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+        bad = "a parameter outside the model" if name is None else name
+        raise NonFiniteTrainingError("gradient", self.time_step, f"the gradient of {bad} is {largest}",
+                                     "nan" if math.isnan(largest) else "inf", name)
+
     def optimizer_step(self) -> None:
+        if self.check_finite:
+            self._check_before_step()
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
@@ -604,6 +663,7 @@ def saf_online_training(
     method: str = "saf-e",
     target_is_sequence: bool = False,
     grad_scaler: Optional["torch.amp.GradScaler"] = None,
+    check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     **API Language** - :ref:`中文 <saf_online_training-cn>` | :ref:`English <saf_online_training-en>`
@@ -675,6 +735,11 @@ def saf_online_training(
         LIF/OTTT output); SAF-F applies it once to :math:`\bar O[T]`.
     :param target_is_sequence: ``target`` holds one target per step
     :param grad_scaler: an optional ``torch.amp.GradScaler`` for mixed precision
+    :param check_finite: stop with :class:`NonFiniteTrainingError` on a NaN or infinite input (before
+        the first step), loss or gradient (before the optimizer step that would apply it; with a
+        ``grad_scaler`` the scaler's own skipping handles gradients). Under SAF-E the updates of
+        earlier time steps of the minibatch stay applied. Each check waits for the device once per
+        optimizer step; ``False`` turns them off.
     :return: ``(loss, y_seq)``: the summed loss (detached) and the weighted-average outputs
         ``[B, T, *]``; predict from ``y_seq[:, -1]``.
 
@@ -707,8 +772,12 @@ def saf_online_training(
         raise ValueError(
             f"target_is_sequence=True needs target of shape [B, T={steps}, *], got {tuple(target.shape)}."
         )
+    if check_finite and x_seq.is_floating_point() and not bool(torch.isfinite(x_seq).all()):
+        bad = int((~torch.isfinite(x_seq)).sum())
+        raise NonFiniteTrainingError("input", None, f"x_seq holds {bad} NaN or infinite value(s)",
+                                     _nan_or_inf(x_seq))
     step_mode = model_step_mode(model)
     _reset_if_holding_state(model, "saf_online_training")
     batch = _Minibatch(model, optimizer, x_seq, target, f_loss, target_is_sequence, grad_scaler,
-                       step_mode, method)
+                       step_mode, method, check_finite)
     return SCHEDULES[method](batch)
