@@ -1,6 +1,7 @@
 """The CUDA source of the fused kernels, executed on the CPU, through the real host code.
 
-For every surrogate with kernel code, the CUDA translation unit (``kernel_source.cuda_source``) is
+For every surrogate with kernel code (SpikingJelly's built-ins, ``SpikeRepresentation``, a
+``cuda_codes`` object and a class registered with ``register_surrogate_code``), the CUDA translation unit (``kernel_source.cuda_source``) is
 compiled with the C++ prelude that defines the CUDA built-ins (``cpu_source.cpu_source``) and the
 ``__global__`` kernels are launched as CUDA would: every thread of ``<<<grid, block>>>`` runs the
 kernel with its ``blockIdx``/``threadIdx``, with the grid and arguments of ``cuda_host`` (the code
@@ -46,12 +47,35 @@ class LegacyCudaSurrogate:
         return 1.0 / (1.0 + (2.0 * x) ** 2)
 
 
+class RegisteredSurrogate:
+    """A user surrogate given CUDA code with register_surrogate_code: sg'(x) = alpha / (1 + beta |x|)^2."""
+
+    spiking = True
+    alpha, beta = 1.5, 2.0
+
+    def __call__(self, x):
+        return surrogate.ATan(alpha=2.0)(x)
+
+    @staticmethod
+    def derivative(x):
+        return 1.5 / (1.0 + 2.0 * x.abs()) ** 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered_surrogate():
+    saf.register_surrogate_code(
+        RegisteredSurrogate,
+        cuda=lambda sg, y, x: f"const float z = 1.0f + {sg.beta}f * fabsf({x});\n{y} = {sg.alpha}f / (z * z);")
+    yield
+    surrogate_codes.unregister_surrogate_code(RegisteredSurrogate)
+
+
 BUILTINS = [
     surrogate.Sigmoid(alpha=4.0), surrogate.ATan(alpha=2.0), surrogate.PiecewiseQuadratic(alpha=1.5),
     surrogate.PiecewiseExp(alpha=2.0), surrogate.SoftSign(alpha=2.0), surrogate.SuperSpike(alpha=1.0),
     surrogate.Erf(alpha=2.0),
 ]
-SPIKE_LEVEL = BUILTINS + [LegacyCudaSurrogate()]
+SPIKE_LEVEL = BUILTINS + [LegacyCudaSurrogate(), RegisteredSurrogate()]
 ALL = SPIKE_LEVEL + [SpikeRepresentation()]
 
 #: Backward error bound, in float32 ulps of the float64 reference, scaled by 1 + the derivative's
@@ -149,8 +173,8 @@ def reference_derivative(sg, x: torch.Tensor) -> torch.Tensor:
     Evaluated at -|x|: every derivative here is even, and SpikingJelly's Sigmoid formula
     (1 - sigmoid(a x)) sigmoid(a x) a loses its digits for large positive a x, even in float64."""
     x = -x.abs()
-    if isinstance(sg, LegacyCudaSurrogate):
-        return LegacyCudaSurrogate.derivative(x)
+    if isinstance(sg, (LegacyCudaSurrogate, RegisteredSurrogate)):
+        return sg.derivative(x)
     return type(sg).backward(torch.ones_like(x), x, **sg._sg_params)
 
 
@@ -166,7 +190,7 @@ def condition_number(sg, x: torch.Tensor) -> torch.Tensor:
         return 2 * ax * ax
     if name == "PiecewiseQuadratic":
         return (a * ax) / (a - a * ax).abs().clamp_min(1e-300)
-    return torch.full_like(x, 2.0)  # ATan, SoftSign, SuperSpike, legacy: |x sg''/sg'| <= 2
+    return torch.full_like(x, 2.0)  # ATan, SoftSign, SuperSpike, the two user ones: |x sg''/sg'| <= 2
 
 
 def ulp(x: torch.Tensor) -> torch.Tensor:
