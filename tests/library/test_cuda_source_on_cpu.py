@@ -1,9 +1,9 @@
 """The CUDA source of the fused kernels, executed on the CPU, through the real host code.
 
 For every surrogate with kernel code (SpikingJelly's built-ins, ``SpikeRepresentation``, a
-``cuda_codes`` object and a class registered with ``register_surrogate_code``), the CUDA translation unit (``kernel_source.cuda_source``) is
-compiled with the C++ prelude that defines the CUDA built-ins (``cpu_source.cpu_source``) and the
-``__global__`` kernels are launched as CUDA would: every thread of ``<<<grid, block>>>`` runs the
+``cuda_codes`` object and a class registered with ``register_surrogate_code``), the CUDA
+translation unit (``kernel_source.cuda_source``) is compiled with the C++ prelude that defines the
+CUDA built-ins (``cpu_source.cpu_source``) and the ``__global__`` kernels are launched as CUDA would: every thread of ``<<<grid, block>>>`` runs the
 kernel with its ``blockIdx``/``threadIdx``, with the grid and arguments of ``cuda_host`` (the code
 the CuPy backend launches with). Every pointer the kernels get lies between two guard regions that
 must be unchanged afterwards, so a write outside a buffer fails the test.
