@@ -21,6 +21,7 @@ import torch
 from spikingjelly_saf import backends
 from .methods import METHOD_NAMES, get_method
 from .models import SURROGATES
+from .recipes import recipe_defaults
 from .rundir import add_run_flags
 
 __all__ = ["build_parser", "DEFAULT_MODELS", "DATASET_FLAGS", "TrainingArguments", "BACKENDS",
@@ -334,4 +335,5 @@ def build_parser(datasets: Sequence[str], description: str = "",
     train.add_argument("-count-grad-syncs", action="store_true",
                        help="record how many gradient all-reduces DDP runs per minibatch")
     add_run_flags(parser)
+    parser.set_defaults(**recipe_defaults(datasets))  # the paper's recipe (recipes.py)
     return parser

@@ -128,7 +128,8 @@ def train_one_epoch(model, method: Method, optimizer, batches: Iterable, f_loss,
                     sequence: bool = False, device: torch.device = torch.device("cpu"),
                     epoch: int = 0, grad_scaler=None, amp: bool = False, progress=None,
                     inject_nan: bool = False, all_finite: Callable[[bool], bool] = bool,
-                    on_minibatch=None, max_batches: Optional[int] = None) -> EpochResult:
+                    on_minibatch=None, max_batches: Optional[int] = None,
+                    train_mode: Optional[Callable] = None) -> EpochResult:
     """Train ``model`` for one pass over ``batches`` (at most ``max_batches`` of them).
 
     ``loss_sum`` adds, per sample, ``f_loss`` of the method's prediction scores: the quantity
@@ -139,12 +140,20 @@ def train_one_epoch(model, method: Method, optimizer, batches: Iterable, f_loss,
     the device synchronised), e.g. for TensorBoard (:func:`saf_examples.report.minibatch_logger`)
     or a learning-rate schedule stepped per minibatch.
 
+    ``train_mode(model)`` (optional) puts the model in training mode instead of ``model.train()``,
+    e.g. with BatchNorm kept in eval mode. A benchmark tests inside an epoch by calling this
+    function on consecutive slices of one epoch's batches (``itertools.islice``).
+
     Raises :class:`NonFiniteLossError` as soon as a minibatch's loss is NaN or infinite;
     ``all_finite(local_flag)`` turns the local check into the decision of every process.
     """
-    model.train()
+    if train_mode is None:
+        model.train()
+    else:
+        train_mode(model)
     functional.reset_net(model)
     loss_sum, correct, samples = 0.0, 0, 0
+    reader = None
     start = time.perf_counter()
     for batch, (x, label) in enumerate(batches):
         if max_batches is not None and batch >= max_batches:
@@ -152,6 +161,8 @@ def train_one_epoch(model, method: Method, optimizer, batches: Iterable, f_loss,
         x = x.to(device, non_blocking=True).float()
         label = label.to(device, non_blocking=True)
         x_seq = to_sequence(x, steps, sequence)
+        if reader is None:
+            reader = _reader(model, method, x_seq)
         if inject_nan:
             def loss_fn(output, target):
                 return f_loss(output, target) * float("nan")
@@ -170,7 +181,7 @@ def train_one_epoch(model, method: Method, optimizer, batches: Iterable, f_loss,
         if not all_finite(math.isfinite(value)):
             raise NonFiniteLossError(epoch, batch, value)
         with torch.no_grad():
-            scores = method.prediction_scores(y_seq).float()
+            scores = reader(y_seq).float()
             batch_loss = float(f_loss(scores, label))
         batch_correct = int((scores.argmax(1) == label).sum())
         loss_sum += batch_loss * label.numel()
@@ -195,10 +206,11 @@ def evaluate(model, method, batches: Iterable, f_loss, *, steps: int, sequence: 
              readouts: Optional[dict] = None, keep_predictions: bool = False) -> Evaluation:
     """Evaluate ``model`` on ``batches`` (eval mode, reset per minibatch); returns an :class:`Evaluation`.
 
-    The model runs in its own step mode (multi-step where a fused backend put it there);
-    ``method.prediction_scores`` reads the prediction (``method`` is a :class:`Method` or a reader
-    such as :class:`DeployedLIF`). ``readouts`` maps names to further ``scores(y_seq)`` functions,
-    whose correct predictions are counted too. With ``check_health`` a layer that stays silent or
+    The model runs in its own step mode (multi-step where a fused backend put it there). The
+    prediction is the firing rate of the output: :meth:`Method.reader` (SAF methods recover it from
+    the weighted averages) or, for ``method`` a reader such as :class:`DeployedLIF`, its
+    ``prediction_scores``. ``readouts`` maps names to further ``scores(y_seq)`` functions, whose
+    correct predictions are counted too. With ``check_health`` a layer that stays silent or
     fires almost everywhere on the whole set is reported on stderr, once per model, layer and kind,
     by :class:`~spikingjelly_saf.health.FiringHealth`: the layer, its rate and the likely cause
     (for SAF-E and OTTT_O usually a learning rate too high for T updates per minibatch).
@@ -210,15 +222,19 @@ def evaluate(model, method, batches: Iterable, f_loss, *, steps: int, sequence: 
                               steps=steps)
     result = Evaluation(0.0, 0, 0, readout_correct={name: 0 for name in readouts or {}})
     predictions = []
+    reader = None
     functional.reset_net(model)
     try:
         for x, label in batches:
             x = x.to(device, non_blocking=True).float()
             label = label.to(device, non_blocking=True)
+            x_seq = to_sequence(x, steps, sequence)
+            if reader is None:
+                reader = _reader(model, method, x_seq)
             with _autocast(device, amp):
-                y_seq = run_sequence(model, to_sequence(x, steps, sequence))
+                y_seq = run_sequence(model, x_seq)
             functional.reset_net(model)
-            scores = method.prediction_scores(y_seq).float()
+            scores = reader(y_seq).float()
             result.loss_sum += float(f_loss(scores, label)) * label.numel()
             predicted = scores.argmax(1)
             result.correct += int((predicted == label).sum())
@@ -237,14 +253,21 @@ def evaluate(model, method, batches: Iterable, f_loss, *, steps: int, sequence: 
     return result
 
 
+def _reader(model, method, x_seq: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(method, Method):
+        return method.reader(model, x_seq)
+    return method.prediction_scores
+
+
 class DeployedLIF:
     r"""How the LIF network deployed from a SAF model is read: in the SAF model's step mode, with
-    the method's deployed readout (:meth:`saf_examples.methods.Method.deployed_readout`), so that
-    it predicts what the SAF model predicted."""
+    the method's deployed readout (:meth:`saf_examples.methods.Method.deployed_readout`), the mean
+    of its output over T as SpikingJelly reads any network; it predicts what the SAF model
+    predicted. ``decay`` records the leak of the SAF model's output (written to run reports)."""
 
     def __init__(self, method: Method, decay: float):
         self.method, self.decay = method, float(decay)
-        self._readout = method.deployed_readout(self.decay)
+        self._readout = method.deployed_readout()
 
     def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
         return self._readout(y_seq)

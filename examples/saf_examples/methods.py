@@ -20,10 +20,12 @@ from spikingjelly.activation_based import functional, neuron, surrogate
 
 from spikingjelly_saf import functional as saf_functional
 from spikingjelly_saf.neuron import SAFNode, check_tau
-from spikingjelly_saf.training import _check_batch, _check_x_seq, run_sequence, saf_online_training
+from spikingjelly_saf.surrogate import SpikeRepresentation
+from spikingjelly_saf.training import (_check_batch, _check_x_seq, output_is_spiking, readout_decay,
+                                       run_sequence, saf_online_training)
 
 __all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
-           "saf_readout", "mean_readout", "weighted_average_readout"]
+           "saf_rate_readout", "saf_weighted_readout", "mean_readout", "weighted_average_readout"]
 
 
 class ReLUNode(nn.Module):
@@ -45,23 +47,36 @@ class ReLUNode(nn.Module):
 # readouts and training steps
 
 
-def saf_readout(y_seq: torch.Tensor) -> torch.Tensor:
-    r"""SAF's prediction scores: the last weighted-average output :math:`\bar O[T]`."""
+def saf_rate_readout(decay: float, spikes: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    r"""SAF's prediction scores: the firing rate of the output, the mean over T of the recovered
+    instantaneous output, from the weighted averages ``[B, T, *]``
+    (:func:`spikingjelly_saf.functional.rate_readout`; ``spikes``: the output layer is a neuron, so
+    the spike counts are rounded). The LIF twin read with :func:`mean_readout` predicts the same."""
+    decay, spikes = float(decay), bool(spikes)
+
+    def readout(y_seq: torch.Tensor) -> torch.Tensor:
+        return saf_functional.rate_readout(y_seq, decay, dim=1, spikes=spikes)
+
+    return readout
+
+
+def saf_weighted_readout(y_seq: torch.Tensor) -> torch.Tensor:
+    r"""The last weighted-average output :math:`\bar O[T]` of a SAF network (SAF-F's training
+    target), by name; not the default prediction."""
     return y_seq[:, -1]
 
 
 def mean_readout(y_seq: torch.Tensor) -> torch.Tensor:
-    """OTTT/BPTT/DSR prediction scores: the mean output over the time steps."""
+    """The firing rate: the mean output over the time steps, how SpikingJelly reads any network
+    (OTTT, BPTT, SLTT, DSR, and the LIF network deployed from SAF)."""
     return y_seq.mean(dim=1)
 
 
 def weighted_average_readout(decay: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    r"""The readout of a LIF network deployed from SAF (:func:`spikingjelly_saf.to_lif`).
-
-    Its per-step outputs :math:`o[t]` ``[B, T, *]`` are averaged with SAF's weights,
-    :math:`\bar O[T] = \sum_t \lambda^{T-t} o[t] / c[T]`, step by step with the same formulas as
-    SAF, so the deployed network predicts exactly what the SAF network predicted. ``decay`` is
-    :math:`\lambda` of the neuron feeding the output layer
+    r"""SAF's weighted average :math:`\bar O[T] = \sum_t \lambda^{T-t} o[t] / c[T]` of per-step
+    outputs :math:`o[t]` ``[B, T, *]`` (a LIF or OTTT network's), step by step with SAF's formulas:
+    what :func:`saf_weighted_readout` reads from a SAF network, for comparing the two readouts.
+    ``decay`` is :math:`\lambda` of the neuron feeding the output layer
     (:func:`spikingjelly_saf.training.readout_decay` of the SAF model).
     """
     decay = float(decay)
@@ -76,8 +91,15 @@ def _repeat_target(target: torch.Tensor, steps: int) -> torch.Tensor:
     return target.unsqueeze(1).expand(target.shape[0], steps, *target.shape[1:])
 
 
+def _averaged_over_steps(f_loss: Callable, steps: int) -> Callable:
+    def per_step(output, target):
+        return f_loss(output, target) / steps
+
+    return per_step
+
+
 def _train_saf(method: "Method", model, optimizer, x_seq, target, f_loss, grad_scaler=None):
-    return saf_online_training(model, optimizer, x_seq, target, f_loss, method.name,
+    return saf_online_training(model, optimizer, x_seq, target, f_loss, method.schedule or method.name,
                                grad_scaler=grad_scaler)
 
 
@@ -116,7 +138,7 @@ def _train_whole_sequence(method: "Method", model, optimizer, x_seq, target, f_l
 def _lif_kwargs(method: "Method", tau, v_threshold, surrogate_function, detach_reset, steps) -> dict:
     kwargs = dict(tau=float(tau), v_threshold=float(v_threshold), v_reset=None,
                   decay_input=False, detach_reset=detach_reset,
-                  surrogate_function=surrogate_function or surrogate.Sigmoid(alpha=4.0))
+                  surrogate_function=surrogate_function or method.default_surrogate())
     kwargs.update(method.fixed_neuron_kwargs)
     return kwargs
 
@@ -178,15 +200,22 @@ class Method:
         backend needs multi-step mode (:meth:`step_mode_for`)
     :ivar needs_ottt_sequential: the network must be built from ``layer.OTTTSequential``
         (``OTTTLIFNode`` returns ``[spike, trace]`` while training)
-    :ivar uses_saf_readout: predicts from the last weighted-average output :math:`\bar O[T]`
-        rather than the mean output
+    :ivar uses_saf_readout: the outputs are SAF weighted averages :math:`\bar O[t]`; the prediction
+        is their firing rate (:func:`saf_rate_readout`), which needs the output's leak and whether
+        the output layer is a neuron (:meth:`reader`)
     :ivar needs_input_average: frame-sequence inputs need
         :class:`~spikingjelly_saf.layer.InputAverage` in front of the first layer
-    :ivar representation_level: trains the spike representation (SAF-F), for which
-        :class:`~spikingjelly_saf.surrogate.SpikeRepresentation` is the matching surrogate
+    :ivar representation_level: trains with the representation-level surrogate
+        :class:`~spikingjelly_saf.surrogate.SpikeRepresentation` (SAF-F in Theorem 3's setting,
+        ``saf-f-rep``) rather than a spike-level one
+    :ivar schedule: the :func:`~spikingjelly_saf.saf_online_training` method a SAF entry trains
+        with, where it differs from :attr:`name` (``saf-f-rep`` trains as ``'saf-f'``)
+    :ivar default_surrogate: builds the surrogate used when none is given (the OTTT setting's
+        ``Sigmoid(alpha=4)``; ``SpikeRepresentation`` for ``saf-f-rep``)
     :ivar needs_steps: the neuron is built for a fixed number of steps (``neuron_kwargs(steps=T)``)
-    :ivar updates_every_step: steps the optimizer at every time step (T updates per minibatch), so
-        it usually needs a learning rate about T times smaller
+    :ivar updates_every_step: steps the optimizer at every time step (T updates per minibatch)
+    :ivar loss_every_step: puts ``f_loss`` on every step's output; :meth:`train_step` divides each
+        step's loss by T, so the minibatch's loss is the average over T, as in OTTT
     """
 
     name: str
@@ -208,6 +237,9 @@ class Method:
     representation_level: bool = False
     needs_steps: bool = False
     updates_every_step: bool = False
+    loss_every_step: bool = False
+    schedule: Optional[str] = None
+    default_surrogate: Callable = field(repr=False, default=lambda: surrogate.Sigmoid(alpha=4.0))
 
     def neuron_kwargs(self, tau: float = 2.0, v_threshold: float = 1.0,
                       surrogate_function=None, detach_reset: bool = True,
@@ -229,12 +261,15 @@ class Method:
     def step_mode_for(self, backend: str = "torch") -> str:
         """The step mode to run in with the ``SAFNode`` ``backend``.
 
-        ``'torch'`` keeps :attr:`step_mode`; a fused backend runs only in multi-step mode, so it
+        ``'torch'`` and ``'auto'`` keep :attr:`step_mode`; a fused backend named explicitly runs in
+        multi-step mode (a whole sequence per launch), so it
         gives ``'m'`` for a method that can run multi-step and raises ``ValueError`` otherwise.
         """
         if not isinstance(backend, str) or not backend:
             raise ValueError(f"backend must be a backend name such as 'torch', got {backend!r}.")
-        if backend == "torch":
+        if backend in ("torch", "auto"):
+            # 'auto' (SAFNode's default) runs either step mode: its fused kernels take a
+            # single step as a T=1 launch, and other neurons ignore it.
             return self.step_mode
         if not self.supports_fused_backends:
             able = ", ".join(m.name for m in _METHODS.values() if m.supports_fused_backends)
@@ -256,7 +291,7 @@ class Method:
         """
         if backend is None:
             fused = {getattr(m, "backend", "torch") for m in model.modules()
-                     if isinstance(m, SAFNode)} - {"torch"}
+                     if isinstance(m, SAFNode)} - {"torch", "auto"}
             backend = next(iter(fused)) if fused else "torch"
         functional.set_step_mode(model, self.step_mode_for(backend))
         return model
@@ -271,23 +306,53 @@ class Method:
             raise ValueError(f"mixed precision is not supported with method {self.name!r}.")
         _check_x_seq(x_seq, f"method {self.name}")
         _check_batch(x_seq, target, False)
+        if self.loss_every_step:
+            # OTTT's per-step loss is averaged over T (its train_cifar.py divides each step's loss
+            # by T), so that one learning rate serves every T; the library sums what it is given.
+            f_loss = _averaged_over_steps(f_loss, x_seq.shape[1])
         return self.train(self, model, optimizer, x_seq, target, f_loss, grad_scaler)
 
-    def prediction_scores(self, y_seq: torch.Tensor) -> torch.Tensor:
-        """The scores a prediction is read from (``[B, T, *] -> [B, *]``)."""
-        return self.readout(y_seq)
+    def prediction_scores(self, y_seq: torch.Tensor, decay: Optional[float] = None,
+                          spikes: bool = False) -> torch.Tensor:
+        """The scores a prediction is read from (``[B, T, *] -> [B, *]``): the firing rate of the
+        output. For SAF methods (:attr:`uses_saf_readout`) it is recovered from the weighted
+        averages, which needs the output's leak ``decay`` and ``spikes`` (the output layer is a
+        neuron); :meth:`reader` finds both from the model."""
+        if not self.uses_saf_readout:
+            return self.readout(y_seq)
+        if decay is None:
+            raise ValueError(f"method {self.name}: the firing rate of SAF outputs needs the output's "
+                             "decay (spikingjelly_saf.training.readout_decay(model)); use "
+                             "method.reader(model, x_seq).")
+        return saf_rate_readout(decay, spikes)(y_seq)
 
-    def deployed_readout(self, decay: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def reader(self, model: nn.Module, x_seq: Optional[torch.Tensor] = None
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The prediction readout ``scores(y_seq)`` of ``model`` trained with this method.
+
+        SAF methods read the output's firing rate with the model's leak, rounding the spike counts
+        where the output layer is a neuron (found by running the first sample of ``x_seq`` once,
+        :func:`spikingjelly_saf.training.output_is_spiking`), so that the LIF twin read with
+        :meth:`deployed_readout` predicts the same class on every sample. Others: the mean output.
+        """
+        if not self.uses_saf_readout:
+            return self.readout
+        module = getattr(model, "module", model)  # DistributedDataParallel
+        spikes = x_seq is not None and output_is_spiking(module, x_seq)
+        return saf_rate_readout(readout_decay(module), spikes)
+
+    def deployed_readout(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The readout of the LIF network this method's model deploys to (:attr:`deploys_to_lif`):
-        :func:`weighted_average_readout`, so that it predicts what the trained model predicted."""
+        :func:`mean_readout`, ``out_seq.mean(0)`` as SpikingJelly reads any network, which predicts
+        what the trained model predicted (:meth:`reader`)."""
         if not self.deploys_to_lif:
             raise ValueError(f"method {self.name} trains {self.neuron_type.__name__} networks, "
                              "which are not deployed through to_lif.")
-        return weighted_average_readout(decay)
+        return mean_readout
 
 
 def _saf(name: str, step_mode: str, description: str, **extra) -> Method:
-    return Method(name, SAFNode, step_mode, train=_train_saf, readout=saf_readout,
+    return Method(name, SAFNode, step_mode, train=_train_saf, readout=saf_weighted_readout,
                   description=description, check_tau=_check_saf_tau, deploys_to_lif=True,
                   supports_fused_backends=True, uses_saf_readout=True, needs_input_average=True,
                   **extra)
@@ -302,15 +367,23 @@ _METHODS = {
     m.name: m
     for m in [
         _saf("saf-e", "s", "SAF-E: loss and update at every step (like OTTT_O)",
-             updates_every_step=True),
-        _saf("saf-e-acc", "m", "SAF-E, one update per minibatch (like OTTT_A); T x B batched per layer"),
-        _saf("saf-f", "s", "SAF-F: one loss on the final weighted average; earlier steps without a graph",
-             representation_level=True),
-        _ottt("ottt-o", "SpikingJelly OTTT, update at every step", updates_every_step=True),
-        _ottt("ottt-a", "SpikingJelly OTTT, gradients accumulated over the minibatch"),
+             updates_every_step=True, loss_every_step=True),
+        _saf("saf-e-acc", "m", "SAF-E, one update per minibatch (like OTTT_A); T x B batched per layer",
+             loss_every_step=True),
+        # The paper trains SAF-F with OTTT's spike-level surrogate (sigmoid, alpha=4), which also
+        # trains best here (docs/benchmarks.md); Theorem 3's representation-level surrogate is the
+        # named variant.
+        _saf("saf-f", "s", "SAF-F: one loss on the final weighted average; earlier steps without a graph"),
+        _saf("saf-f-rep", "s", "SAF-F with the representation-level surrogate (Theorem 3's setting)",
+             schedule="saf-f", representation_level=True, default_surrogate=SpikeRepresentation),
+        _ottt("ottt-o", "SpikingJelly OTTT, update at every step", updates_every_step=True,
+              loss_every_step=True),
+        _ottt("ottt-a", "SpikingJelly OTTT, gradients accumulated over the minibatch",
+              loss_every_step=True),
         Method("bptt", neuron.LIFNode, "m",
                description="backpropagation through time, SpikingJelly LIFNode multi-step"),
         Method("sltt", neuron.SLTTLIFNode, "s", train=_train_ottt, supports_amp=False,
+               loss_every_step=True,
                description="SpikingJelly SLTT: per-step backward, no temporal gradient"),
         Method("dsr", neuron.DSRIFNode, "m", make_neuron_kwargs=_dsr_kwargs, check_tau=_tau_unused,
                needs_steps=True,

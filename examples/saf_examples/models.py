@@ -66,7 +66,18 @@ def make_surrogate(name: str, alpha=None, method: Method = None):
 
 
 def _neuron_kwargs(args: argparse.Namespace, method: Method, steps: int) -> dict:
-    surrogate_function = make_surrogate(args.surrogate, args.alpha, method)
+    if method.representation_level:
+        # saf-f-rep is SAF-F with SpikeRepresentation by definition; -surrogate picks the
+        # spike-level surrogate (and -alpha its sharpness) of every other method; the default,
+        # sigmoid, is left unused here.
+        if args.surrogate not in ("sigmoid", "rep"):
+            raise ModelChoiceError(
+                f"method {method.name} trains with SpikeRepresentation (the representation-level "
+                f"surrogate); -surrogate {args.surrogate} applies to spike-level methods. Use "
+                "-method saf-f for SAF-F with a spike-level surrogate.")
+        surrogate_function = SpikeRepresentation()
+    else:
+        surrogate_function = make_surrogate(args.surrogate, args.alpha, method)
     try:
         method.check_neuron_arguments(args.tau)
         # With a fused backend the neurons are built in the multi-step mode the backend runs in.

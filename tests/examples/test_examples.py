@@ -123,15 +123,16 @@ def test_deploy_lif_run_reports_the_lif_accuracy(data, tmp_path):
     flags = ["-method", "saf-e", "-epochs", "1", "-channels", "8", "-deploy-lif"]
     assert _train("cifar10", data["cifar10"], tmp_path, *flags) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    # The LIF network reads its outputs with SAF's weighted average: same spikes, same prediction.
+    # The LIF network read as SpikingJelly reads any network (mean over T): same prediction.
     assert summary["deployed_lif_test_acc"] == summary["last"]["test_acc"]
     assert "LIF deployment acc" in summary["line"]
 
 
 @pytest.mark.parametrize("method, sequence", [("saf-e", False), ("saf-e-acc", False),
                                               ("saf-f", True), ("saf-e-acc", True)])
-def test_weighted_lif_readout_equals_saf_scores(method, sequence):
-    """The deployed LIF network's outputs, read as SAF reads its own, give SAF's scores (float64)."""
+def test_lif_rate_readout_equals_saf_scores(method, sequence):
+    """The deployed LIF network's outputs, read as ``out_seq.mean`` over T, give the SAF model's
+    default scores, the firing rate of its recovered output (float64)."""
     from spikingjelly.activation_based import functional
     from spikingjelly_saf.conversion import to_lif
     from spikingjelly_saf.training import run_sequence
@@ -152,7 +153,7 @@ def test_weighted_lif_readout_equals_saf_scores(method, sequence):
         x_seq = (3.0 * torch.rand(2, 1, 3, 16, 16, dtype=torch.float64)).expand(2, 4, 3, 16, 16)
     with torch.no_grad():
         model_mode = get_method(method).step_mode
-        saf_scores = get_method(method).prediction_scores(run_sequence(model, x_seq, model_mode))
+        saf_scores = get_method(method).reader(model, x_seq)(run_sequence(model, x_seq, model_mode))
         functional.reset_net(model)
         lif = to_lif(model).eval()
         lif_outputs = run_sequence(lif, x_seq, model_mode)

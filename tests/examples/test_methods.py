@@ -6,14 +6,16 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 from spikingjelly_saf import SAFNode
-from saf_examples.methods import ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode, get_method
+from saf_examples.methods import (ALL_METHOD_NAMES, METHOD_NAMES, Method, ReLUNode, get_method,
+                                  weighted_average_readout)
+from spikingjelly_saf import functional as saf_functional
 from spikingjelly_saf.training import run_sequence, step_mode_of
 
-SAF = ("saf-e", "saf-e-acc", "saf-f")
+SAF = ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep")
 
 
 def test_method_names_and_table():
-    assert METHOD_NAMES == ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt")
+    assert METHOD_NAMES == ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "sltt")
     assert set(ALL_METHOD_NAMES) == set(METHOD_NAMES) | {"dsr", "ideal"}
     with pytest.raises(ValueError, match="valid methods: .*dsr"):
         get_method("nope")
@@ -28,7 +30,8 @@ def test_capabilities_replace_name_tests():
         assert m.uses_saf_readout is saf and m.needs_input_average is saf
         assert m.needs_ottt_sequential is (name in ("ottt-o", "ottt-a"))
         assert m.supports_amp is (name not in ("ottt-o", "ottt-a", "sltt"))
-        assert m.representation_level is (name == "saf-f")
+        assert m.representation_level is (name == "saf-f-rep")
+        assert m.loss_every_step is (name in ("saf-e", "saf-e-acc", "ottt-o", "ottt-a", "sltt"))
         assert m.needs_steps is (name == "dsr")
         assert m.updates_every_step is (name in ("saf-e", "ottt-o"))
     assert get_method("dsr").neuron_type is neuron.DSRIFNode
@@ -110,8 +113,16 @@ def test_every_method_trains_one_minibatch(name):
     loss, y_seq = m.train_step(net, torch.optim.SGD(net.parameters(), lr=0.1), x, target,
                                nn.functional.cross_entropy)
     assert torch.isfinite(loss) and y_seq.shape == (4, 3, 3)
-    scores = m.prediction_scores(y_seq)
-    expected = y_seq[:, -1] if m.uses_saf_readout else y_seq.mean(1)
+    if m.uses_saf_readout:
+        decay = net[1].decay
+        with pytest.raises(ValueError, match="needs the output's decay"):
+            m.prediction_scores(y_seq)
+        scores = m.prediction_scores(y_seq, decay)
+        # The firing rate of the recovered output o[t] (here a linear layer's: no rounding).
+        expected = saf_functional.recover_instantaneous_seq(y_seq.transpose(0, 1), decay).mean(0)
+        torch.testing.assert_close(m.reader(net, x)(y_seq), scores)
+    else:
+        scores, expected = m.prediction_scores(y_seq), y_seq.mean(1)
     torch.testing.assert_close(scores, expected)
 
 
@@ -160,11 +171,16 @@ def test_deployed_readout_predicts_what_saf_predicted(mode):
     functional.reset_net(lif)
     with torch.no_grad():
         y_seq = run_sequence(lif, x)
-    deployed = get_method("saf-f").deployed_readout(readout_decay(net))(y_seq)
+    deployed = get_method("saf-f").deployed_readout()(y_seq)
+    torch.testing.assert_close(deployed, y_seq.mean(1))  # out_seq.mean over T, as SpikingJelly reads
     torch.testing.assert_close(deployed, scores, rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(y_seq.mean(1), scores)  # the plain mean would not do
+    # Obar[T] (by name) is another readout: the weighted average, not the mean.
+    weighted = saf_inference(net, x, readout="weighted")
+    assert not torch.allclose(deployed, weighted)
+    torch.testing.assert_close(weighted_average_readout(readout_decay(net))(y_seq), weighted,
+                               rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="not deployed through to_lif"):
-        get_method("bptt").deployed_readout(0.5)
+        get_method("bptt").deployed_readout()
 
 
 @pytest.mark.parametrize("name", ["bptt", "ottt-o", "saf-e", "dsr"])
