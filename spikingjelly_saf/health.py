@@ -22,6 +22,7 @@ Use it in a custom loop::
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Union
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from .recording import SpikeRecorder
 
-__all__ = ["FiringHealth", "FiringHealthWarning"]
+__all__ = ["FiringHealth", "FiringHealthWarning", "ChanceLossWatch"]
 
 
 class FiringHealthWarning(UserWarning):
@@ -72,6 +73,10 @@ class FiringHealth:
             raise ValueError(
                 f"need 0 <= silent_below < saturated_above <= 1, got silent_below={silent_below}, "
                 f"saturated_above={saturated_above}.")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
+                                  or steps < 1):
+            raise ValueError(f"steps={steps!r} must be the number of time steps T, an integer of 1 "
+                             "or more (or None when unknown).")
         if isinstance(method, str):
             from .training import METHODS, UPDATES_EVERY_STEP
 
@@ -152,3 +157,58 @@ class FiringHealth:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class ChanceLossWatch:
+    r"""Says so when the training loss stays at chance level for a long stretch.
+
+    * **中文**: 训练损失连续 ``patience`` 个小批量都停留在随机猜测的水平（默认 :math:`\ln C`）时，
+      :meth:`update` 返回一条说明（只返回一次）：网络还没有开始学习，常见原因与对策。
+    * **English**: a network that has not started learning yet produces the loss of a guess
+      (:math:`\ln C` for cross-entropy over ``C`` classes) at every minibatch. Feed each minibatch's
+      loss to :meth:`update`; once ``patience`` consecutive losses lie within ``tolerance`` (relative)
+      of ``chance_loss`` it returns one sentence saying so, with the likely causes (once; ``None``
+      otherwise). Many networks sit at chance for a while before they take off; a long stretch means
+      the learning rate is too high (layers fall silent), too low, or the input is not normalised.
+
+    :param num_classes: the number of classes ``C`` (2 or more)
+    :param chance_loss: the loss of a guess (default :math:`\ln C`, cross-entropy's); give your
+        loss function's value at an all-zero output when it is not plain cross-entropy
+    :param patience: consecutive minibatches at chance before it speaks (default 200)
+    :param tolerance: relative distance from ``chance_loss`` that still counts as chance
+        (default 0.05)
+    :param advice: what to try, appended to the sentence (default: generic advice)
+    """
+
+    def __init__(self, num_classes: int, chance_loss: Optional[float] = None, patience: int = 200,
+                 tolerance: float = 0.05, advice: Optional[str] = None):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r} must be an integer of 2 or more.")
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+            raise ValueError(f"patience={patience!r} must be a positive integer (minibatches).")
+        if not (isinstance(tolerance, numbers.Real) and 0.0 < tolerance < 1.0):
+            raise ValueError(f"tolerance={tolerance!r} must lie strictly between 0 and 1.")
+        chance = math.log(num_classes) if chance_loss is None else float(chance_loss)
+        if not (math.isfinite(chance) and chance > 0.0):
+            raise ValueError(f"chance_loss={chance_loss!r} must be a finite positive number.")
+        self.num_classes, self.chance_loss = int(num_classes), chance
+        self.patience, self.tolerance = int(patience), float(tolerance)
+        self.advice = advice or ("a learning rate too high (layers fall silent: see FiringHealth) "
+                                 "or too low, or an input that is not normalised; a learning-rate "
+                                 "warm-up usually helps")
+        self.streak = 0
+        self.spoken = False
+
+    def at_chance(self, loss: float) -> bool:
+        """Whether ``loss`` counts as the loss of a guess."""
+        return abs(float(loss) - self.chance_loss) <= self.tolerance * self.chance_loss
+
+    def update(self, loss: float) -> Optional[str]:
+        """Record one minibatch's loss; the sentence the first time the streak reaches ``patience``."""
+        self.streak = self.streak + 1 if self.at_chance(loss) else 0
+        if self.streak < self.patience or self.spoken:
+            return None
+        self.spoken = True
+        return (f"the training loss has stayed at chance level ({self.chance_loss:.4f}, the loss of "
+                f"a guess among {self.num_classes} classes) for {self.streak} minibatches in a "
+                f"row: the network is not learning yet. Likely cause: {self.advice}.")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "rng_state", "set_rng_state", "atomic_save", "atomic_write_text",
+           "atomic_write_bytes",
            "save_checkpoint", "load_checkpoint", "read_checkpoint", "state_digest",
            "clean_temporaries", "REQUIRED_KEYS"]
 
@@ -89,11 +90,30 @@ def _write_temporary(write, file) -> None:
     os.fsync(file.fileno())
 
 
+def _umask() -> int:
+    """The process's umask: from /proc where Linux shows it (no race with other threads creating
+    files), else by setting it and setting it back."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=_TEMPORARY_SUFFIX)
-    os.close(handle)  # reopened by name: the file object then names the file it writes
+    try:
+        # mkstemp makes the file 0600; a run's files get the mode open() would give them.
+        os.fchmod(handle, 0o666 & ~_umask())
+    finally:
+        os.close(handle)  # reopened by name: the file object then names the file it writes
     try:
         try:
             with open(temporary, "wb") as file:
@@ -133,6 +153,11 @@ def atomic_save(obj, path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file the way :func:`atomic_save` writes a checkpoint."""
     _atomic(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file (a plot) the way :func:`atomic_save` writes a checkpoint."""
+    _atomic(path, lambda file: file.write(bytes(data)))
 
 
 def clean_temporaries(directory: Path) -> list:
@@ -241,8 +266,40 @@ def _structure_problem(state: dict) -> Optional[str]:
     if history is not None and not (isinstance(history, list) and
                                     all(isinstance(row, dict) for row in history)):
         return "its 'history' entry is not a list of epoch records"
+    if history is not None:
+        problem = _history_problem(history, state.get("epoch"))
+        if problem:
+            return problem
     if "rng" in state and not isinstance(state["rng"], list):
         return "its 'rng' entry is not a list of generator states"
+    return None
+
+
+#: What every epoch record of a checkpoint's history holds (the plots and summary read them).
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                "peak_memory_mib")
+
+
+def _history_problem(history: list, epoch) -> Optional[str]:
+    """What is wrong with the epoch records, or ``None``: one record per epoch 0..epoch, each with
+    the numbers of :data:`HISTORY_KEYS` and a dict of firing rates."""
+    for index, row in enumerate(history):
+        missing = [key for key in HISTORY_KEYS if key not in row]
+        if missing:
+            return f"its history record {index} lacks {', '.join(missing)}"
+        if not (_is_int(row["epoch"]) and row["epoch"] == index):
+            return (f"its history record {index} is for epoch {row['epoch']!r}; the records must "
+                    "be the epochs 0, 1, 2, ... in order")
+        for key in HISTORY_KEYS[1:]:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"its history record {index} holds {key} {value!r}, not a number"
+        rates = row.get("firing_rate", {})
+        if not (isinstance(rates, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in rates.values())):
+            return f"its history record {index} holds firing rates that are not numbers"
+    if _is_int(epoch) and len(history) != epoch + 1:
+        return f"its history has {len(history)} records for the {epoch + 1} epochs it trained"
     return None
 
 
@@ -266,7 +323,11 @@ def load_checkpoint(path, expected_keys=REQUIRED_KEYS) -> dict:
     if problem:
         raise CheckpointError(f"{path} is not a training checkpoint of this trainer: {problem}.")
     checksum: Optional[str] = state.get("checksum")
-    if checksum is not None and checksum != state_digest(state):
+    if checksum is None:
+        raise CheckpointError(f"{path} has no checksum: every checkpoint this trainer writes has "
+                              "one, so this one was written or altered by something else and its "
+                              "contents cannot be verified. Resume from a checkpoint of a run.")
+    if not isinstance(checksum, str) or checksum != state_digest(state):
         raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum "
                               "written with it (a flipped bit or a damaged copy). Resume from "
                               "another checkpoint.")

@@ -22,7 +22,8 @@ import torchvision
 from torch.utils.data import Dataset, Subset
 
 __all__ = ["DataMissingError", "Cutout", "DatasetInfo", "DATASETS", "build_datasets", "to_sequence",
-           "ImageTensorDataset", "check_event_file"]
+           "ImageTensorDataset", "check_event_file", "read_cifar_pickle", "CifarPickleError",
+           "SafeCIFAR10", "SafeCIFAR100", "data_fingerprint", "default_data_dir"]
 
 
 class DataMissingError(RuntimeError):
@@ -88,33 +89,111 @@ _CIFAR_FILES = {
 }
 
 
-class _PresenceChecked:
-    # torchvision's check hashes every file and, on failure, only says "not found or corrupted";
-    # the files were checked one by one (with their names in the message) before this is built,
-    # and -download still goes through torchvision's hash check.
+class CifarPickleError(pickle.UnpicklingError):
+    """A CIFAR pickle that asks for anything but the plain types the real files hold."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the python version of CIFAR-10/100 holds: dicts, lists, str, bytes,
+    numbers and NumPy arrays. Every other global (a function or class a crafted file would call
+    to run code) is refused before anything of it runs."""
+
+    #: The globals a NumPy array (and, in protocol-2 pickles written by Python 3, a bytes object)
+    #: is rebuilt with; nothing else is ever looked up.
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise CifarPickleError(
+            f"it asks for the Python object {module}.{name}; a CIFAR file holds only dicts, lists, "
+            "strings, bytes, numbers and NumPy arrays (unpickling anything else can run code)")
+
+
+def _plain(value, depth: int = 0) -> bool:
+    """Whether ``value`` is built only of the types a CIFAR file holds (arrays of numbers)."""
+    if depth > 8:
+        return False
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biuf"
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, bytes)) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    return isinstance(value, (str, bytes, int, float))
+
+
+def read_cifar_pickle(path) -> dict:
+    """One file of the python version of CIFAR-10/100, read with :class:`_CifarUnpickler`
+    (``encoding='latin1'`` as torchvision reads them); a dict whose keys are str."""
+    with open(path, "rb") as file:
+        try:
+            entry = _CifarUnpickler(file, encoding="latin1").load()
+        except CifarPickleError as error:
+            raise CifarPickleError(f"{path}: {error}") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"it holds a {type(entry).__name__}, not a dict of data and labels")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    if not _plain(entry):
+        raise ValueError("it holds values other than lists, strings, numbers and numeric arrays")
+    return entry
+
+
+class _SafeCIFAR:
+    """torchvision's CIFAR data set with its two readers replaced: every pickle goes through
+    :func:`read_cifar_pickle` instead of ``pickle.load``, and torchvision's hash check (which on
+    failure only says "not found or corrupted") is left to the file-by-file check made before this
+    is built, whose message names the file. Everything else (``__getitem__``, transforms, the
+    ``classes`` list) is torchvision's."""
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None):
+        torchvision.datasets.VisionDataset.__init__(self, root, transform=transform,
+                                                    target_transform=target_transform)
+        self.train = train
+        data, self.targets = [], []
+        for file_name, _ in (self.train_list if train else self.test_list):
+            entry = read_cifar_pickle(Path(self.root) / self.base_folder / file_name)
+            data.append(entry["data"])
+            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self._load_meta()
+
     def _check_integrity(self) -> bool:
         return True
 
     def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
-            data = pickle.load(file, encoding="latin1")
+        data = read_cifar_pickle(Path(self.root) / self.base_folder / self.meta["filename"])
         self.classes = data[self.meta["key"]]
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
 
 # Module-level classes, so data-loading workers started with "spawn" can pickle them.
-class PresenceCheckedCIFAR10(_PresenceChecked, torchvision.datasets.CIFAR10):
-    pass
+class SafeCIFAR10(_SafeCIFAR, torchvision.datasets.CIFAR10):
+    """CIFAR-10 read with the restricted unpickler (:func:`read_cifar_pickle`)."""
 
 
-class PresenceCheckedCIFAR100(_PresenceChecked, torchvision.datasets.CIFAR100):
-    pass
+class SafeCIFAR100(_SafeCIFAR, torchvision.datasets.CIFAR100):
+    """CIFAR-100 read with the restricted unpickler (:func:`read_cifar_pickle`)."""
 
 
 def _cifar_classes(name: str):
     if name == "cifar10":
-        return torchvision.datasets.CIFAR10, PresenceCheckedCIFAR10
-    return torchvision.datasets.CIFAR100, PresenceCheckedCIFAR100
+        return torchvision.datasets.CIFAR10, SafeCIFAR10
+    return torchvision.datasets.CIFAR100, SafeCIFAR100
+
+
+def _download_cifar(base, root: Path) -> None:
+    """Fetch the archive with torchvision's downloader (its MD5 checked) unless every file is
+    there with torchvision's MD5; nothing is unpickled here."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    folder = root / base.base_folder
+    if all(check_integrity(str(folder / name), md5) for name, md5 in base.train_list + base.test_list):
+        return
+    download_and_extract_archive(base.url, str(root), filename=base.filename, md5=base.tgz_md5)
 
 
 def _missing_cifar_message(name: str, root: Path, missing) -> str:
@@ -138,8 +217,8 @@ def _cifar_datasets(name: str, args: argparse.Namespace):
     base, checked = _cifar_classes(name)
     if args.download:
         try:
-            base(str(root), train=True, download=True)
-        except OSError as error:  # URLError and socket errors are OSErrors
+            _download_cifar(base, root)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad MD5 a RuntimeError
             raise DataMissingError(
                 f"-download could not fetch {name} into {root} ({error}).\n"
                 f"{_missing_cifar_message(name, root, files)}") from None
@@ -155,7 +234,14 @@ def _cifar_datasets(name: str, args: argparse.Namespace):
     try:
         train = checked(str(root), train=True, transform=transforms.Compose(train_steps))
         test = checked(str(root), train=False, transform=transforms.Compose(test_steps))
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+    except CifarPickleError as error:
+        raise DataMissingError(
+            f"{root / folder}: a file was refused: {error}.\n"
+            f"  to fix it: delete {root / folder} and rerun with -download, or extract the archive "
+            "from https://www.cs.toronto.edu/~kriz/cifar.html again; never use CIFAR files from an "
+            "untrusted source.") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError,
+            AttributeError, OverflowError, MemoryError, UnicodeDecodeError) as error:
         raise DataMissingError(
             f"{root / folder} holds unreadable files ({type(error).__name__}: {error}).\n"
             f"  expected:  {', '.join(files)}\n"
@@ -191,6 +277,13 @@ def _check_cifar_content(name: str, split: str, dataset, folder: Path) -> None:
 
 
 # ---- MNIST and Fashion-MNIST -------------------------------------------------------------------
+def default_data_dir(dataset: str):
+    """The data folder a data set reads when -data-dir is not given, or ``None``: Debian's
+    ``dataset-fashion-mnist`` folder for Fashion-MNIST."""
+    from . import idx
+
+    return str(idx.DEBIAN_FASHION_MNIST) if dataset == "fashion_mnist" else None
+
 _MNIST_MEAN_STD = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 
 
@@ -316,6 +409,13 @@ def check_event_file(path, height: int = 128, width: int = 128) -> "str | None":
         return f"has arrays of shapes {shapes}; t, x, y and p must be 1-D of one length"
     for key, limit in (("x", width), ("y", height), ("p", 2)):
         values = arrays[key]
+        if values.dtype.kind not in "biuf":
+            return f"has {key} values of type {values.dtype}; x, y and p must be integers"
+        if values.dtype.kind == "f" and values.size and not (
+                np.isfinite(values).all() and (values == np.floor(values)).all()):
+            bad = values[~(np.isfinite(values) & (values == np.floor(values)))][0]
+            return (f"has the {key} value {bad}: pixel coordinates and polarities must be whole "
+                    "numbers (SpikingJelly would truncate it into another pixel without a word)")
         if values.size and (values.min() < 0 or values.max() >= limit):
             return f"has {key} values in {values.min()}..{values.max()}, outside 0..{limit - 1}"
     return None
@@ -472,6 +572,42 @@ def seeded_class_split(dataset: Dataset, train_fraction: float, seed: int):
         train.extend(indices[:cut].tolist())
         test.extend(indices[cut:].tolist())
     return Subset(dataset, sorted(train)), Subset(dataset, sorted(test))
+
+
+def _labels(dataset) -> list:
+    if isinstance(dataset, Subset):
+        inner = _labels(dataset.dataset)
+        return [int(dataset.indices[i]) for i in range(len(dataset.indices))] + \
+            [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.labels.tolist()
+    if hasattr(dataset, "targets"):
+        return [int(t) for t in dataset.targets]
+    if hasattr(dataset, "samples"):
+        return [(Path(path).name, int(target)) for path, target in dataset.samples]
+    return [len(dataset)]
+
+
+def _pixels(dataset):
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.images.numpy()
+    data = getattr(dataset, "data", None)
+    return data if isinstance(data, np.ndarray) else None
+
+
+def data_fingerprint(train, test) -> str:
+    """SHA-256 of what a run trains and tests on: the sizes, the labels (the sample file names for
+    DVS) and, for images held in memory (CIFAR, MNIST family), every pixel. Equal for the same
+    files anywhere on disk; a resume compares it with the checkpoint's."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for dataset in (train, test):
+        hasher.update(repr((len(dataset), _labels(dataset))).encode())
+        pixels = _pixels(dataset)
+        if pixels is not None:
+            hasher.update(np.ascontiguousarray(pixels).tobytes())
+    return hasher.hexdigest()
 
 
 def build_datasets(args: argparse.Namespace):

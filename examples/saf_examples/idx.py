@@ -1,11 +1,15 @@
 r"""
 Readers for the idx files of the MNIST family (MNIST, Fashion-MNIST).
 
-The files are read where they are, gzipped (``*.gz``) or raw, from any of these places:
+The files are read where they are, gzipped (``*.gz``) or raw, from the folder given as ``root``
+only:
 
-* the folder given as ``root`` itself (the original file names, e.g. ``train-images-idx3-ubyte.gz``);
-* torchvision's layout below ``root``: ``root/MNIST/raw`` and ``root/FashionMNIST/raw``;
-* for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` package: ``/usr/share/datasets/fashion-mnist``.
+* ``root`` itself (the original file names, e.g. ``train-images-idx3-ubyte.gz``);
+* torchvision's layout below ``root``: ``root/MNIST/raw`` and ``root/FashionMNIST/raw``.
+
+Without a ``root`` (``None``), Fashion-MNIST is read from Debian's ``dataset-fashion-mnist``
+package, ``/usr/share/datasets/fashion-mnist``. A folder that lacks the files is never silently
+replaced by another one.
 
 Nothing is copied or converted on disk. A missing file raises :class:`IdxDataMissing` naming every
 folder that was searched and how to obtain the files; a truncated or corrupt file raises
@@ -14,6 +18,7 @@ folder that was searched and how to obtain the files; a truncated or corrupt fil
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from pathlib import Path
@@ -98,7 +103,8 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
                              f"{len(raw)} bytes; the file is truncated, fetch it again.")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a crafted header's product would wrap around in int64.
+    expected = math.prod(dims) * dtype.itemsize
     if len(raw) - header != expected:
         raise IdxFormatError(
             f"{path}: the header announces shape {tuple(dims)} of {dtype.newbyteorder('=').name} "
@@ -109,13 +115,14 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
 
 
 def candidate_folders(name: str, root: Union[str, os.PathLike, None]) -> List[Path]:
-    """The folders searched for data set ``name``, in order (``root``, torchvision's layout, Debian's)."""
+    """The folders searched for data set ``name``, in order: ``root`` and torchvision's layout below
+    it; without a ``root``, Debian's folder for Fashion-MNIST (and nothing for MNIST)."""
     _check_name(name)
     folders: List[Path] = []
     if root is not None:
         root = Path(root).expanduser()
         folders += [root, root / MNIST_FAMILY[name]["torchvision"] / "raw"]
-    if name == "fashion_mnist":
+    elif name == "fashion_mnist":
         folders.append(DEBIAN_FASHION_MNIST)
     return folders
 
@@ -140,7 +147,7 @@ def _missing_message(name: str, stem: str, folders: List[Path]) -> str:
     how = []
     if name == "fashion_mnist":
         how.append(f"install Debian's package (`apt-get install dataset-fashion-mnist`, files in "
-                   f"{DEBIAN_FASHION_MNIST})")
+                   f"{DEBIAN_FASHION_MNIST}, the folder read when no data folder is given)")
     how.append("rerun with -download to let torchvision fetch them into the data folder (needs a network)")
     how.append(f"or put the four idx files (gzipped or not) into the data folder or its "
                f"{MNIST_FAMILY[name]['torchvision']}/raw subfolder")
@@ -153,7 +160,7 @@ def load_mnist_family(name: str, root: Union[str, os.PathLike, None] = None,
 
     :param name: ``'mnist'`` or ``'fashion_mnist'``
     :param root: the data folder (searched itself and in torchvision's layout ``root/MNIST/raw``,
-        ``root/FashionMNIST/raw``); Fashion-MNIST is also looked for in
+        ``root/FashionMNIST/raw``, nowhere else); ``None`` reads Fashion-MNIST from
         ``/usr/share/datasets/fashion-mnist``
     :param train: the 60,000-image training split when ``True``, the 10,000-image test split otherwise
     :return: ``(images, labels)``: ``uint8`` tensor ``[N, 28, 28]`` and ``int64`` tensor ``[N]``

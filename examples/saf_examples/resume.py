@@ -33,7 +33,7 @@ __all__ = ["ResumeError", "FIXED", "PER_INVOCATION", "explicit_flags", "value_ch
 FIXED = ("dataset", "model", "channels", "method", "T", "tau", "v_threshold", "surrogate", "opt",
          "seed", "train_split")
 #: Flags of one invocation: never taken from the checkpoint.
-PER_INVOCATION = ("device", "j", "out_dir", "resume", "stop_after", "no_progress",
+PER_INVOCATION = ("device", "j", "out_dir", "resume", "stop_after", "no_progress", "progress_every",
                   "count_grad_syncs", "deploy_lif", "download", "inject_nan_epoch", "overwrite",
                   "test_only")
 
@@ -54,6 +54,8 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
+    # Parser-level defaults (set_defaults, e.g. a data set's recipe) would count as written.
+    parser._defaults.clear()
     # The base class's parsing: a parser subclass may check combinations of values, and here
     # only the flags that were written are present.
     namespace, _ = argparse.ArgumentParser.parse_known_args(
@@ -95,6 +97,13 @@ def merge_arguments(args: argparse.Namespace, saved: dict, given: set,
     """Fill ``args`` from the checkpoint's arguments where the user gave no flag; return the
     changes ``{dest: (old, new)}``; raise :class:`ResumeError` for changes of :data:`FIXED` and
     (with ``check_value``, see :func:`value_checker`) for values no flag could have given."""
+    lacking = [key for key in FIXED if key in vars(args) and key not in saved]
+    if lacking:
+        raise ResumeError(
+            f"-resume {args.resume}: the checkpoint's arguments lack "
+            f"{', '.join(flag(k) for k in lacking)}, which define its network and data; without "
+            "them a resume would take today's defaults, which may not be what it was trained "
+            "with. It was not written by this trainer or is damaged.")
     for key, old in saved.items():
         if key in PER_INVOCATION or key in given or key not in vars(args):
             continue

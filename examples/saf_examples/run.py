@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
+import math
 import os
 import random
 import shlex
@@ -33,14 +35,15 @@ from .methods import get_method
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
 from .cli import DEFAULT_MODELS, build_parser
-from .data import DataMissingError, build_datasets
+from .data import DataMissingError, build_datasets, data_fingerprint, default_data_dir
 from .distributed import Distributed
-from .guard import FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite
+from .guard import (FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite,
+                    first_nonfinite)
 from .engine import (FiringRateRecorder, NonFiniteLossError, ce_mse_loss, deploy_to_lif, evaluate,
                      train_one_epoch)
 from .models import ModelChoiceError, build_model
-from .report import (minibatch_logger, peak_memory_mib, plot_history, reset_peak_memory,
-                     summary_line, write_history)
+from .report import (minibatch_logger, peak_memory_mib, plot_history, progress_printer,
+                     reset_peak_memory, summary_line, write_history)
 from .resume import (ResumeError, apply_changes, explicit_flags, flag, merge_arguments,
                      reconcile_folder, value_checker)
 from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir
@@ -51,14 +54,44 @@ __all__ = ["main", "run", "EXIT_OK", "EXIT_USAGE", "EXIT_NONFINITE"]
 #: infinity in the loss, a gradient, a weight or the input.
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
 EXIT_DATA = EXIT_USAGE
+#: Ctrl-C: the shell's convention for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+#: The image side of each data set, for the models that need images of a least size.
+_IMAGE_SIDES = {"cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "mnist": 28,
+                "dvs128_gesture": 128, "cifar10_dvs": 128}
+#: Consecutive minibatches with the training loss at chance level before the run says so.
+CHANCE_PATIENCE = 200
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 _USAGE_ERRORS = (DataMissingError, ModelChoiceError, RunDirectoryError, CheckpointError, ResumeError)
+
+
+class NonFiniteCheckpointError(RuntimeError):
+    """The checkpoint to resume or evaluate holds a NaN or infinite weight (exit 3)."""
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class _Limited:
+    """A data loader cut to its first ``limit`` minibatches (``-max-train-batches``,
+    ``-max-test-batches``); ``len()`` counts only those."""
+
+    def __init__(self, loader, limit: Optional[int]):
+        self.loader, self.limit = loader, limit
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), len(self))
+
+    def __getattr__(self, name):
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def _loaders(args, train_set, test_set, ddp: Distributed):
@@ -75,7 +108,8 @@ def _loaders(args, train_set, test_set, ddp: Distributed):
         train = DataLoader(train_set, batch_size=args.b, shuffle=True, num_workers=args.j,
                            pin_memory=pin, drop_last=False)
     test = DataLoader(test_set, batch_size=args.b, shuffle=False, num_workers=args.j, pin_memory=pin)
-    return train, test, train_sampler
+    return (_Limited(train, getattr(args, "max_train_batches", None)),
+            _Limited(test, getattr(args, "max_test_batches", None)), train_sampler)
 
 
 def _optimizer(args, model):
@@ -87,6 +121,37 @@ def _optimizer(args, model):
 
 #: A key only the named optimizer's parameter groups have: a checkpoint of the other one is refused.
 _OPTIMIZER_MARK = {"sgd": "momentum", "adam": "betas"}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _optimizer_problem(saved: dict, parameters: list) -> Optional[str]:
+    """What is wrong with a saved optimizer state, or ``None``: hyperparameters a run could have
+    (a learning rate and weight decay of 0 or more, a momentum in [0, 1)) and state tensors of the
+    parameters' type."""
+    for index, group in enumerate(saved["param_groups"]):
+        for key, low, high in (("lr", 0.0, math.inf), ("weight_decay", 0.0, math.inf),
+                               ("momentum", 0.0, 1.0)):
+            if key not in group:
+                continue
+            value = group[key]
+            if not (_number(value) and low <= value and (value < high or high == math.inf)):
+                return (f"holds {key} {value!r} in parameter group {index} (it must be a finite "
+                        f"number, at least {low:g}{'' if high == math.inf else f' and below {high:g}'})")
+    state = saved.get("state", {})
+    if not isinstance(state, dict):
+        return "holds a damaged 'state' entry"
+    for key, entry in state.items():
+        if not (isinstance(key, int) and 0 <= key < len(parameters) and isinstance(entry, dict)):
+            return f"holds state for a parameter {key!r} the model does not have"
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and name != "step" and \
+                    value.dtype != parameters[key].dtype:
+                return (f"holds {name} of parameter {key} as {value.dtype}, not "
+                        f"{parameters[key].dtype}")
+    return None
 
 
 class _SyncCounter:
@@ -139,6 +204,8 @@ class _Plan:
     folder: RunDirectory
     state: Optional[dict] = None
     changes: dict = field(default_factory=dict)
+    #: :func:`.data.data_fingerprint` of the data this invocation reads (set once they are read).
+    data_fingerprint: Optional[str] = None
 
     @property
     def out_dir(self) -> Path:
@@ -162,8 +229,18 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]],
             given = {key for key, value in vars(args).items() if value is not None}
         changes = merge_arguments(args, state["args"], given, datasets or (args.dataset,),
                                   check_value)
+        damaged = first_nonfinite(state["net"].items())
+        if damaged is not None:
+            raise NonFiniteCheckpointError(
+                f"-resume {args.resume}: the checkpoint's weight {damaged[0]} holds {damaged[1]}, so "
+                "the network is damaged; nothing was evaluated, trained or written. Use an earlier "
+                "checkpoint of the run (checkpoint_best.pth) or start again.")
     args.model = args.model or DEFAULT_MODELS[args.dataset]
     check_name("-model", args.model)
+    if not args.data_dir:
+        raise ModelChoiceError("-data-dir is needed: the folder of the data set.")
+    # Absolute, so that a resume from another working folder reads the same files.
+    args.data_dir = os.path.abspath(os.path.expanduser(str(args.data_dir)))
     try:
         method = get_method(args.method)
     except ValueError as error:
@@ -172,10 +249,17 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]],
     test_only = bool(getattr(args, "test_only", False))
     if test_only and state is None:
         raise ModelChoiceError("-test-only evaluates a checkpoint: give it with -resume PATH.")
-    if args.out_dir:
+    if args.resume:
+        own = Path(args.resume).resolve().parent  # a resume continues in the checkpoint's folder
+        if args.out_dir and Path(args.out_dir).resolve() != own:
+            raise RunDirectoryError(
+                f"-resume {args.resume} continues the run in {own}; -out-dir {args.out_dir} is "
+                "another folder, and a resume never writes into another run's folder. Drop "
+                "-out-dir to continue the run where it is, or copy the run's folder first and "
+                "resume the copy's checkpoint.")
+        out_dir = own
+    elif args.out_dir:
         out_dir = Path(args.out_dir)
-    elif args.resume:
-        out_dir = Path(args.resume).resolve().parent  # continue in the checkpoint's own folder
     else:
         out_dir = default_out_dir(args)
     args.out_dir = str(out_dir)
@@ -200,8 +284,8 @@ class _Trainer:
         self.train_loader = FiniteBatches(train_loader, "training", lambda: self.epoch, ddp.all_true,
                                           between=lambda: self.guard.raise_pending())
         self.test_loader = FiniteBatches(test_loader, "test", lambda: self.epoch)
-        self.module = build_model(args, method, info.num_classes, info.in_channels,
-                                  info.sequence).to(device)
+        self.module = build_model(args, method, info.num_classes, info.in_channels, info.sequence,
+                                  image_side=_IMAGE_SIDES.get(args.dataset)).to(device)
         self.optimizer = _optimizer(args, self.module)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=args.epochs)
         self.grad_scaler = torch.amp.GradScaler("cuda") if args.amp else None
@@ -210,6 +294,39 @@ class _Trainer:
         self.sync_counter = None
         self.guard = StepGuard(self.optimizer, self.module, ddp.all_true,
                                lambda: (self.epoch, self.train_loader.batch_index))
+        self._chance = None
+        #: What the checkpoints record of the data: folder and fingerprint.
+        self.data_record = {"data_dir": args.data_dir, "fingerprint": plan.data_fingerprint}
+
+    def chance_watch(self, then=None):
+        """An ``on_minibatch`` callback (main process) that calls ``then`` and warns once when the
+        training loss stays at chance for :data:`CHANCE_PATIENCE` minibatches in a row."""
+        if not self.ddp.main:
+            return then
+        if self._chance is None:
+            from spikingjelly_saf.health import ChanceLossWatch
+
+            classes = self.info.num_classes
+            # The loss of an all-zero output: the guess, on the scale of this run's loss.
+            chance = float(self.f_loss(torch.zeros(1, classes), torch.zeros(1, dtype=torch.long)))
+            hint = (f"{self.method.name} steps the optimizer T={self.args.T} times per minibatch, "
+                    f"so a learning rate {self.args.T} times smaller may be needed; "
+                    if getattr(self.method, "updates_every_step", False) else "")
+            self._chance = ChanceLossWatch(
+                classes, chance_loss=chance, patience=CHANCE_PATIENCE,
+                advice=hint + "the deep layers do not fire yet (a threshold too high for the "
+                "input: the Fashion-MNIST recipe of docs/examples.md lowers it with -v-threshold "
+                "0.5), or a learning rate too high (layers fall silent) or too low")
+        watch = self._chance
+
+        def call(batch: int, values: dict) -> None:
+            if then is not None:
+                then(batch, values)
+            message = watch.update(values["loss"])
+            if message:
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+
+        return call
 
     def distribute(self) -> None:
         """Wrap the model for DistributedDataParallel (after a checkpoint was loaded into it)."""
@@ -228,6 +345,16 @@ class _Trainer:
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             return CheckpointError(f"-resume {path}: {what} ({reason}).")
 
+        expected = self.module.state_dict()
+        other = [f"{key} ({value.dtype}, the model's is {expected[key].dtype})"
+                 for key, value in state["net"].items()
+                 if key in expected and value.dtype != expected[key].dtype]
+        if other:
+            raise CheckpointError(
+                f"-resume {path}: its network holds tensors of another type: "
+                f"{'; '.join(other[:3])}{' ...' if len(other) > 3 else ''}. Loading would cast "
+                "them without a word (int64 truncates every weight); use a checkpoint this "
+                "trainer wrote.")
         try:
             self.module.load_state_dict(state["net"])
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as error:
@@ -239,6 +366,10 @@ class _Trainer:
         if not groups or not all(isinstance(g, dict) and mark in g for g in groups):
             raise CheckpointError(f"-resume {path}: its optimizer state is not that of -opt "
                                   f"{self.args.opt} (no '{mark}' in its parameter groups).")
+        problem = _optimizer_problem(saved, list(self.module.parameters()))
+        if problem:
+            raise CheckpointError(f"-resume {path}: its optimizer state {problem}; it was not "
+                                  "written by this trainer or is damaged.")
         try:
             self.optimizer.load_state_dict(saved)
             self.scheduler.load_state_dict(state["lr_scheduler"])
@@ -269,9 +400,12 @@ class _Trainer:
     def set_rng(self, state: dict) -> None:
         ckpt.set_rng_state(self._chosen_rng(state))
 
-    def train_epoch(self, epoch: int, progress=None, writer=None) -> tuple:
+    def train_epoch(self, epoch: int, progress=None, writer=None, step_offset: int = 0,
+                    on_minibatch=None) -> tuple:
         """One training pass; returns ``(loss_sum, correct, samples, seconds)`` over all processes.
-        With a TensorBoard ``writer`` each minibatch's values go to ``iteration/<name>``."""
+        With a TensorBoard ``writer`` each minibatch's values go to ``iteration/<name>`` at the
+        global minibatch index (``step_offset`` minibatches were trained before this epoch);
+        ``on_minibatch`` (the progress lines) is called after each minibatch too."""
         self.epoch = epoch
         if self.train_sampler is not None:
             self.train_sampler.set_epoch(epoch)
@@ -283,8 +417,8 @@ class _Trainer:
             steps=self.args.T, sequence=self.info.sequence, device=self.ddp.device,
             grad_scaler=self.grad_scaler, amp=self.args.amp, progress=progress,
             inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true,
-            on_minibatch=None if writer is None else minibatch_logger(writer, epoch,
-                                                                      len(self.train_loader)))
+            on_minibatch=_both(None if writer is None else minibatch_logger(writer, epoch, 0, first_step=step_offset),
+                               on_minibatch))
         return (*self.ddp.sum(result.loss_sum, result.correct, result.samples), result.seconds)
 
     def evaluate(self, model=None, readout=None) -> tuple:
@@ -305,18 +439,50 @@ class _Trainer:
                  for i, name in enumerate(layers)}
         return loss / samples, correct / samples, rates
 
-    def state(self, epoch: int, history: list, best: dict) -> dict:
+    def state(self, epoch: int, history: list, best: dict, data: Optional[dict] = None) -> dict:
         """The checkpoint of ``epoch`` (every process takes part: the RNG states are gathered)."""
         rng_states = self.ddp.gather(ckpt.rng_state())
         return {"net": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.scheduler.state_dict(), "epoch": epoch,
                 "max_test_acc": best["test_acc"],
                 "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-                "history": history, "best": best, "rng": rng_states, "args": dict(vars(self.args))}
+                "history": history, "best": best, "rng": rng_states, "args": dict(vars(self.args)),
+                "data": data or {}}
+
+
+def _both(first, second):
+    """One ``on_minibatch`` callback calling ``first`` and ``second`` (either may be ``None``)."""
+    if first is None or second is None:
+        return first or second
+
+    def call(batch: int, values: dict) -> None:
+        first(batch, values)
+        second(batch, values)
+
+    return call
 
 
 # ---- what a run prints and writes ---------------------------------------------------------------
-def _banner(plan: _Plan, ddp: Distributed, start_epoch: int, said: list) -> None:
+def _exactness_lines(module: torch.nn.Module) -> list:
+    """The exactness check of the network as deployed (eval mode): the report's summary and, where
+    something breaks the SAF-LIF equivalence, one line per kind of module (grouped, counted)."""
+    from spikingjelly_saf.exactness import check_exactness
+
+    was_training = module.training
+    module.eval()
+    try:
+        report = check_exactness(module)
+    finally:
+        module.train(was_training)
+    summary = report.summary() if hasattr(report, "summary") else str(report).splitlines()[0]
+    lines = [f"exactness (the SAF network against the LIF network -deploy-lif builds, eval mode): "
+             f"{summary}"]
+    lines += ["  " + line.strip() for line in str(report).splitlines() if line.startswith("  [")]
+    return lines
+
+
+def _banner(plan: _Plan, ddp: Distributed, start_epoch: int, said: list,
+            exactness: Optional[list] = None) -> None:
     args = plan.args
     processes = (f", {ddp.world_size} processes (DistributedDataParallel)" if ddp.enabled else "")
     lines = [f"spikingjelly_saf trainer: {args.dataset} {args.model} {args.method} T={args.T}",
@@ -335,20 +501,27 @@ def _banner(plan: _Plan, ddp: Distributed, start_epoch: int, said: list) -> None
                      f"at epoch {start_epoch} of {args.epochs}")
     if said:
         lines.append("  on resume: " + "; ".join(said))
+    if exactness:
+        lines.extend("  " + line for line in exactness)
     lines.append("  arguments: " + " ".join(f"{flag(k)} {v}" for k, v in sorted(vars(args).items())))
     print("\n".join(lines), flush=True)
 
 
 def _continue_command(plan: _Plan, ddp: Distributed) -> str:
     """The command that continues this run where it stopped."""
+    return _resume_command(plan.args, plan.out_dir, ddp.world_size if ddp.enabled else None)
+
+
+def _resume_command(args, out_dir, world_size: Optional[int] = None) -> str:
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
-    runner = (["torchrun", f"--nproc_per_node={ddp.world_size}"] if ddp.enabled
-              else ["python"])
+    runner = ["torchrun", f"--nproc_per_node={world_size}"] if world_size else ["python"]
     if script is None:
-        script = "examples/train_dvs.py" if plan.args.dataset in ("dvs128_gesture", "cifar10_dvs") \
-            else "examples/train_cifar.py"
-    return shlex.join(runner + [script, "-resume", str(plan.out_dir / LAST), "-device",
-                                str(plan.args.device)])
+        dataset = getattr(args, "dataset", None)
+        script = ("examples/train_dvs.py" if dataset in ("dvs128_gesture", "cifar10_dvs") else
+                  "examples/train_mnist.py" if dataset in ("fashion_mnist", "mnist") else
+                  "examples/train_cifar.py")
+    return shlex.join(runner + [script, "-resume", str(Path(out_dir) / LAST), "-device",
+                                str(args.device)])
 
 
 def _record_epoch(writer, row: dict, history: list, out_dir: Path) -> None:
@@ -373,10 +546,11 @@ def _save(state: dict, improved: bool, out_dir: Path) -> None:
     ckpt.save_checkpoint(state, out_dir / LAST)
 
 
-def _deploy(trainer: _Trainer, out_dir: Path) -> Optional[float]:
+def _deploy(trainer: _Trainer, out_dir: Path, names=("lif_net.pt", "lif_exactness.json")
+            ) -> Optional[float]:
     """Accuracy of the trained weights in the LIF network that ``to_lif`` builds; the main process
     saves that network's ``state_dict`` (``lif_net.pt``) and its exactness report
-    (``lif_exactness.json``)."""
+    (``lif_exactness.json``), or under the two ``names`` given."""
     from spikingjelly_saf.exactness import check_exactness
 
     module = trainer.module
@@ -387,8 +561,8 @@ def _deploy(trainer: _Trainer, out_dir: Path) -> Optional[float]:
         report = check_exactness(module)
         summary = report.summary() if hasattr(report, "summary") else str(report)
         try:
-            ckpt.atomic_save(lif_model.state_dict(), out_dir / "lif_net.pt")
-            ckpt.atomic_write_text(out_dir / "lif_exactness.json", json.dumps(
+            ckpt.atomic_save(lif_model.state_dict(), out_dir / names[0])
+            ckpt.atomic_write_text(out_dir / names[1], json.dumps(
                 {"exact": len(report) == 0, "summary": summary, "test_acc": accuracy,
                  "readout_decay": readout.decay, "findings": report.to_dicts()}, indent=1))
         except OSError as failure:
@@ -414,19 +588,34 @@ def _finish(plan: _Plan, ddp: Distributed, history: list, best: dict, deployed, 
     return summary
 
 
+def evaluation_names(out_dir: Path, epoch: int) -> tuple:
+    """The files of one ``-test-only`` evaluation: ``test_only_epoch<E>.json`` and, with
+    ``-deploy-lif``, ``test_only_epoch<E>_lif_net.pt`` and ``..._lif_exactness.json``; with a
+    ``_<n>`` suffix when an earlier evaluation took those names. Never a name a run writes, never
+    an existing file."""
+    out_dir = Path(out_dir)
+    for number in itertools.count(1):
+        stem = f"test_only_epoch{epoch}" + ("" if number == 1 else f"_{number}")
+        names = (f"{stem}.json", f"{stem}_lif_net.pt", f"{stem}_lif_exactness.json")
+        if not any((out_dir / name).exists() for name in names):
+            return names
+
+
 def _test_only(plan: _Plan, trainer: _Trainer) -> dict:
     args, ddp = plan.args, trainer.ddp
+    names = evaluation_names(plan.out_dir, plan.state["epoch"])
     loss, accuracy, _ = trainer.evaluate()
     result = {"checkpoint": str(args.resume), "epoch": plan.state["epoch"], "test_loss": loss,
-              "test_acc": accuracy, "deployed_lif_test_acc": None}
+              "test_acc": accuracy, "deployed_lif_test_acc": None, "files": list(names[:1])}
     if args.deploy_lif:
-        result["deployed_lif_test_acc"] = _deploy(trainer, plan.out_dir)
+        result["deployed_lif_test_acc"] = _deploy(trainer, plan.out_dir, names[1:])
+        result["files"] = list(names)
     if ddp.main:
         line = (f"test only, epoch {result['epoch']}: test loss {loss:.4f} acc {accuracy:.4f}")
         if result["deployed_lif_test_acc"] is not None:
             line += f" | LIF deployment acc {result['deployed_lif_test_acc']:.4f}"
-        print(line, flush=True)
-        ckpt.atomic_write_text(plan.out_dir / "test_only.json", json.dumps(result, indent=1))
+        print(line + f" (written to {plan.out_dir / names[0]})", flush=True)
+        ckpt.atomic_write_text(plan.out_dir / names[0], json.dumps(result, indent=1))
     return result
 
 
@@ -461,6 +650,18 @@ def _datasets(args, ddp: Distributed):
     return built
 
 
+def _check_same_data(plan: _Plan) -> None:
+    """A resumed run trains on the data its checkpoint was trained on (same files anywhere)."""
+    saved = plan.state.get("data") if plan.state is not None else None
+    if not isinstance(saved, dict) or plan.test_only:
+        return
+    if saved.get("fingerprint") != plan.data_fingerprint:
+        raise DataMissingError(
+            f"-resume {plan.args.resume}: the data in {plan.args.data_dir} differ from the data the "
+            f"checkpoint was trained on (in {saved.get('data_dir')}): other images, labels or "
+            "sizes. Resume with -data-dir naming the run's own data, or start a new run.")
+
+
 def _open_folder(plan: _Plan, ddp: Distributed) -> None:
     error = None
     if ddp.main:
@@ -477,6 +678,8 @@ def _run(plan: _Plan, ddp: Distributed) -> dict:
         raise ModelChoiceError("-amp needs a CUDA device (float16 autocast with a GradScaler).")
     _seed_everything(args.seed)
     train_set, test_set, info = _datasets(args, ddp)
+    plan.data_fingerprint = data_fingerprint(train_set, test_set)
+    _check_same_data(plan)
     _open_folder(plan, ddp)
     try:
         return _train(plan, ddp, _Trainer(plan, ddp, train_set, test_set, info))
@@ -500,18 +703,31 @@ def _resume_into(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> tuple:
     return start_epoch, history, best, said
 
 
-def _epoch(trainer: _Trainer, epoch: int, history: list, best: dict, writer, out_dir: Path) -> dict:
-    """Train, evaluate and save one epoch; returns the best record afterwards."""
+def _minibatches_before(history: list, batches: int) -> int:
+    """The minibatches trained in the epochs of ``history`` (the TensorBoard step of the next)."""
+    return sum(int(row.get("train_batches", batches)) for row in history)
+
+
+def _epoch(trainer: _Trainer, epoch: int, history: list, best: dict, writers, out_dir: Path) -> dict:
+    """Train, evaluate and save one epoch; returns the best record afterwards. ``writers``: the
+    TensorBoard writers of the epoch scalars and of the per-minibatch scalars (or ``None``s)."""
     from tqdm import tqdm
 
     args, ddp, device = trainer.args, trainer.ddp, trainer.ddp.device
+    writer, iteration_writer = writers
     reset_peak_memory(device)
-    progress = None
+    progress = printer = None
+    batches = len(trainer.train_loader)
     if ddp.main and not args.no_progress:
-        progress = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch}/{args.epochs}",
+        progress = tqdm(total=batches, desc=f"epoch {epoch}/{args.epochs}",
                         dynamic_ncols=True, leave=False)
+    elif ddp.main:
+        printer = progress_printer(epoch, args.epochs, batches, args.b * ddp.world_size,
+                                   getattr(args, "progress_every", None) or 50)
+    watch = trainer.chance_watch(printer)
     try:
-        loss_sum, correct, samples, seconds = trainer.train_epoch(epoch, progress, writer)
+        loss_sum, correct, samples, seconds = trainer.train_epoch(
+            epoch, progress, iteration_writer, _minibatches_before(history, batches), watch)
     finally:
         if progress is not None:
             progress.close()
@@ -520,7 +736,8 @@ def _epoch(trainer: _Trainer, epoch: int, history: list, best: dict, writer, out
            "test_loss": test_loss, "test_acc": test_acc,
            "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
            "train_samples_per_s": samples / seconds,
-           "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])), "firing_rate": rates}
+           "peak_memory_mib": max(ddp.gather(peak_memory_mib(device)[0])), "firing_rate": rates,
+           "train_batches": batches}
     if trainer.sync_counter is not None:
         row["grad_syncs_per_batch"] = trainer.sync_counter.calls / len(trainer.train_loader)
     trainer.scheduler.step()
@@ -529,7 +746,7 @@ def _epoch(trainer: _Trainer, epoch: int, history: list, best: dict, writer, out
     if improved:
         best = {"test_acc": row["test_acc"], "epoch": epoch}
     check_model_finite(trainer.module, epoch)  # never save a damaged network
-    state = trainer.state(epoch, history, best)
+    state = trainer.state(epoch, history, best, trainer.data_record)
     error = None
     if ddp.main:
         try:
@@ -547,15 +764,23 @@ def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
     if plan.folder.cleaned and ddp.main:
         said.append("removed temporary files of an interrupted save: " + ", ".join(plan.folder.cleaned))
     if ddp.main:
-        _banner(plan, ddp, start_epoch, said)
+        exactness = (_exactness_lines(trainer.module) if plan.method.deploys_to_lif else None)
+        _banner(plan, ddp, start_epoch, said, exactness)
     if plan.test_only:
         return _test_only(plan, trainer)
     trainer.distribute()
-    writer = None
+    writer = iteration_writer = None
     if ddp.main:
         from torch.utils.tensorboard import SummaryWriter
 
+        # Two writers, each purging from where the resumed run continues on its own axis: the
+        # epoch scalars from epoch start_epoch, the per-minibatch ones from the first minibatch
+        # of that epoch. One writer would purge the minibatch curve from step start_epoch on,
+        # i.e. almost all of the epochs before.
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch)
+        iteration_writer = SummaryWriter(
+            str(out_dir / "tb" / "iteration"),
+            purge_step=_minibatches_before(history, len(trainer.train_loader)))
         ckpt.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
     memory_kind = peak_memory_mib(ddp.device)[1]
     if plan.state is not None:
@@ -563,13 +788,14 @@ def _train(plan: _Plan, ddp: Distributed, trainer: _Trainer) -> dict:
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     try:
         for epoch in range(start_epoch, end_epoch):
-            best = _epoch(trainer, epoch, history, best, writer, out_dir)
+            best = _epoch(trainer, epoch, history, best, (writer, iteration_writer), out_dir)
         deployed = _deploy(trainer, out_dir) if args.deploy_lif else None
         return _finish(plan, ddp, history, best, deployed, memory_kind,
                        stopped_early=start_epoch < end_epoch < args.epochs)
     finally:
-        if writer is not None:
-            writer.close()
+        for each in (writer, iteration_writer):
+            if each is not None:
+                each.close()
 
 
 def _parser(datasets: Sequence[str], description: str) -> argparse.ArgumentParser:
@@ -585,7 +811,7 @@ def _parser(datasets: Sequence[str], description: str) -> argparse.ArgumentParse
 
 def _stopped_message(error: Exception, out_dir: Optional[str]) -> str:
     last = Path(out_dir) / LAST if out_dir else None
-    if last is not None and last.is_file():
+    if last is not None and _is_file(last):
         advice = ("check the data" if isinstance(error, NonFiniteStateError) and "input" in error.where
                   else "resume with a lower -lr")
         kept = f"the last good checkpoint is kept: {last} ({advice}: -resume {last})"
@@ -594,12 +820,32 @@ def _stopped_message(error: Exception, out_dir: Optional[str]) -> str:
     return f"error: stopped because {error}; {kept}."
 
 
+def _is_file(path) -> bool:
+    """``Path.is_file`` that answers False where the path itself is an error (too long, ...)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _interrupted_message(args) -> str:
+    out_dir = getattr(args, "out_dir", None)
+    if getattr(args, "test_only", False):
+        return "interrupted (Ctrl-C) during the evaluation; nothing of it was written."
+    if out_dir and _is_file(Path(out_dir) / LAST):
+        world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "1") != "1" else None
+        return (f"interrupted (Ctrl-C); the run resumes after its last saved epoch with: "
+                f"{_resume_command(args, out_dir, world)}")
+    return ("interrupted (Ctrl-C) before the first epoch was saved; there is nothing to resume, "
+            "start the run again.")
+
+
 def _os_error_message(error: OSError, out_dir: Optional[str]) -> str:
     if error.errno is None or not error.strerror:
         return f"error: {error}"
     where = f": {error.filename}" if error.filename else ""
     kept = ""
-    if out_dir and (Path(out_dir) / LAST).is_file():
+    if out_dir and _is_file(Path(out_dir) / LAST):
         kept = (f"; the checkpoints written before are intact (continue with -resume "
                 f"{Path(out_dir) / LAST} once the problem is fixed)")
     return f"error: OSError: {error.strerror}{where}{kept}."
@@ -640,17 +886,29 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     parser = _parser(datasets, description)
     args = parser.parse_args(argv)
     if args.data_dir is None and not args.resume:
-        parser.error("the following arguments are required: -data-dir (or -resume a checkpoint, "
-                     "which names its data folder)")
+        default = default_data_dir(args.dataset)
+        if default is None:
+            parser.error("the following arguments are required: -data-dir (or -resume a checkpoint, "
+                         "which names its data folder)")
+        args.data_dir = default
+        if os.environ.get("RANK", "0") == "0":
+            print(f"data: {default} (the default for -dataset {args.dataset}; choose with "
+                  "-data-dir)", flush=True)
     given = explicit_flags(_parser(datasets, description), argv)
     try:
         run(args, given=given, datasets=datasets, check_value=value_checker(parser))
     except _USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteCheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NONFINITE
     except (NonFiniteLossError, NonFiniteStateError) as error:
         print(_stopped_message(error, args.out_dir), file=sys.stderr)
         return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print(_interrupted_message(args), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except OSError as error:
         print(_os_error_message(error, args.out_dir), file=sys.stderr)
         return EXIT_USAGE

@@ -150,7 +150,8 @@ class RunDirectory:
             raise
         self.cleaned = clean_temporaries(self.path)
         if self.overwrite and not self.resume:
-            for name in RUN_FILES:
+            evaluations = [entry.name for entry in self.path.glob("test_only_epoch*")]
+            for name in RUN_FILES + tuple(evaluations):
                 target = self.path / name
                 if target.is_dir():
                     shutil.rmtree(target)

@@ -48,8 +48,7 @@ BAD_FLAGS = [
     (["-alpha", "nan"], "argument -alpha: nan must be a finite number above 0"),
     (["-alpha", "2", "-surrogate", "rep"], "argument -alpha: -surrogate rep (SpikeRepresentation) has "
                                            "no sharpness"),
-    (["-backend", "bogus"], "argument -backend: invalid choice: 'bogus' (choose from 'torch', "
-                            "'cupy', 'triton')"),
+    (["-backend", "bogus"], "argument -backend: invalid choice: 'bogus' (choose from 'torch', "),
     (["-backend", "triton", "-method", "bptt"], "Methods that can: saf-e, saf-e-acc, saf-f"),
     (["-backend", "cupy", "-method", "ottt-a"], "Methods that can: saf-e, saf-e-acc, saf-f"),
     (["-T", "0"], "argument -T: 0 must be a positive integer"),

@@ -71,11 +71,42 @@ def test_mnist_family_read_in_place(tmp_path, no_debian_package, name, layout, g
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before, "files were copied"
 
 
-def test_fashion_mnist_from_the_debian_folder(tmp_path, monkeypatch):
+def test_fashion_mnist_reads_only_the_folder_given(tmp_path, monkeypatch, capsys):
+    """A -data-dir without the files is refused even where Debian's folder has them; without
+    -data-dir the run reads Debian's folder (the documented default), and records it absolute."""
     debian = fabricate.make_mnist_family(tmp_path / "usr-share-datasets-fashion-mnist")
     monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", debian)
-    train, test, _ = build_datasets(_args(MNIST, tmp_path / "empty", "-dataset", "fashion_mnist"))
-    assert (len(train), len(test)) == (8, 4)
+    (tmp_path / "empty").mkdir()
+    err = _refused(capsys, MNIST, tmp_path / "empty", tmp_path / "out", "-dataset", "fashion_mnist")
+    assert str(tmp_path / "empty") in err and "not found" in err
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "default"
+    monkeypatch.chdir(tmp_path)
+    assert _exit(["-out-dir", "default", *TINY, "-channels", "2"], MNIST) == 0
+    assert f"data: {debian} (the default" in capsys.readouterr().out
+    assert json.loads((out / "args.json").read_text())["data_dir"] == str(debian)
+
+
+def test_relative_data_dir_is_stored_absolute_and_a_resume_with_other_data_is_refused(
+        tmp_path, monkeypatch, capsys, no_debian_package):
+    first = fabricate.make_mnist_family(tmp_path / "data", train_count=8, test_count=4, seed=0)
+    other = fabricate.make_mnist_family(tmp_path / "other", train_count=8, test_count=4, seed=1)
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "-channels", "2", "-epochs", "2", "-stop-after", "1"]
+    assert _exit(["-data-dir", "data", "-out-dir", "run", *flags], MNIST) == 0
+    last = tmp_path / "run" / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    assert state["args"]["data_dir"] == str(first) == state["data"]["data_dir"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    capsys.readouterr()
+    # From another working folder the stored absolute path finds the same data.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    err = _refused(capsys, MNIST, other, tmp_path / "run", "-resume", str(last))
+    assert "differ from the data the checkpoint was trained on" in err and str(other) in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    assert _exit(["-resume", str(last), "-device", "cpu", "-j", "0", "-no-progress"], MNIST) == 0
 
 
 def test_fashion_mnist_one_epoch(tmp_path, no_debian_package):
@@ -214,3 +245,59 @@ def test_unfinished_events_conversion_is_explained(tmp_path, capsys):
 def test_data_missing_error_is_the_one_kind(tmp_path, no_debian_package):
     with pytest.raises(DataMissingError):
         build_datasets(_args(MNIST, tmp_path))
+
+
+# ---- CIFAR pickles are data, not code -------------------------------------------------------------
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("target", ["batches.meta", "data_batch_3", "test_batch"])
+def test_cifar_pickle_with_a_payload_is_refused_without_running_it(tmp_path, capsys, target):
+    import pickle
+
+    root = fabricate.make_cifar10(tmp_path / "cifar")
+    marker = tmp_path / "pwned"
+    path = root / "cifar-10-batches-py" / target
+    with open(path, "rb") as file:
+        entry = pickle.load(file, encoding="latin1")
+    entry["extra"] = _Payload(marker)
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    err = _refused(capsys, CIFAR, root, tmp_path / "out", "-channels", "2")
+    assert not marker.exists()
+    assert f"{path}: it asks for the Python object " in err and "open" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_restricted_reader_reads_what_torchvision_reads(tmp_path):
+    from saf_examples.data import SafeCIFAR10, read_cifar_pickle
+
+    root = fabricate.make_cifar10(tmp_path / "cifar", per_batch=3, test_count=2)
+    ours = SafeCIFAR10(str(root), train=True)
+    import pickle
+
+    batches = []
+    for index in range(1, 6):
+        with open(root / "cifar-10-batches-py" / f"data_batch_{index}", "rb") as file:
+            batches.append(pickle.load(file, encoding="latin1"))  # trusted: fabricated above
+    data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+    assert np.array_equal(ours.data, data)
+    assert ours.targets == [label for b in batches for label in b["labels"]]
+    assert ours.classes == fabricate.CIFAR10_CLASSES and len(ours[0]) == 2
+    assert read_cifar_pickle(root / "cifar-10-batches-py" / "batches.meta")["num_vis"] == 3072
+
+
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_dvs_events_with_fractional_coordinates_are_refused(tmp_path, capsys, key):
+    root = fabricate.make_cifar10_dvs(tmp_path / "c10dvs", per_class=2)
+    damaged = sorted((root / "events_np" / "dog").glob("*.npz"))[0]
+    arrays = dict(np.load(damaged))
+    arrays[key] = arrays[key].astype(np.float64) + 0.5
+    np.savez(damaged, **arrays)
+    err = _refused(capsys, DVS, root, tmp_path / "out", "-dataset", "cifar10_dvs")
+    assert str(damaged) in err and f"has the {key} value" in err and "whole numbers" in err
+    assert not _frames(root).exists() and not (tmp_path / "out").exists()
