@@ -71,6 +71,28 @@ BAD_FLAGS = [
     (["-dataset", "mnist"], "argument -dataset: invalid choice: 'mnist'"),
     (["-train-split", "0.5"], "unrecognized arguments: -train-split 0.5"),
     (["-opt", "rmsprop"], "argument -opt: invalid choice: 'rmsprop'"),
+    # Values that used to pass and end in a traceback or a silent wrong value.
+    (["-T", str(2**63)], f"argument -T: {2**63} is too large (at most 2**31 - 1"),
+    (["-T", str(2**31)], f"argument -T: {2**31} is too large"),
+    (["-b", str(2**64)], "argument -b: 18446744073709551616 is too large"),
+    (["-epochs", str(2**63)], "argument -epochs: 9223372036854775808 is too large"),
+    (["-lr", "1e39"], "argument -lr: 1e39 is above float32's largest number"),
+    (["-lr", "1e-50"], "argument -lr: 1e-50 is below float32's smallest normal number"),
+    (["-weight-decay", "1e39"], "argument -weight-decay: 1e39 is above float32's largest number"),
+    (["-momentum", "5"], "argument -momentum: 5 must lie in [0, 1)"),
+    (["-momentum", "1"], "argument -momentum: 1 must lie in [0, 1)"),
+    (["-v-threshold", "1e-320"], "argument -v-threshold: 1e-320 is below float32's smallest normal"),
+    (["-v-threshold", "1e39"], "argument -v-threshold: 1e39 is above float32's largest number"),
+    (["-alpha", "1e39"], "argument -alpha: 1e39 is above float32's largest number"),
+    (["-tau", "1e39"], "argument -tau: 1e39 is above float32's largest number"),
+    (["-resume", ""], "argument -resume: an empty path"),
+    (["-out-dir", ""], "argument -out-dir: an empty path"),
+    (["-out-dir", " "], "argument -out-dir: an empty path"),
+    (["-out-dir", "x" * 256], "is 256 bytes long; the system takes at most 255 bytes"),
+    (["-out-dir", "a/" * 2100], "bytes long; the system takes at most 4095"),
+    (["-max-train-batches", "0"], "argument -max-train-batches: 0 must be a positive integer"),
+    (["-max-test-batches", "-1"], "argument -max-test-batches: -1 must be a positive integer"),
+    (["-progress-every", "0"], "argument -progress-every: 0 must be a positive integer"),
 ]
 if NO_CUDA:
     BAD_FLAGS.append((["-device", "cuda"], "argument -device: 'cuda': no CUDA device is available; "
@@ -97,6 +119,12 @@ def test_bad_flag_one_message_exit_2_nothing_written(tmp_path, capsys, flags, me
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
     assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_empty_data_dir_is_refused(tmp_path, capsys):
+    assert _exit(["-data-dir", "", "-out-dir", str(tmp_path / "out"), *BASE]) == 2
+    assert "argument -data-dir: an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_dvs_split_out_of_range_and_mnist_script_refuses_cifar_flags(tmp_path, capsys):

@@ -116,3 +116,28 @@ def test_mismatched_images_and_labels(tmp_path):
 def test_unknown_name():
     with pytest.raises(ValueError, match="'mnist', 'fashion_mnist'"):
         idx.load_mnist_family("cifar10", None)
+
+
+@pytest.mark.parametrize("dims", [(2**16, 2**16, 2**16, 2**16), (2**32 - 1, 2**32 - 1, 2**32 - 1)])
+def test_header_whose_size_overflows_int64_is_a_format_error(tmp_path, dims):
+    """The product of the dimensions is taken in Python integers: in int64 2**64 wraps to 0, and an
+    empty data section then matched the header."""
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims))
+    with pytest.raises(idx.IdxFormatError, match="the header announces shape"):
+        idx.read_idx(path)
+
+
+def test_a_folder_given_is_the_only_folder_read(tmp_path, monkeypatch):
+    """The files in Debian's folder never stand in for a data folder that lacks them; without a
+    folder, Fashion-MNIST is read from Debian's."""
+    debian = tmp_path / "debian"
+    _split(debian, train=False, count=2, gz=True)
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", debian)
+    with pytest.raises(idx.IdxDataMissing) as info:
+        idx.load_mnist_family("fashion_mnist", tmp_path / "mistyped", train=False)
+    assert f"searched: {tmp_path / 'mistyped'}, {tmp_path / 'mistyped' / 'FashionMNIST' / 'raw'}." \
+        in str(info.value)
+    x, _ = idx.load_mnist_family("fashion_mnist", None, train=False)
+    assert tuple(x.shape) == (2, 28, 28)
+    assert idx.candidate_folders("mnist", None) == []
