@@ -83,17 +83,45 @@ def _number(text: str, kind=float):
             f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
+#: The largest integer a count flag takes: C's int, which PyTorch's kernels and shapes index with;
+#: a larger -T, -b or -epochs could never finish anyway.
+MAX_COUNT = 2**31 - 1
+#: The model's tensors are float32: a value above its largest finite number becomes inf there, and
+#: a positive value below its smallest normal number becomes 0 (or loses its precision).
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
+
+
+def _count(value: int) -> int:
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is too large (at most 2**31 - 1 = {MAX_COUNT})")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be a positive integer (1 or more)")
-    return value
+    return _count(value)
 
 
 def _non_negative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return _count(value)
+
+
+def _float32_range(text: str, value: float) -> float:
+    """Refuse a nonzero value that float32 turns into inf or 0."""
+    if abs(value) > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above float32's largest number ({FLOAT32_MAX:.4g}); the model's float32 "
+            "tensors would hold inf")
+    if 0.0 < abs(value) < FLOAT32_TINY:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below float32's smallest normal number ({FLOAT32_TINY:.4g}); the model's "
+            "float32 tensors would hold 0 or lose its precision")
     return value
 
 
@@ -101,13 +129,22 @@ def _positive_float(text: str) -> float:
     value = _number(text)
     if not (math.isfinite(value) and value > 0.0):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
-    return value
+    return _float32_range(text, value)
 
 
 def _non_negative_float(text: str) -> float:
     value = _number(text)
     if not (math.isfinite(value) and value >= 0.0):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or more")
+    return _float32_range(text, value)
+
+
+def _momentum(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text} must lie in [0, 1): SGD's momentum keeps that fraction of the last update, and "
+            "1 or more makes the updates grow without end (0.9 is usual)")
     return value
 
 
@@ -116,7 +153,34 @@ def _tau(text: str) -> float:
     # inf is SAF's IF neuron (no leak); the lower bound depends on the method and is checked later.
     if math.isnan(value) or value <= 0.0:
         raise argparse.ArgumentTypeError(f"{text} must be a number above 0 (inf for no leak)")
+    if math.isfinite(value) and value > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above float32's largest number ({FLOAT32_MAX:.4g}); give inf for no leak")
     return value
+
+
+#: Linux's limits on a file name (one path component) and a whole path, in bytes.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def _path(text: str) -> str:
+    """A file or folder path: not empty, and within the system's limits, so that a bad one is a
+    message here rather than an error from the file system later."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path; give a folder or file (drop the flag for its default)")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL character")
+    encoded = os.fsencode(text)
+    if len(encoded) > PATH_MAX:
+        raise argparse.ArgumentTypeError(
+            f"the path is {len(encoded)} bytes long; the system takes at most {PATH_MAX}")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise argparse.ArgumentTypeError(
+                f"the path component {os.fsdecode(part[:40])}... is {len(part)} bytes long; the "
+                f"system takes at most {NAME_MAX} bytes per file or folder name")
+    return text
 
 
 def _fraction(text: str) -> float:
@@ -272,15 +336,15 @@ def build_parser(datasets: Sequence[str], description: str = "",
                     help="batch size (per process under torchrun)")
     sj.add_argument("-epochs", type=_positive_int, default=300, help="number of epochs")
     sj.add_argument("-j", type=_non_negative_int, default=4, help="data-loading workers")
-    sj.add_argument("-data-dir", required=True, help="root of the dataset")
-    sj.add_argument("-out-dir", default=None,
+    sj.add_argument("-data-dir", type=_path, required=True, help="root of the dataset")
+    sj.add_argument("-out-dir", type=_path, default=None,
                     help="where checkpoints, logs and plots go (default: runs/<dataset>_<model>_"
                          "<method>_T<T>_b<b>_<opt>_lr<lr>)")
-    sj.add_argument("-resume", default=None, help="checkpoint to continue from (e.g. "
+    sj.add_argument("-resume", type=_path, default=None, help="checkpoint to continue from (e.g. "
                     "<out-dir>/checkpoint_last.pth)")
     sj.add_argument("-amp", action="store_true", help="automatic mixed precision (CUDA only)")
     sj.add_argument("-opt", choices=("sgd", "adam"), default="sgd", help="optimizer")
-    sj.add_argument("-momentum", type=_non_negative_float, default=0.9, help="SGD momentum")
+    sj.add_argument("-momentum", type=_momentum, default=0.9, help="SGD momentum, in [0, 1)")
     sj.add_argument("-lr", type=_positive_float, default=0.1,
                     help="learning rate (cosine schedule); saf-e and ottt-o step the optimizer T "
                          "times per minibatch and usually need a smaller one, see docs/examples.md")
@@ -331,7 +395,17 @@ def build_parser(datasets: Sequence[str], description: str = "",
     train.add_argument("-stop-after", type=_positive_int, default=None,
                        help="stop after this many epochs in this invocation (for job time limits); "
                             "continue later with -resume")
-    train.add_argument("-no-progress", action="store_true", help="no tqdm progress bars")
+    train.add_argument("-max-train-batches", type=_positive_int, default=None,
+                       help="train on at most this many minibatches per epoch (a short run; "
+                            "default: all); recorded in args.json and kept on -resume")
+    train.add_argument("-max-test-batches", type=_positive_int, default=None,
+                       help="evaluate on at most this many test minibatches (default: all)")
+    train.add_argument("-no-progress", action="store_true",
+                       help="no tqdm progress bars; print a progress line every -progress-every "
+                            "minibatches instead (for logs)")
+    train.add_argument("-progress-every", type=_positive_int, default=50,
+                       help="with -no-progress: minibatches between two progress lines (loss, "
+                            "accuracy, images/s, ETA)")
     train.add_argument("-count-grad-syncs", action="store_true",
                        help="record how many gradient all-reduces DDP runs per minibatch")
     add_run_flags(parser)

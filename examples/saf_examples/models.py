@@ -7,10 +7,12 @@ Every model goes through :func:`build_model`, so a later fix to a zoo factory is
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
 import torch.nn as nn
 from spikingjelly.activation_based import layer, surrogate
-from spikingjelly.activation_based.model import parametric_lif_net, spiking_vggws_ottt
+from spikingjelly.activation_based.model import (parametric_lif_net, sew_resnet, spiking_resnet,
+                                                 spiking_vgg, spiking_vggws_ottt)
 
 from spikingjelly_saf import zoo
 from spikingjelly_saf.layer import InputAverage
@@ -42,7 +44,20 @@ _PARAMETRIC_LIF_NETS = {  # factory, input channels, input size, classes
     "CIFAR10DVSNet": (parametric_lif_net.CIFAR10DVSNet, 2, 128, 10),
     "CIFAR10Net": (parametric_lif_net.CIFAR10Net, 3, 32, 10),
 }
-MODEL_NAMES = tuple(_OTTT_VGG_FACTORIES) + tuple(_PARAMETRIC_LIF_NETS)
+#: SpikingJelly's ImageNet-style zoo networks, built with the method's (soft-reset) neuron, every
+#: max pool replaced by the average pool of the same geometry (a max over spike rates is not a
+#: function of the rates, so it breaks SAF's exactness; an average is affine), SEW blocks with the
+#: ADD connect function (AND/IAND multiply spikes), and the first convolution rebuilt for the data
+#: set's channels. BatchNorm is exact in eval mode (the deployed network).
+_IMAGENET_ZOO = {
+    **{name: getattr(spiking_resnet, name) for name in spiking_resnet.__all__ if name != "SpikingResNet"},
+    **{name: getattr(sew_resnet, name) for name in sew_resnet.__all__
+       if name not in ("SEWResNet", "SEWResNet34Config")},
+    **{name: getattr(spiking_vgg, name) for name in spiking_vgg.__all__ if name != "SpikingVGG"},
+}
+#: The smallest image side each family takes (VGG halves the image five times).
+_MIN_SIDE = {"spiking_vgg": 32}
+MODEL_NAMES = tuple(_OTTT_VGG_FACTORIES) + tuple(_PARAMETRIC_LIF_NETS) + tuple(_IMAGENET_ZOO)
 
 
 class ModelChoiceError(ValueError):
@@ -88,12 +103,57 @@ def _neuron_kwargs(args: argparse.Namespace, method: Method, steps: int) -> dict
         raise ModelChoiceError(str(error)) from None
 
 
+def _average_pool_for(module: nn.Module) -> Optional[nn.Module]:
+    """The average pool of ``module``'s geometry when it is a 2-D max pool, else ``None``."""
+    step_mode = getattr(module, "step_mode", None)
+    if isinstance(module, (nn.MaxPool2d, layer.MaxPool2d)):
+        if module.dilation not in (1, (1, 1)) or module.return_indices:
+            raise ModelChoiceError(f"a MaxPool2d with dilation or return_indices has no average-pool "
+                                   f"twin: {module}")
+        kwargs = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                      ceil_mode=module.ceil_mode, count_include_pad=False)
+        return (layer.AvgPool2d(**kwargs, step_mode=step_mode) if step_mode is not None
+                else nn.AvgPool2d(**kwargs))
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        return (layer.AdaptiveAvgPool2d(module.output_size, step_mode=step_mode)
+                if step_mode is not None else nn.AdaptiveAvgPool2d(module.output_size))
+    return None
+
+
+def _exact_zoo_model(name: str, method: Method, num_classes: int, in_channels: int,
+                     kwargs: dict) -> nn.Module:
+    factory = _IMAGENET_ZOO[name]
+    extra = {"cnf": "ADD"} if name.startswith("sew_") else {}
+    model = factory(spiking_neuron=method.neuron_type, num_classes=num_classes, **extra, **kwargs)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            replacement = _average_pool_for(child)
+            if replacement is not None:
+                setattr(parent, child_name, replacement)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                kwargs = dict(in_channels=in_channels, out_channels=child.out_channels,
+                              kernel_size=child.kernel_size, stride=child.stride,
+                              padding=child.padding, bias=child.bias is not None)
+                step_mode = getattr(child, "step_mode", None)
+                setattr(parent, child_name, layer.Conv2d(**kwargs, step_mode=step_mode)
+                        if isinstance(child, layer.Conv2d) else nn.Conv2d(**kwargs))
+                return
+
+
 def _contains_ottt_sequential(model: nn.Module) -> bool:
     return any(isinstance(m, layer.OTTTSequential) for m in model.modules())
 
 
 def build_model(args: argparse.Namespace, method: Method, num_classes: int, in_channels: int,
-                sequence_input: bool) -> nn.Module:
+                sequence_input: bool, image_side: Optional[int] = None) -> nn.Module:
     """The network for ``args.model`` with ``method``'s neuron, in the step mode ``method`` runs in
     with ``args.backend`` (multi-step for a fused backend).
 
@@ -123,6 +183,18 @@ def build_model(args: argparse.Namespace, method: Method, num_classes: int, in_c
                 "classes. Use -model ottt_spiking_vggws.")
         extra = {} if args.channels is None else {"channels": args.channels}
         model = factory(spiking_neuron=method.neuron_type, **extra, **kwargs)
+    elif name in _IMAGENET_ZOO:
+        if args.channels is not None:
+            raise ModelChoiceError(f"-model {name} has the zoo's widths; drop -channels (it sets the "
+                                   "width of ottt_spiking_vggws and the parametric-LIF nets).")
+        side = image_side
+        least = _MIN_SIDE["spiking_vgg"] if name.startswith("spiking_vgg") else 1
+        if side is not None and side < least:
+            raise ModelChoiceError(
+                f"-model {name} halves the image five times and needs images of at least "
+                f"{least}x{least}; this data set's are {side}x{side}. Use a ResNet, a SEW-ResNet or "
+                "ottt_spiking_vggws.")
+        model = _exact_zoo_model(name, method, num_classes, in_channels, kwargs)
     else:
         raise ModelChoiceError(f"-model {name!r} is unknown; choose one of {', '.join(MODEL_NAMES)}.")
 

@@ -193,6 +193,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180.0) -> 
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_second_run_in_a_live_folder_fails_at_once_and_a_killed_holder_frees_it(data, tmp_path,
                                                                                 capsys):
     out, ready = tmp_path / "out", tmp_path / "ready"
@@ -264,6 +265,7 @@ _KILL_RUNNER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["checkpoint_best.pth", "checkpoint_last.pth"])
 @pytest.mark.parametrize("stage", ["mid-write", "before-rename", "after-rename"])
 def test_sigkill_during_a_checkpoint_write_leaves_loadable_checkpoints_and_a_resumable_run(
@@ -358,10 +360,10 @@ def test_full_disk_ends_with_one_message_and_intact_checkpoints(data, tmp_path, 
 def _at_epoch_one(monkeypatch, action):
     real = run_module._Trainer.train_epoch
 
-    def train_epoch(self, epoch, progress=None, writer=None):
+    def train_epoch(self, epoch, *args, **kwargs):
         if epoch == 1:
             action(self)
-        return real(self, epoch, progress, writer)
+        return real(self, epoch, *args, **kwargs)
 
     monkeypatch.setattr(run_module._Trainer, "train_epoch", train_epoch)
 
@@ -561,6 +563,48 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
         _save_altered(good, path, history={"epoch": 0})
     elif kind == "damaged rng":
         _save_altered(good, path, rng=[{"python": 1}])
+    elif kind in ("int64 weights", "bool weights", "float16 weights"):
+        state = ckpt.load_checkpoint(good)
+        dtype = {"int64 weights": torch.int64, "bool weights": torch.bool,
+                 "float16 weights": torch.float16}[kind]
+        key = next(k for k, v in state["net"].items() if v.is_floating_point())
+        state["net"][key] = state["net"][key].to(dtype)
+        ckpt.save_checkpoint(state, path)
+    elif kind == "float16 momentum":
+        state = ckpt.load_checkpoint(good)
+        slot = next(iter(state["optimizer"]["state"].values()))
+        slot["momentum_buffer"] = slot["momentum_buffer"].half()
+        ckpt.save_checkpoint(state, path)
+    elif kind == "no checksum":
+        state = ckpt.load_checkpoint(good)
+        del state["checksum"]
+        torch.save(state, path)
+    elif kind in ("args without T", "args without tau"):
+        state = ckpt.load_checkpoint(good)
+        args = dict(state["args"])
+        del args[kind.rsplit(" ", 1)[1]]
+        _save_altered(good, path, args=args)
+    elif kind in ("negative lr", "momentum 5", "nan weight decay"):
+        state = ckpt.load_checkpoint(good)
+        key, value = {"negative lr": ("lr", -0.1), "momentum 5": ("momentum", 5.0),
+                      "nan weight decay": ("weight_decay", float("nan"))}[kind]
+        for group in state["optimizer"]["param_groups"]:
+            group[key] = value
+        ckpt.save_checkpoint(state, path)
+    elif kind in ("T 2**63", "lr above float32", "threshold 1e-320", "momentum 5 in args"):
+        state = ckpt.load_checkpoint(good)
+        key, value = {"T 2**63": ("T", 2**63), "lr above float32": ("lr", 1e39),
+                      "threshold 1e-320": ("v_threshold", 1e-320),
+                      "momentum 5 in args": ("momentum", 5.0)}[kind]
+        _save_altered(good, path, args=dict(state["args"], **{key: value}))
+    elif kind in ("history row without epoch", "history row with text"):
+        state = ckpt.load_checkpoint(good)
+        row = dict(state["history"][0])
+        if kind == "history row without epoch":
+            del row["epoch"]
+        else:
+            row["test_acc"] = "high"
+        _save_altered(good, path, history=[row])
     elif kind == "numpy inside":
         import numpy as np
 
@@ -574,14 +618,21 @@ def _make_bad(kind: str, good: Path, folder: Path) -> Path:
                                   "bit-flipped", "state_dict only", "a list", "wrong optimizer",
                                   "wrong shape", "damaged rng", "numpy inside", "bad saved flag",
                                   "unknown saved method", "epoch not a number",
-                                  "history not a list"])
+                                  "history not a list", "int64 weights", "bool weights",
+                                  "float16 weights", "float16 momentum", "no checksum",
+                                  "args without T", "args without tau", "negative lr",
+                                  "momentum 5", "nan weight decay", "T 2**63", "lr above float32",
+                                  "threshold 1e-320", "momentum 5 in args",
+                                  "history row without epoch", "history row with text"])
 def test_every_damaged_checkpoint_is_one_message_and_exit_2(stopped_run, tmp_path, capsys, kind):
-    path = _make_bad(kind, stopped_run / "checkpoint_last.pth", tmp_path)
-    out = tmp_path / "out"
-    assert _main("-resume", path, "-out-dir", out, *PER_RUN) == 2
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = _make_bad(kind, stopped_run / "checkpoint_last.pth", folder)
+    before = _tree(tmp_path)
+    assert _main("-resume", path, *PER_RUN) == 2
     line = _one_error(capsys.readouterr())
     assert str(path) in line, line
-    assert not out.exists() or os.listdir(out) == []
+    assert _tree(tmp_path) == before
 
 
 def test_checkpoints_load_with_plain_torch_load_and_spikingjelly_keys(stopped_run):
@@ -621,18 +672,23 @@ def test_test_only_evaluates_without_training_and_deploys_lif(data, stopped_run,
     from saf_examples.models import build_model
 
     run = _copy_run(stopped_run, tmp_path / "run")
-    before = _tree(run)
-    last_bytes = (run / "checkpoint_last.pth").read_bytes()
+    # The run's own deployment files: an evaluation never writes over them.
+    (run / "lif_net.pt").write_bytes(b"the run's own LIF network")
+    (run / "lif_exactness.json").write_text("{}")
+    before = {p: p.read_bytes() for p in run.iterdir()}
     assert _main("-resume", run / "checkpoint_last.pth", "-test-only", "-deploy-lif", *PER_RUN) == 0
     printed = capsys.readouterr().out
     assert "test only" in printed and "LIF deployment acc" in printed
-    assert (run / "checkpoint_last.pth").read_bytes() == last_bytes
-    assert {k: v for k, v in _tree(run).items() if k in before} == before
-    result = json.loads((run / "test_only.json").read_text())
+    assert "test_only_epoch0.json" in printed
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(set(p.name for p in run.iterdir()) - {p.name for p in before}) == [
+        "test_only_epoch0.json", "test_only_epoch0_lif_exactness.json",
+        "test_only_epoch0_lif_net.pt"]
+    result = json.loads((run / "test_only_epoch0.json").read_text())
     state = ckpt.load_checkpoint(run / "checkpoint_last.pth")
     assert result["epoch"] == 0 and result["test_acc"] == state["history"][0]["test_acc"]
     assert result["deployed_lif_test_acc"] == result["test_acc"]
-    report = json.loads((run / "lif_exactness.json").read_text())
+    report = json.loads((run / "test_only_epoch0_lif_exactness.json").read_text())
     assert report["exact"] is True and report["findings"] == []
 
     # The saved LIF network loads into the same zoo model built with LIFNode and predicts what
@@ -641,7 +697,7 @@ def test_test_only_evaluates_without_training_and_deploys_lif(data, stopped_run,
         ["-data-dir", str(data), *TINY, "-method", "bptt"])
     lif_method = get_method("bptt")
     lif_model = build_model(args, lif_method, 10, 3, False)
-    lif_model.load_state_dict(torch.load(run / "lif_net.pt", weights_only=True))
+    lif_model.load_state_dict(torch.load(run / "test_only_epoch0_lif_net.pt", weights_only=True))
     saf_method = get_method("saf-e-acc")
     saf_args = build_parser(("cifar10", "cifar100")).parse_args(["-data-dir", str(data), *TINY])
     saf_model = build_model(saf_args, saf_method, 10, 3, False)
@@ -657,6 +713,12 @@ def test_test_only_evaluates_without_training_and_deploys_lif(data, stopped_run,
         lif_outputs = run_sequence(lif_model, x_seq, saf_method.step_mode)
     # Read as SpikingJelly reads any network, the mean over T, it gives the SAF model's scores.
     torch.testing.assert_close(lif_outputs.mean(1), saf_scores)
+
+    # A second evaluation takes new names and leaves the first one's files as they are.
+    first = {p: p.read_bytes() for p in run.iterdir()}
+    assert _main("-resume", run / "checkpoint_last.pth", "-test-only", *PER_RUN) == 0
+    assert {p: p.read_bytes() for p in first} == first
+    assert (run / "test_only_epoch0_2.json").is_file()
 
 
 def test_test_only_needs_a_checkpoint(data, tmp_path, capsys):
@@ -695,7 +757,7 @@ _DDP_RUNNER = textwrap.dedent("""
 
     real = run._Trainer.train_epoch
 
-    def train_epoch(self, epoch, progress=None, writer=None):
+    def train_epoch(self, epoch, *args, **kwargs):
         if epoch == 1 and self.ddp.rank == 1:  # one NaN pixel on the second process only
             clean = self.train_loader.loader
 
@@ -711,13 +773,14 @@ _DDP_RUNNER = textwrap.dedent("""
                         yield x, label
 
             self.train_loader.loader = Poisoned()
-        return real(self, epoch, progress, writer)
+        return real(self, epoch, *args, **kwargs)
 
     run._Trainer.train_epoch = train_epoch
     sys.exit(run.main(sys.argv[1:]))
 """)
 
 
+@pytest.mark.slow
 def test_ddp_nan_input_on_one_process_stops_both_and_keeps_the_checkpoint(data, tmp_path):
     """Under torchrun both processes agree on every minibatch's input check: no hang, exit 3 on
     each, the last good checkpoint kept."""

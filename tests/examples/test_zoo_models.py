@@ -16,7 +16,6 @@ from saf_examples.run import main
 from spikingjelly_saf import check_exactness, to_lif
 from spikingjelly_saf.neuron import SAFNode
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: The networks at the zoo's full ImageNet widths (above ~30 M parameters, and the OTTT VGGs with
 #: their 4096-wide classifiers) take several seconds each to build and step on a CPU: the full
@@ -63,6 +62,7 @@ def test_every_offered_model_builds_trains_a_step_and_converts(name):
         assert len(check_exactness(model)) == 0, str(check_exactness(model))
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_zoo_resnet_trains_through_the_trainer_with_the_exactness_report(tmp_path, capsys):
     data = fabricate.make_cifar10(tmp_path / "data", per_batch=2, test_count=2)
     argv = ["-data-dir", str(data), "-out-dir", str(tmp_path / "out"), "-device", "cpu", "-T", "1",
