@@ -6,7 +6,7 @@ the number of time steps; deploy the weights unchanged in an ordinary LIF networ
 from . import functional, health, recording, recurrent, surrogate, zoo
 from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
-from .neuron import SAFNode, SpikeTap
+from .neuron import SAFNode, SAFPrecisionWarning, SpikeTap
 from .training import (METHODS, ModelContractError, NonFiniteTrainingError, StateCarriedOverWarning,
                        saf_inference, saf_online_training)
 from .recording import SpikeRecorder
@@ -17,6 +17,7 @@ from .exactness import check_exactness, compare_with_lif
 __all__ = [
     "SAFNode",
     "SpikeTap",
+    "SAFPrecisionWarning",
     "InputAverage",
     "OutputRecovery",
     "predict",

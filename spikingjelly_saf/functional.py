@@ -306,3 +306,24 @@ def rate_readout(average_seq: torch.Tensor, decay: float, dim: int = 0, spikes: 
     if spikes:
         total = total.round()
     return total / steps
+
+
+#: The weight sum :math:`c[t]` above which SAF in less than float64 is warned about (see
+#: :func:`exceeds_precision_limit`).
+PRECISION_WEIGHT_SUM_LIMIT = 64.0
+
+
+def exceeds_precision_limit(weight_sum: float, dtype: torch.dtype) -> bool:
+    r"""Whether rounding makes SAF markedly less exact than LIF at this precision.
+
+    * **中文**: :math:`H[t] = c[t] I[t] - V_{th} \lambda c[t-1] \bar A[t-1]` 把输入电流的舍入误差放大
+      :math:`c[t]` 倍，约为同精度 LIF 神经元误差的 :math:`\sqrt{c[t]}` 倍。低于 float64 且 :math:`c[t] > 64`
+      （超过 8 倍）时返回 ``True``。
+    * **English**: :math:`H[t] = c[t] I[t] - V_{th} \lambda c[t-1] \bar A[t-1]` scales the rounding of
+      the input current by :math:`c[t]`, about :math:`\sqrt{c[t]}` times the rounding error an LIF
+      neuron accumulates at the same precision (the LIF membrane adds one rounding per step, which
+      grow like a random walk over the :math:`\sim c[t]` steps it remembers). ``True`` below float64
+      once :math:`c[t] > 64` (more than 8 times). :math:`c[t] < \tau`, so only IF neurons at long T
+      and very slow leaks reach it.
+    """
+    return dtype != torch.float64 and weight_sum > PRECISION_WEIGHT_SUM_LIMIT

@@ -5,6 +5,7 @@ r"""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -14,7 +15,7 @@ from spikingjelly.activation_based import base, neuron, surrogate
 from . import functional as saf_functional
 from .backends import REGISTRY, BackendSelectable
 
-__all__ = ["SAFNode", "SpikeTap", "RESET_SENTENCE"]
+__all__ = ["SAFNode", "SpikeTap", "SAFPrecisionWarning", "RESET_SENTENCE"]
 
 #: When to reset, said the same way everywhere.
 RESET_SENTENCE = ("Call spikingjelly.activation_based.functional.reset_net(net) before every new "
@@ -36,7 +37,25 @@ class SpikeTap(nn.Identity):
         return bool(self._forward_hooks or self._forward_pre_hooks)
 
 
+class SAFPrecisionWarning(UserWarning):
+    """A ``SAFNode`` below float64 reached a weight sum :math:`c[t]` at which its spikes may differ
+    from the LIF network's more than an LIF network's own rounding would
+    (:func:`spikingjelly_saf.functional.exceeds_precision_limit`)."""
+
+
+#: Why a SAF neuron's numbers cannot be tensors, said the same way everywhere.
+FIXED_LEAK_SENTENCE = (
+    "SAF needs one fixed leak per layer: a neuron's output rate is weighted with its own leak, "
+    "which the next neuron integrates with, so a learnable or per-neuron tau (ParametricLIFNode) "
+    "cannot be expressed. Pass a number, e.g. tau=2.0; to learn tau, train SpikingJelly's "
+    "ParametricLIFNode with BPTT instead.")
+
+
 def _float_argument(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        why = (FIXED_LEAK_SENTENCE if name == "tau" else
+               f"A SAFNode's {name} is one Python number for the whole layer; pass e.g. {name}=1.0.")
+        raise TypeError(f"{name} must be a number, not a {type(value).__name__}. {why}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
     return float(value)
@@ -175,11 +194,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         backend: str = "auto",
     ):
         self._check_v_reset(v_reset)
-        if not callable(surrogate_function):
-            raise TypeError(
-                f"surrogate_function must be callable (a SpikingJelly surrogate object), "
-                f"got {surrogate_function!r}."
-            )
+        _float_argument("tau", tau)  # before nn.Module would register an nn.Parameter tau
         detach_reset = _bool_argument("detach_reset", detach_reset)
         store_v_seq = _bool_argument("store_v_seq", store_v_seq)
         super().__init__(self._check_v_threshold(v_threshold), None, surrogate_function, detach_reset,
@@ -194,6 +209,19 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         self.tau = tau
         self.spikes = SpikeTap()
         self.backend = backend
+        self._precision_warned = False
+
+    _NUMBERS = ("tau", "v_threshold", "v_reset")
+
+    def __setattr__(self, name: str, value) -> None:
+        # nn.Module registers an nn.Parameter before a property setter could refuse it.
+        if name in self._NUMBERS and isinstance(value, torch.Tensor):
+            _float_argument(name, value)
+        if name == "surrogate_function" and not callable(value):
+            raise TypeError(
+                f"surrogate_function must be callable (a SpikingJelly surrogate object such as "
+                f"surrogate.Sigmoid()), got {value!r}.")
+        super().__setattr__(name, value)
 
     # ---- parameters (validated on every assignment) --------------------------------------------
     @staticmethod
@@ -317,6 +345,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         abar_prev, weight_sum_prev, _ = states
         abar, state = REGISTRY.single_step(self._backend, x, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                            self.params, self.surrogate_function)
+        self._check_precision(state.weight_sum, x.dtype)
         self._observe(abar.unsqueeze(0), abar_prev, weight_sum_prev)
         return (self._output(abar, x),), (state.abar, state.weight_sum, x.detach())
 
@@ -325,9 +354,22 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         abar_prev, weight_sum_prev, _ = states
         abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                               self.params, self.surrogate_function)
+        self._check_precision(state.weight_sum, x_seq.dtype)
         self._observe(abar_seq, abar_prev, weight_sum_prev)
         last_input = x_seq[-1].detach().clone()  # a view would keep the whole input sequence alive
         return (self._output(abar_seq, x_seq),), (state.abar, state.weight_sum, last_input)
+
+    def _check_precision(self, weight_sum: float, dtype: torch.dtype) -> None:
+        if self._precision_warned or not saf_functional.exceeds_precision_limit(weight_sum, dtype):
+            return
+        self._precision_warned = True
+        warnings.warn(
+            f"SAFNode(tau={self._tau}) in {dtype} reached c[t] = {weight_sum:g} > "
+            f"{saf_functional.PRECISION_WEIGHT_SUM_LIMIT:g}: its membrane scales the rounding of its "
+            f"input by c[t], about {math.sqrt(weight_sum):.0f} times an LIF neuron's rounding error at "
+            "this precision, so spikes near the threshold may differ from the LIF network's. Run the "
+            "model in float64 (model.double()) where exact spikes matter, or use a finite tau "
+            f"(c[t] < tau). Warned once per neuron.", SAFPrecisionWarning, stacklevel=3)
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         # BaseNode records v_seq by looping the single step, which would bypass a fused backend;
