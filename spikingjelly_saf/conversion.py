@@ -27,6 +27,7 @@ from .neuron import SAFNode
 from .recurrent import (FeedbackContainer, SAFElementWiseRecurrentContainer, SAFFeedbackContainer,
                         SAFLinearRecurrentContainer, element_wise_problem,
                         stepping_modules)
+from ._validation import require_module
 
 __all__ = ["to_saf", "to_lif", "CONVERTIBLE_NEURONS", "MAX_POOLS"]
 
@@ -307,6 +308,7 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
         soft-reset one (see above)
     :return: the converted model
     """
+    require_module(model, "to_saf")
     if not isinstance(soft_reset, bool):
         raise TypeError(f"soft_reset must be True or False, got {soft_reset!r}.")
     problems, reset_changed = [], []
@@ -406,6 +408,7 @@ def to_lif(model: nn.Module, memoryless: str = "error", inplace: bool = False) -
     :param inplace: convert ``model`` itself; by default a deep copy is converted
     :return: the LIF network
     """
+    require_module(model, "to_lif")
     if memoryless not in ("error", "keep"):
         raise ValueError(f"memoryless must be 'error' or 'keep', got {memoryless!r}.")
     if not inplace:

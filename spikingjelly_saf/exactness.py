@@ -42,6 +42,7 @@ from .neuron import SAFNode, SpikeTap
 from .recording import SpikeRecorder
 from .recurrent import (SAF_DELAYED_CONTAINERS, FeedbackContainer, element_wise_problem,
                         stepping_modules)
+from ._validation import require_module
 
 __all__ = ["Finding", "ExactnessReport", "check_exactness", "LIFComparison", "compare_with_lif",
            "EFFECTS"]
@@ -517,6 +518,7 @@ def check_exactness(model: nn.Module, trust: Iterable[type] = ()) -> ExactnessRe
         are not reported
     :return: the report
     """
+    require_module(model, "check_exactness")
     trusted = tuple(trust)
     for cls in trusted:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -730,6 +732,9 @@ def compare_with_lif(model: nn.Module, x_seq: torch.Tensor,
       :func:`check_exactness` still names, and, when the first layer already differs on an input
       that changes over time, that an ``InputAverage`` is missing. ``print`` it for a summary.
     """
+    require_module(model, "compare_with_lif")
+    if lif_model is not None:
+        require_module(lif_model, "compare_with_lif", "lif_model")
     _check_sequence(x_seq)
     nodes = [m for m in model.modules() if isinstance(m, SAFNode)]
     if not nodes:

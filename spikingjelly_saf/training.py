@@ -39,6 +39,7 @@ from . import functional as saf_functional
 from .layer import OutputRecovery
 from .neuron import SAFNode
 from .recurrent import outside_delayed, stepping_modules, unconverted_delayed_problem
+from ._validation import require_module
 
 __all__ = [
     "METHODS",
@@ -333,6 +334,7 @@ def run_sequence(model: nn.Module, x_seq: torch.Tensor, step_mode: Optional[str]
     :func:`step_mode_of`. ``last_only`` returns only the last step's output ``[B, *]`` (in single-step
     mode the earlier outputs are then not kept). Runs with whatever grad mode is active.
     """
+    require_module(model, "run_sequence")
     _check_x_seq(x_seq, "run_sequence")
     step_mode = step_mode or step_mode_of(model)
     call = _ContractedModel(model, step_mode, x_seq.shape[0], "sequence")
@@ -482,6 +484,7 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") 
         >>> lif_scores = run_sequence(lif_net, x_seq).mean(1)  # the same argmax as scores
         >>> obar_T = saf_inference(net, x_seq, readout="weighted")
     """
+    require_module(model, "saf_inference")
     _check_x_seq(x_seq, "saf_inference")
     _check_readout(readout)
     step_mode = model_step_mode(model)
@@ -763,6 +766,13 @@ def saf_online_training(
         ...                                       method="saf-e")
         ...     functional.reset_net(net)
     """
+    require_module(model, "saf_online_training")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"saf_online_training: optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}.")
+    if not callable(f_loss):
+        raise TypeError(f"saf_online_training: f_loss must be callable, f_loss(output, target) -> "
+                        f"loss, got {type(f_loss).__name__}.")
     if method not in SCHEDULES:
         raise ValueError(f"method={method!r} is unknown; valid methods: {', '.join(METHODS)}.")
     _check_x_seq(x_seq, "saf_online_training")

@@ -37,6 +37,7 @@ from spikingjelly.logger import logger
 from .. import functional as saf_functional
 from .. import gradients
 from .surrogate_codes import register_surrogate_code
+from .._validation import require_module
 
 __all__ = [
     "Backend",
@@ -574,6 +575,7 @@ def set_backend(net, backend: str, instance=None) -> int:
         backend from the registry (``SAFNode``)
     :return: the number of modules changed
     """
+    require_module(net, "set_backend", "net")
     targets = [m for m in net.modules() if isinstance(m, instance or BackendSelectable)]
     for module in targets:
         REGISTRY.check(backend, module.step_mode)

@@ -122,3 +122,37 @@ def test_a_vector_valued_loss_is_refused_by_name(method):
                             lambda output, label: F.cross_entropy(output, label, reduction="none"),
                             method=method)
     assert _same(before, _weights(net))
+
+
+NOT_MODULES = ["net", None, 3, [nn.Linear(2, 2)], torch.zeros(2)]
+
+
+@pytest.mark.parametrize("value", NOT_MODULES)
+@pytest.mark.parametrize("call", [
+    lambda m: __import__("spikingjelly_saf").to_saf(m),
+    lambda m: __import__("spikingjelly_saf").to_lif(m),
+    lambda m: __import__("spikingjelly_saf").check_exactness(m),
+    lambda m: __import__("spikingjelly_saf").compare_with_lif(m, torch.rand(2, 3, 4)),
+    lambda m: __import__("spikingjelly_saf").set_backend(m, "torch"),
+    lambda m: __import__("spikingjelly_saf").saf_inference(m, torch.rand(2, 3, 4)),
+    lambda m: saf_online_training(m, torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
+                                  torch.rand(2, 3, 2), torch.zeros(2, dtype=torch.long), F.cross_entropy),
+], ids=["to_saf", "to_lif", "check_exactness", "compare_with_lif", "set_backend", "saf_inference",
+        "saf_online_training"])
+def test_a_model_that_is_not_a_module_is_named(call, value):
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module .*Pass the network itself"):
+        call(value)
+
+
+@pytest.mark.parametrize("optimizer, f_loss, message", [
+    (None, F.cross_entropy, "optimizer must be a torch.optim.Optimizer"),
+    ("sgd", F.cross_entropy, "optimizer must be a torch.optim.Optimizer"),
+    ("real", "cross_entropy", "f_loss must be callable"),
+])
+def test_an_optimizer_or_loss_of_the_wrong_kind_is_named(optimizer, f_loss, message):
+    net = _net()
+    if optimizer == "real":
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    x_seq, target = _batch()
+    with pytest.raises(TypeError, match=message):
+        saf_online_training(net, optimizer, x_seq, target, f_loss)
