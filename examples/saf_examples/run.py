@@ -31,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from spikingjelly_saf.training import NonFiniteTrainingError
+
 from .methods import get_method
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
@@ -903,7 +905,9 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     except NonFiniteCheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NONFINITE
-    except (NonFiniteLossError, NonFiniteStateError) as error:
+    except (NonFiniteLossError, NonFiniteStateError, NonFiniteTrainingError) as error:
+        # NonFiniteTrainingError: the library's own check, where the engine did not turn it into
+        # one naming the epoch and minibatch.
         print(_stopped_message(error, args.out_dir), file=sys.stderr)
         return EXIT_NONFINITE
     except KeyboardInterrupt:
