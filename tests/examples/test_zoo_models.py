@@ -20,8 +20,8 @@ from spikingjelly_saf.neuron import SAFNode
 #: The networks at the zoo's full ImageNet widths (above ~30 M parameters, and the OTTT VGGs with
 #: their 4096-wide classifiers) take several seconds each to build and step on a CPU: the full
 #: suite (and .ci/run) runs them, the fast subset (-m "not slow") only these.
-_LIGHT = {"spiking_resnet18", "spiking_resnet34", "sew_resnet18", "sew_resnet50",
-          "ottt_spiking_vggws", "DVSGestureNet", "CIFAR10DVSNet", "CIFAR10Net"}
+_LIGHT = {"spiking_resnet18", "sew_resnet18", "ottt_spiking_vggws", "DVSGestureNet",
+          "CIFAR10DVSNet", "CIFAR10Net"}
 #: Inputs of the parametric-LIF nets (channels, side, classes); everything else takes CIFAR images.
 _INPUTS = {"DVSGestureNet": (2, 128, 11), "CIFAR10DVSNet": (2, 128, 10)}
 
