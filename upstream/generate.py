@@ -50,8 +50,23 @@ ROOTS = (
     f"{PACKAGE}.backends.triton_backend",
 )
 
-#: Modules that stay in the plugin: SpikingJelly 2.0.0 removed CuPy and its kernel-string machinery.
-EXCLUDED = {f"{PACKAGE}.backends.cupy_backend", f"{PACKAGE}.backends.kernel_source"}
+#: Modules that stay in the plugin. SpikingJelly 2.0.0 removed CuPy and its kernel-string machinery,
+#: so neither the CuPy backend nor the CUDA source it compiles goes upstream (``cupy_backend``,
+#: ``kernel_source``, and ``cuda_host``, the host side of those kernels that only ``cupy_backend``
+#: and the plugin's CPU test of the CUDA source use); nor does the ``'cpp'`` backend, that same CUDA
+#: source compiled for the CPU with the system's C++ compiler at first use (``cpp_backend``,
+#: ``cpu_source``, ``cpu_build``): SpikingJelly builds no code at run time. Statements and definitions
+#: that load them are dropped (:func:`drop_excluded`), with the registrations that name those
+#: definitions; ``'auto'`` skips the priority names a registry lacks, so upstream it runs Triton on
+#: CUDA and the torch reference elsewhere.
+EXCLUDED = {
+    f"{PACKAGE}.backends.cupy_backend",
+    f"{PACKAGE}.backends.kernel_source",
+    f"{PACKAGE}.backends.cuda_host",
+    f"{PACKAGE}.backends.cpp_backend",
+    f"{PACKAGE}.backends.cpu_source",
+    f"{PACKAGE}.backends.cpu_build",
+}
 
 #: module -> (file in SpikingJelly's tree, mode). "new" creates the file; "append" adds the module's
 #: code to an existing SpikingJelly module. Modules not listed go under ``spikingjelly/_ops/saf/``
@@ -62,6 +77,9 @@ MODULE_TARGETS = {
     f"{PACKAGE}.functional": ("spikingjelly/_ops/saf/reference.py", "new"),
     f"{PACKAGE}.surrogate": ("spikingjelly/activation_based/surrogate.py", "append"),
     f"{PACKAGE}.training": ("spikingjelly/activation_based/learning/online_learning.py", "append"),
+    # SAF's delayed connections (twins of layer.LinearRecurrentContainer and friends), which
+    # saf_online_training checks for; not exported from ``layer`` (their helpers are not layers)
+    f"{PACKAGE}.recurrent": ("spikingjelly/activation_based/layer/saf_recurrent.py", "new"),
 }
 
 #: Third-party imports the upstream modules may use (SpikingJelly's own dependencies).
@@ -75,19 +93,18 @@ TEXT_SUBSTITUTIONS = (
     ("``'torch'``、``'cupy'`` 或 ``'triton'``", "``'torch'`` 或 ``'triton'``"),
     ("(``'cupy'``, ``'triton'``)", "(``'triton'``)"),
     ("（``'cupy'``、``'triton'``）", "（``'triton'``）"),
+    # SpikingJelly's per-operator override is SJ_<NAME>_CUDA_IMPLEMENTATION (_ops/selection.py)
+    ("SAF_BACKEND", "SJ_SAF_CUDA_IMPLEMENTATION"),
+    ('logger.enable("spikingjelly_saf")', 'logger.enable("spikingjelly._ops.saf")'),
+    # the backends the series does not have (cpp, cupy); unmatched ones are harmless
+    ("(``'cpp'``, ``'cupy'``, ``'triton'``)", "(``'triton'``)"),
+    ("（``'cpp'``、``'cupy'``、``'triton'``）", "（``'triton'``）"),
 )
-#: Edits of a module's source before it is placed: (module, old text, new text, required). SpikingJelly
-#: 2.0 neurons have no backend argument and pick their implementation from the input's device, so
-#: upstream ``SAFNode`` defaults to ``backend='auto'``, registered by ``_ops/saf/__init__.py``.
-SOURCE_EDITS = (
-    (f"{PACKAGE}.neuron", 'backend: str = "torch",', 'backend: str = "auto",', True),
-    (f"{PACKAGE}.neuron", ":param backend: ``'torch'``, or a fused backend",
-     ":param backend: ``'auto'`` (the default: chosen from the input's device, like\n"
-     "        SpikingJelly's other neurons), ``'torch'``, or a fused backend", False),
-    (f"{PACKAGE}.neuron", ":param backend: ``'torch'``，或多步模式下的融合后端",
-     ":param backend: ``'auto'`` （默认：与 SpikingJelly 的其他神经元一样按输入的设备选择）、\n"
-     "        ``'torch'``，或多步模式下的融合后端", False),
-)
+#: Edits of a module's source before it is placed: (module, old text, new text, required). A required
+#: edit whose text is gone stops the generator; an optional one only warns. None is needed now:
+#: ``SAFNode`` defaults to ``backend='auto'`` in the package itself (the choice SpikingJelly's neurons
+#: make from the input's device), and its ``'auto'`` is the one the series registers.
+SOURCE_EDITS: tuple[tuple[str, str, str, bool], ...] = ()
 
 #: Regular-expression substitutions: the plugin's extras, its notes, what exists only in the plugin.
 REGEX_SUBSTITUTIONS = (
@@ -95,7 +112,24 @@ REGEX_SUBSTITUTIONS = (
     (r" ?\(SAF_SPEC[^)]*\)", ""),                                   # citations of the plugin's notes
     (r"CuPy and Triton kernels implement", "the Triton kernels implement"),
     (r"never imports CuPy\s+or Triton", "never imports Triton"),
-    (r":mod:`\.(?:cupy_backend|kernel_source)`,?\s*", ""),
+    (r",\s*:mod:`\.(?:cupy_backend|kernel_source|cuda_host|cpp_backend|cpu_source|cpu_build)`", ""),
+    (r":mod:`\.(?:cupy_backend|kernel_source|cuda_host|cpp_backend|cpu_source|cpu_build)`,?\s*", ""),
+    # 'auto' as the series has it: Triton on CUDA, else torch
+    (r"on CUDA ``'cupy'``, else ``'triton'``, else ``'torch'``; on\s+CPU ``'cpp'`` \(the CUDA source compiled "
+     r"for the CPU\), else ``'torch'``", "on CUDA ``'triton'``, else ``'torch'``; on CPU ``'torch'``"),
+    (r"On CUDA ``'cupy'``, else ``'triton'``, else ``'torch'``; on CPU ``'cpp'``, else ``'torch'``",
+     "On CUDA ``'triton'``, else ``'torch'``; on CPU ``'torch'``"),
+    (r"the fused kernels of the input's device, CuPy then Triton\s+on CUDA and ``'cpp'``, the CUDA source "
+     r"compiled for the CPU, on CPU, else ``'torch'``", "Triton on CUDA when it is installed, else ``'torch'``"),
+    (r"按输入所在设备选择融合内核——CUDA 上 CuPy、Triton，CPU 上由 CUDA 源码编译的\s+``'cpp'``——没有时用 ``'torch'``",
+     "按输入所在设备选择：CUDA 上 Triton（已安装时），否则 ``'torch'``"),
+    (r"``torch``, ``cpp``, ``cupy`` or ``triton``", "``torch`` or ``triton``"),
+    (r"``'torch'``,(\s+)``'cpp'``,\s+``'cupy'``\s+or\s+``'triton'``", r"``'torch'``\1or ``'triton'``"),
+    (r"``'torch'``、``'cpp'``、\s*``'cupy'``\s*(?:或|、)\s*``'triton'``", "``'torch'`` 或 ``'triton'``"),
+    # plugin-only conversion (to_saf, to_lif)
+    (r"deployed with\s+:func:`~spikingjelly_saf\.to_lif`", "deployed with the same weights"),
+    (r"Convert the model with \"\s*\"spikingjelly_saf\.to_saf\(model\), which swaps in the SAF twins of ",
+     "Use the SAF twins of "),
     (r"neither CuPy nor Triton", "not Triton"),
     (r",? or convert it with\s+(\"\s*\")?\s*spikingjelly_saf\.to_saf\(model\)", ""),
     # the plugin's documents: the theory is the SAF tutorial upstream; backends.md has no counterpart
@@ -447,7 +481,53 @@ def rename_names(source: str, renames: dict[str, str], strip: set[str]) -> str:
     return source
 
 
+#: An import of the package in a docstring's example (``>>> from spikingjelly_saf import SAFNode``).
+DOCTEST_IMPORT = re.compile(
+    rf"^(?P<prefix>[ \t]*>>> )from (?P<module>{PACKAGE}(?:\.\w+)*) import (?P<names>[\w ,]+?)[ \t]*$", re.M)
+
+
+def exported_by_package(target: str, owner: str, name: str) -> str:
+    """``target``'s package when its ``__init__`` (SpikingJelly's, or as a template extends it) has
+    ``from .<module> import *`` and ``name`` is in the module's ``__all__``; else ``target``."""
+    package, _, last = target.rpartition(".")
+    if name not in module_all(ast.parse(module_file(owner).read_text())):
+        return target
+    folder = package.replace(".", "/")
+    texts = [TEMPLATES / folder / "__init__.py.insert", spikingjelly_dir().parent / folder / "__init__.py"]
+    star = re.compile(rf"^from \.{re.escape(last)} import \*$", re.M)
+    return package if any(t.is_file() and star.search(t.read_text()) for t in texts) else target
+
+
+def upstream_import(module: str, name: str) -> tuple[str, str]:
+    """(module, attribute) that a SpikingJelly user imports for ``from <module> import <name>``."""
+    child = f"{module}.{name}"
+    if module_exists(child):  # a package module imported as a name
+        if child not in closure():
+            raise GenerateError(f"an example imports {child}, which the series does not add")
+        parent, _, last = target_module(child).rpartition(".")
+        return parent, last
+    owner = module if module != PACKAGE else defined_in().get(name)
+    if owner is None or owner not in closure():
+        raise GenerateError(f"an example imports {name} from {module}, which the series does not add")
+    return exported_by_package(target_module(owner), owner, name), name
+
+
+def doctest_imports(source: str) -> str:
+    """Rewrite the examples' imports of the package as imports of the modules the series adds."""
+
+    def replace(match: re.Match) -> str:
+        groups: dict[str, list[tuple[str, str | None]]] = {}
+        for part in match.group("names").split(","):
+            name, _, alias = (p.strip() for p in part.strip().partition(" as "))
+            where, attribute = upstream_import(match.group("module"), name)
+            groups.setdefault(where, []).append((attribute, alias or (name if name != attribute else None)))
+        return "\n".join(match.group("prefix") + import_line(0, where, names) for where, names in groups.items())
+
+    return DOCTEST_IMPORT.sub(replace, source)
+
+
 def substitute_text(source: str) -> str:
+    source = doctest_imports(source)
     for old, new in TEXT_SUBSTITUTIONS:
         source = source.replace(old, new)
     for pattern, replacement in REGEX_SUBSTITUTIONS:
@@ -484,10 +564,25 @@ def defined_in() -> dict[str, str]:
 
 
 def drop_excluded(module: str, source: str) -> str:
-    """Remove top-level statements that load an excluded module, and private helpers left unused."""
+    """Remove what loads an excluded module, what uses that, and private helpers left unused.
+
+    A top-level statement that imports an excluded module or names one in a string (a backend's
+    kernel module) is dropped; so is a definition whose code imports one (``class CppBackend``,
+    whose methods import ``cpp_backend``), then every statement that uses a dropped definition
+    (``REGISTRY.register(CppBackend())``), and the dropped definitions' entries in ``__all__``. A
+    definition that only mentions an excluded module in a string (a docstring) stays.
+    """
     excluded_names = {m.rsplit(".", 1)[1] for m in EXCLUDED}
     tree = ast.parse(source)
-    dropped, referenced = [], set()
+    dropped, referenced, definitions = [], set(), set()
+
+    def is_all(node: ast.stmt) -> bool:
+        return isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                    for t in node.targets)
+
+    def names_in(node: ast.AST) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
     for node in tree.body:
         strings = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         imports = set()
@@ -495,11 +590,26 @@ def drop_excluded(module: str, source: str) -> str:
             if isinstance(n, ast.ImportFrom):
                 imports.add(resolve_relative(module, n))
                 imports.update(f"{resolve_relative(module, n)}.{a.name}" for a in n.names)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if imports & EXCLUDED:
+                dropped.append(node)
+                definitions.add(node.name)
+            continue  # one that only mentions them is handled as an unused helper below
         if strings & excluded_names or imports & EXCLUDED:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                continue  # a definition that mentions them is handled as an unused helper below
             dropped.append(node)
-            referenced |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            referenced |= names_in(node)
+    # what uses a dropped definition goes too (a registration, a subclass), until nothing changes
+    changed = bool(definitions)
+    while changed:
+        changed = False
+        for node in tree.body:
+            if node in dropped or is_all(node) or not names_in(node) & definitions:
+                continue
+            dropped.append(node)
+            referenced |= names_in(node)
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                definitions.add(node.name)
+            changed = True
     remaining = [n for n in tree.body if n not in dropped]
     for node in tree.body:
         if not (isinstance(node, ast.FunctionDef) and node.name.startswith("_") and node.name in referenced):
@@ -508,7 +618,29 @@ def drop_excluded(module: str, source: str) -> str:
                           for n in ast.walk(other) if isinstance(n, ast.Name)}
         if node.name not in used_elsewhere:
             dropped.append(node)
-    return remove_nodes(source, dropped)
+    source = remove_nodes(source, dropped)
+    return remove_from_all(module, source, definitions)
+
+
+def remove_from_all(module: str, source: str, names: set[str]) -> str:
+    """Remove ``names`` from the module's ``__all__`` list literal (one name per line)."""
+    tree = ast.parse(source)
+    node = next((n for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)), None)
+    if node is None or not names:
+        return source
+    lines = source.splitlines(keepends=True)
+    remove = []
+    for element in node.value.elts:
+        if isinstance(element, ast.Constant) and element.value in names:
+            line = lines[element.lineno - 1]
+            if line.strip() not in (f'"{element.value}",', f"'{element.value}',"):
+                raise GenerateError(f"{module}: __all__ lists {element.value!r}, which is not placed upstream; "
+                                    "keep one name per line there so that generate.py can remove it")
+            remove.append(element.lineno)
+    for number in sorted(remove, reverse=True):
+        del lines[number - 1]
+    return "".join(lines)
 
 
 def remove_nodes(source: str, nodes: list[ast.stmt]) -> str:

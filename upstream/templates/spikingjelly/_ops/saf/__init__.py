@@ -4,9 +4,10 @@
 fused multi-step Triton operator. :func:`multi_step` chooses between them from the input's device,
 like the other neuron operators: the torch reference on CPU; on CUDA, Triton when it is installed
 (the operator itself falls back to the reference for a dtype or surrogate without a kernel), else
-the reference. ``SAFNode``'s default ``backend='auto'`` makes the same choice. Setting
-``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch`` overrides the choice on CUDA; with
-``triton`` and ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors, through Triton's interpreter.
+the reference. It is the choice of ``SAFNode``'s default ``backend='auto'`` (``backends.AutomaticBackend``,
+registered with the backends), made once per device. Setting ``SJ_SAF_CUDA_IMPLEMENTATION=auto|triton|torch``
+forces one; with ``triton`` and ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors, through
+Triton's interpreter.
 """
 
 import math
@@ -16,9 +17,6 @@ from typing import Optional
 import torch
 
 from . import backends, reference
-
-_ENVIRONMENT_VARIABLE = "SJ_SAF_CUDA_IMPLEMENTATION"
-
 
 def _check(tau: float, decay_input: bool, v_threshold: float) -> None:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or tau < 1:
@@ -44,22 +42,15 @@ def _abar(x: torch.Tensor, abar: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def implementation(device: torch.device) -> str:
-    """``'torch'`` or ``'triton'``: the implementation :func:`multi_step` uses on ``device``."""
-    requested = os.environ.get(_ENVIRONMENT_VARIABLE, "auto")
-    if requested not in ("auto", "triton", "torch"):
-        raise ValueError(f"{_ENVIRONMENT_VARIABLE} must be auto, triton, or torch; got {requested!r}")
-    # Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) runs the kernels on
-    # CPU tensors when Triton is requested explicitly: a test aid, never chosen automatically.
-    interpreted = requested == "triton" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if requested == "torch" or (device.type != "cuda" and not interpreted):
-        return "torch"
-    try:
-        backends.REGISTRY.select("triton", "m")
-    except RuntimeError as error:
-        if requested == "triton":
-            raise RuntimeError(f"{_ENVIRONMENT_VARIABLE}=triton cannot run: {error}") from error
-        return "torch"
-    return "triton"
+    """``'torch'`` or ``'triton'``: the implementation :func:`multi_step` uses on ``device``.
+
+    The choice of ``SAFNode``'s ``backend='auto'`` (``backends.AutomaticBackend``), made once per
+    device: Triton on CUDA when it is installed, else the torch reference; ``SJ_SAF_CUDA_IMPLEMENTATION``
+    forces one of them (an unknown name raises ``ValueError``, one that cannot run on ``device``
+    ``RuntimeError``).
+    """
+    requested = os.environ.get(backends.BACKEND_ENVIRONMENT_VARIABLE, "auto")
+    return backends.REGISTRY.get("auto").choose(device, requested)
 
 
 def _parameters(tau, decay_input, v_threshold) -> reference.SAFParameters:
@@ -83,7 +74,7 @@ def multi_step(x_seq, abar, weight_sum, tau, decay_input, v_threshold, surrogate
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"x_seq must have shape [T, ...] with T >= 1, got {tuple(x_seq.shape)}")
     state = reference.SAFState(_abar(x_seq[0], abar), float(weight_sum))
-    abar_seq, final = backends.REGISTRY.multi_step(implementation(x_seq.device), x_seq, state, params,
+    abar_seq, final = backends.REGISTRY.multi_step("auto", x_seq, state, params,
                                                    _default_surrogate(surrogate_function))
     v_seq = None
     if store_v_seq:
@@ -94,25 +85,3 @@ def multi_step(x_seq, abar, weight_sum, tau, decay_input, v_threshold, surrogate
                 for x, a, c in zip(x_seq, abar_seq, sums)
             ])
     return abar_seq, (final.abar, final.weight_sum), v_seq
-
-
-class _AutomaticBackend(backends.Backend):
-    """``SAFNode(backend='auto')``: the choice of :func:`implementation`, made per call from the input."""
-
-    name = "auto"
-    step_modes = ("s", "m")
-    dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-    surrogates = "any callable surrogate"
-
-    def device_types(self) -> tuple:
-        return backends.REGISTRY.get("torch").device_types()
-
-    def single_step(self, input_current, state, params, surrogate_function):
-        return backends.REGISTRY.single_step("torch", input_current, state, params, surrogate_function)
-
-    def multi_step(self, input_seq, state, params, surrogate_function):
-        return backends.REGISTRY.multi_step(implementation(input_seq.device), input_seq, state, params,
-                                            surrogate_function)
-
-
-backends.REGISTRY.register(_AutomaticBackend())
