@@ -23,7 +23,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 from spikingjelly.activation_based.neuron.base_node import NonSpikingBaseNode
 
 from .layer import InputAverage
-from .neuron import SAFNode
+from .neuron import FIXED_LEAK_SENTENCE, SAFNode
 from .recurrent import (FeedbackContainer, SAFElementWiseRecurrentContainer, SAFFeedbackContainer,
                         SAFLinearRecurrentContainer, element_wise_problem,
                         stepping_modules)
@@ -83,6 +83,12 @@ def neuron_issue(module: nn.Module, soft_reset: bool = False) -> Optional[Issue]
             f"build it as neuron.{name}(v_reset=None, ...) (soft reset) and train again, or "
             f"convert anyway with to_saf(model, soft_reset=True) to train a soft-reset {name} "
             "network instead of the hard-reset one.")
+    if isinstance(module, neuron.ParametricLIFNode):
+        return Issue(
+            "learnable-tau",
+            f"its leak is learned (a parameter). {FIXED_LEAK_SENTENCE}",
+            "build it with neuron.LIFNode(tau=<a number>, v_reset=None) or spiking_neuron=SAFNode "
+            "with a fixed tau.")
     return Issue(
         "unsupported-neuron",
         f"SAF reproduces {', '.join(c.__name__ for c in CONVERTIBLE_NEURONS)} with soft reset only; "
@@ -169,6 +175,21 @@ def _refresh_reset_cache(model: nn.Module) -> None:
 def _raise_problems(problems: list[str], what: str) -> None:
     if problems:
         raise ValueError(f"{what} cannot convert this model:\n  - " + "\n  - ".join(problems))
+
+
+def _grouped_neuron_problems(found: "dict[tuple, list[str]]", shown: int = 3) -> list[str]:
+    """One paragraph per (neuron type, reason, fix), naming the first few neurons and the count:
+    a ResNet's dozens of hard-reset neurons share one finding."""
+    paragraphs = []
+    for (kind, reason, fix), names in found.items():
+        listed = ", ".join(f"'{name}'" for name in names[:shown])
+        if len(names) > shown:
+            listed += f" and {len(names) - shown} more"
+        if len(names) == 1:
+            paragraphs.append(f"{listed} ({kind}): {reason} Fix: {fix}")
+        else:
+            paragraphs.append(f"{len(names)} {kind}s ({listed}), each: {reason} Fix: {fix}")
+    return paragraphs
 
 
 def _saf_node_from(node: nn.Module) -> SAFNode:
@@ -311,19 +332,20 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     require_module(model, "to_saf")
     if not isinstance(soft_reset, bool):
         raise TypeError(f"soft_reset must be True or False, got {soft_reset!r}.")
-    problems, reset_changed = [], []
+    problems, reset_changed, neuron_problems = [], [], {}
     for name, module in model.named_modules():
         name = name or "<model>"
         issue = neuron_issue(module, soft_reset=soft_reset)
         if issue is not None:
-            problems.append(f"'{name}' ({type(module).__name__}): {issue.reason} Fix: {issue.fix}")
+            key = (type(module).__name__, issue.reason, issue.fix)
+            neuron_problems.setdefault(key, []).append(name)
         elif replace_maxpool and (problem := _maxpool_problem(name, module)) is not None:
             problems.append(problem)
         elif (problem := _recurrent_problem(name, module)) is not None:
             problems.append(problem)
         elif type(module) in CONVERTIBLE_NEURONS and getattr(module, "v_reset", None) is not None:
             reset_changed.append(f"'{name}' ({type(module).__name__}, v_reset={module.v_reset})")
-    _raise_problems(problems, "to_saf")
+    _raise_problems(_grouped_neuron_problems(neuron_problems) + problems, "to_saf")
     if reset_changed:
         kinds = sorted({type(m).__name__ for m in model.modules()
                         if type(m) in CONVERTIBLE_NEURONS and getattr(m, "v_reset", None) is not None})

@@ -326,7 +326,9 @@ def test_report_names_hard_reset_and_unsupported_neurons():
     net = nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(), layer.Linear(4, 4),
                         neuron.ParametricLIFNode(v_reset=None), layer.Linear(4, 4), lif())
     report = check_exactness(net)
-    assert [(f.module, f.kind) for f in report] == [("1", "hard-reset"), ("3", "unsupported-neuron")]
+    assert [(f.module, f.kind) for f in report] == [("1", "hard-reset"), ("3", "learnable-tau")]
+    other = nn.Sequential(layer.Linear(4, 4), neuron.KLIFNode(v_reset=None))
+    assert [(f.module, f.kind) for f in check_exactness(other)] == [("1", "unsupported-neuron")]
 
 
 def test_report_names_mixed_time_constants_which_really_break_the_twin():
@@ -548,7 +550,8 @@ def test_hard_reset_hint_names_the_neuron_found_and_the_opt_in(node):
     with pytest.raises(ValueError) as info:
         to_saf(stock_csnn(node))
     message = str(info.value)
-    assert f"'2' ({node.__name__})" in message and f"neuron.{node.__name__}(v_reset=None" in message
+    assert f"2 {node.__name__}s ('2', '6'), each:" in message
+    assert f"neuron.{node.__name__}(v_reset=None" in message
     assert "soft_reset=True" in message
     other = "LIFNode" if node is neuron.IFNode else "IFNode("
     assert f"neuron.{other}" not in message
@@ -605,3 +608,19 @@ def test_to_saf_keeps_the_random_stream():
     after = torch.rand(3)
     torch.manual_seed(5)
     assert torch.equal(torch.rand(3), after)
+
+
+def test_repeated_neuron_findings_are_one_paragraph_with_a_count():
+    from spikingjelly.activation_based.model import spiking_resnet
+
+    with pytest.raises(ValueError) as info:
+        to_saf(spiking_resnet.spiking_resnet18(spiking_neuron=neuron.LIFNode))
+    message = str(info.value)
+    assert message.count("\n  - ") == 1 and len(message) < 800
+    assert "17 LIFNodes ('sn1', 'layer1.0.sn1', 'layer1.0.sn2' and 14 more), each:" in message
+
+
+def test_a_learnable_leak_is_refused_with_the_reason():
+    net = nn.Sequential(layer.Linear(4, 4), neuron.ParametricLIFNode(v_reset=None))
+    with pytest.raises(ValueError, match=r"'1' \(ParametricLIFNode\): its leak is learned.*one fixed leak"):
+        to_saf(net)
