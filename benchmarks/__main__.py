@@ -3,7 +3,9 @@
     python -m benchmarks                     # everything, under 30 minutes on 2 CPU cores (8.5 measured)
     python -m benchmarks --quick             # a smoke run in well under a minute
     python -m benchmarks --only ops,accuracy # a subset; the tables are rebuilt from all results
-    python -m benchmarks --only tables       # rebuild RESULTS.md and the README table from the JSON
+    python -m benchmarks --only tables       # rebuild RESULTS.md, the README table and the docs tables
+    python -m benchmarks.bench_time_memory --memory   # the memory suite (exact + resident set)
+    python -m benchmarks.gpu_check           # everything that needs a GPU (--dry-run: anywhere)
     python -m benchmarks --device cuda       # time/memory on a GPU (paper setting, batch 128)
 """
 
@@ -32,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
     parser.add_argument("--readme", type=Path, default=common.README_PATH,
                         help="README whose BENCHMARK-TABLE region is regenerated")
+    parser.add_argument("--docs", type=Path, default=common.DOCS_PATH,
+                        help="docs page whose TIME-MEMORY-TABLES region is regenerated")
     args = parser.parse_args(argv)
     # "--only tables" measures nothing and rebuilds the tables from the committed JSON.
     selected = [s.strip() for s in args.only.split(",") if s.strip() and s.strip() != "tables"]
@@ -73,6 +77,9 @@ def main(argv=None) -> int:
     (args.results_dir / "RESULTS.md").write_text(markdown)
     if common.update_readme_table(tables.readme_markdown(args.results_dir), args.readme):
         log(f"README table regenerated in {args.readme}")
+    if args.docs and common.update_region(tables.time_memory_docs_markdown(args.results_dir), args.docs,
+                                          tables.DOCS_START, tables.DOCS_END):
+        log(f"time/memory tables regenerated in {args.docs}")
     log(f"done; results in {args.results_dir}")
     return 0
 

@@ -34,7 +34,7 @@ from spikingjelly_saf import backends
 from saf_examples.measure import max_rss_bytes, warm_up_runtime
 from saf_examples.methods import get_method
 
-from . import common
+from . import common, memory_account
 
 SPIKING_METHODS = ["saf-e", "saf-e-acc", "saf-e-acc-loop", "saf-f", "ottt-o", "ottt-a", "bptt",
                    common.MEMOPT_VARIANT, "sltt", "dsr"]
@@ -52,7 +52,12 @@ STEPS = [1, 2, 4, 6, 8, 16, 32]
 #: What fits the 30-minute budget on 2 shared CPU cores: ottt_spiking_vggws with every conv width
 #: divided by 4 (same structure, 32x32 input), and the full ResNet-18 at batch 4 up to T=16.
 CPU_CONFIG = {"vggws": {"batch": 16, "width_divisor": 4, "image": 32, "T": STEPS},
-              "resnet18": {"batch": 4, "width_divisor": 1, "image": 32, "T": [1, 2, 4, 8, 16]}}
+              "resnet18": {"batch": 4, "width_divisor": 1, "image": 32, "T": [1, 2, 4, 8, 16],
+                           "variants": ["saf-e", "ideal-e", "saf-f", "ideal-f", "saf-e-acc",
+                                        "ideal-e-acc"]},
+              # OTTT's full-width VGG: the SAF/OTTT ratios at T=6 only (the CPU's budget).
+              "vggws/full": {"batch": 8, "width_divisor": 1, "image": 32, "T": [6],
+                             "variants": ["saf-e", "ottt-o", "saf-f", "ottt-a"]}}
 #: The paper's setting.
 CUDA_CONFIG = {"vggws": {"batch": 128, "width_divisor": 1, "image": 32, "T": STEPS},
                "resnet18": {"batch": 128, "width_divisor": 1, "image": 32, "T": STEPS}}
@@ -76,7 +81,7 @@ def _minibatch_runner(name, method, model, optimizer, x_seq, target, dev):
 def _variant_parts(variant: str) -> tuple[str, str]:
     """``'saf-e-acc@triton'`` -> (``'saf-e-acc'``, ``'triton'``)."""
     name, _, backend = variant.partition("@")
-    return name, backend or "torch"
+    return name, backend or "default"
 
 
 def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
@@ -100,9 +105,9 @@ def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
     return loss.detach(), None
 
 
-def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int, image: int,
-            device: str, repeats: int, memopt_level: int = 1) -> dict:
-    """Runs in a fresh process: build, record the baseline, warm up, time ``repeats`` minibatches."""
+def _setup(arch: str, variant: str, steps: int, batch: int, width_divisor: int, image: int,
+           device: str, memopt_level: int = 1):
+    """Model, method, optimizer and minibatch of one variant, built the same way for every measure."""
     dev = torch.device(device)
     torch.manual_seed(0)
     name, backend = _variant_parts(variant)
@@ -115,7 +120,7 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
                                      steps, width_divisor)
         if name == "saf-e-acc-loop":
             functional.set_step_mode(model, "s")
-        if backend != "torch":
+        if backend != "default":
             common.set_saf_backend(model, backend)
     model = model.to(dev).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -124,6 +129,70 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
     target = torch.randint(0, 10, (batch,), device=dev)
     if name == common.MEMOPT_VARIANT:
         common.apply_memopt(model, arch, x_seq.transpose(0, 1), memopt_level)
+    runner = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
+    return runner, model, optimizer, x_seq, target, dev
+
+
+def saf_backends_in(model) -> list[str]:
+    """The backends the SAF neurons of ``model`` ran, ``'auto'`` with its choice (``'auto->cpp'``)."""
+    from spikingjelly_saf.neuron import SAFNode
+
+    found = set()
+    for name in {m.backend for m in model.modules() if isinstance(m, SAFNode)}:
+        if name == "auto":
+            chosen = sorted(set(getattr(backends.REGISTRY.get("auto"), "_chosen", {}).values()))
+            found.add("auto->" + "+".join(chosen) if chosen else "auto")
+        else:
+            found.add(name)
+    return sorted(found)
+
+
+def account_minibatch(runner, model, optimizer, x_seq, target, dev) -> dict:
+    """One minibatch under :class:`memory_account.LiveTensorAccount` (exact live tensor bytes
+    between operators, itemised at the peak) and, on CPU, ``torch.profiler``'s allocator events
+    (``allocator_train_peak_bytes``: every allocation of PyTorch's CPU allocator, operators'
+    internal scratch included, as ``max_memory_allocated`` counts it on CUDA)."""
+    from .memory_account import LiveTensorAccount
+
+    functional.reset_net(model)
+    optimizer.zero_grad(set_to_none=True)
+    account = LiveTensorAccount(model, optimizer, (x_seq, target), dev)
+    if dev.type != "cpu":
+        with account:
+            runner()
+        return account.report()
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with account:
+            already = account.ledger.total - account.baseline  # optimizer state
+            runner()
+    report = account.report()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    total = peak = 0
+    for _, nbytes in events:
+        total += nbytes
+        peak = max(peak, total)
+    report["allocator_train_peak_bytes"] = already + peak
+    return report
+
+
+def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int, image: int,
+            device: str, repeats: int, memopt_level: int = 1, account: bool = False) -> dict:
+    """Runs in a fresh process: build, record the baseline, warm up, run ``repeats`` minibatches.
+
+    The resident-set peak is deterministic only with glibc's thresholds fixed in this process
+    (:data:`memory_account.MALLOC_ENVIRONMENT`, set by :func:`common.run_in_fresh_process` before
+    the fork server starts); ``malloc_thresholds_fixed`` says whether they were. ``account``: one
+    more minibatch under the exact live-tensor account (after the resident set was read).
+    """
+    import os
+
+    from .memory_account import MALLOC_ENVIRONMENT
+
+    runner, model, optimizer, x_seq, target, dev = _setup(arch, variant, steps, batch, width_divisor,
+                                                          image, device, memopt_level)
     warm_up_runtime(dev)
     common.synchronize(dev)
     baseline_rss = max_rss_bytes()
@@ -131,34 +200,99 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
         torch.cuda.reset_peak_memory_stats(dev)
         baseline_cuda = torch.cuda.memory_allocated(dev)
 
-    one_minibatch = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
-
-    one_minibatch()
+    runner()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        one_minibatch()
+        runner()
         times.append(time.perf_counter() - start)
     result = {"time_s": min(times), "times_s": times,
-              "peak_rss_bytes": max_rss_bytes(), "baseline_rss_bytes": baseline_rss}
-    result["train_peak_bytes"] = result["peak_rss_bytes"] - baseline_rss
+              "peak_rss_bytes": max_rss_bytes(), "baseline_rss_bytes": baseline_rss,
+              "malloc_thresholds_fixed": all(os.environ.get(k) == v
+                                             for k, v in MALLOC_ENVIRONMENT.items()),
+              "saf_backends": saf_backends_in(model)}
+    result["rss_train_peak_bytes"] = result["peak_rss_bytes"] - baseline_rss
+    result["train_peak_bytes"] = result["rss_train_peak_bytes"]
     if dev.type == "cuda":
         result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         result["cuda_baseline_bytes"] = baseline_cuda
         result["train_peak_bytes"] = result["cuda_max_allocated_bytes"] - baseline_cuda
+    if account:
+        result["exact"] = account_minibatch(runner, model, optimizer, x_seq, target, dev)
     return result
 
 
+def time_group(arch: str, variants: list[str], steps: int, batch: int, width_divisor: int,
+               image: int, device: str, rounds: int, memopt_level: int = 1,
+               account: bool = True) -> dict:
+    """Runs in a fresh process: every variant built side by side, one warm-up minibatch each, then
+    ``rounds`` rounds that time one minibatch of every variant in turn (the order reversed every
+    other round: A B C, C B A, ...), so load from other processes hits all variants alike. Time:
+    the median over rounds. ``account``: then one minibatch per variant under the exact account."""
+    import os
+    import statistics
+
+    load_before = os.getloadavg()
+    built = {}
+    for variant in variants:
+        try:
+            built[variant] = _setup(arch, variant, steps, batch, width_divisor, image, device,
+                                    memopt_level)
+            built[variant][0]()  # warm-up
+        except Exception as error:  # a variant that cannot run is a result
+            built.pop(variant, None)
+            built[variant] = {"error": f"{type(error).__name__}: {error}"}
+    runnable = [v for v in variants if not isinstance(built[v], dict)]
+    times = {v: [] for v in runnable}
+    for round_index in range(rounds):
+        order = runnable if round_index % 2 == 0 else runnable[::-1]
+        for variant in order:
+            start = time.perf_counter()
+            built[variant][0]()
+            times[variant].append(time.perf_counter() - start)
+    out = {}
+    for variant in variants:
+        if isinstance(built[variant], dict):
+            out[variant] = built[variant]
+            continue
+        out[variant] = {"time_s": statistics.median(times[variant]), "times_s": times[variant],
+                        "saf_backends": saf_backends_in(built[variant][1])}
+    load_after = os.getloadavg()
+    dev = torch.device(device)
+    if dev.type == "cuda":  # max_memory_allocated of one more minibatch per variant
+        for variant in runnable:
+            runner, model, optimizer = built[variant][:3]
+            functional.reset_net(model)
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+            runner()
+            peak = torch.cuda.max_memory_allocated(dev) - before
+            out[variant]["cuda_train_peak_bytes"] = out[variant]["train_peak_bytes"] = peak
+    if account:
+        for variant in runnable:
+            report = account_minibatch(*built[variant])
+            out[variant]["exact"] = report
+            out[variant].setdefault("train_peak_bytes", report["train_peak_bytes"])
+    return {"cells": out, "loadavg_before": load_before, "loadavg_after_timing": load_after}
+
+
 def variants_for(device: str) -> tuple[list[str], dict]:
-    """The measured variants and, for fused backends that cannot run here, why they are skipped."""
-    variants = list(SPIKING_METHODS)
+    """The measured variants and the explicit backends measured besides the default.
+
+    Every SAF variant runs ``SAFNode``'s default backend (``'auto'``: on CPU the ``'cpp'`` kernel,
+    on CUDA CuPy, then Triton). ``saf-e@torch`` and ``saf-f@torch`` measure the unfused torch path
+    next to it; on CUDA every fused backend that can run is measured explicitly as
+    ``saf-e-acc@<backend>``.
+    """
+    variants = list(SPIKING_METHODS) + ["saf-e@torch", "saf-f@torch"]
     skipped = {}
     for backend in backends.SUPPORTED_BACKENDS["m"]:
-        if backend == "torch":
+        if backend in ("torch", "auto", "cpp"):
             continue
         if not device.startswith("cuda"):
-            skipped[backend] = ("fused backends are GPU paths; on CPU only an interpreter could run "
-                                "them, which is not a performance path")
+            skipped[backend] = "a GPU backend; on CPU the default ('auto') runs the 'cpp' kernel"
             continue
         try:
             backends.REGISTRY.check(backend, "m")
@@ -209,75 +343,92 @@ def summarize(models: dict) -> dict:
     return summary
 
 
+#: The time suite's default variants on CPU: what the README's claims need (the ideals, OTTT,
+#: SAF with the default backend and with the torch path). ``--variants`` measures any others.
+CPU_TIME_VARIANTS = ["saf-e", "ideal-e", "ottt-o", "saf-f", "ideal-f", "ottt-a", "saf-e-acc",
+                     "ideal-e-acc", "saf-e@torch", "saf-f@torch"]
+#: On a GPU the paper's comparison: every method and baseline.
+CUDA_TIME_VARIANTS = None
+
+
 def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         archs: tuple[str, ...] = ("vggws", "resnet18"), steps_list=None, log=print,
-        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None, repeats=None) -> dict:
-    """Measure every variant (or ``only_variants``) and write ``time_memory[_<tag>][_cuda].json``.
+        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None, repeats=None,
+        config=None, account: bool = True) -> dict:
+    """Time (and exact live-tensor memory) of every variant; writes ``time_memory[_<tag>][_cuda].json``.
 
-    A subset goes to its own file (give ``tag``), so that ratios are only taken within one run.
+    One fresh process per (model, T) holds every variant side by side and times them interleaved
+    (:func:`time_group`), so every ratio comes from one run and one process. A subset goes to its
+    own file (give ``tag``). ``config`` overrides the per-model settings (``{arch: {batch,
+    width_divisor, image, T}}``; keys may name a model twice as ``'vggws/full'``).
     """
+    import os
+
     cuda = device.startswith("cuda")
-    config = {k: dict(v) for k, v in (CUDA_CONFIG if cuda else CPU_CONFIG).items()}
+    base = CUDA_CONFIG if cuda else CPU_CONFIG
+    if config is None:
+        config = {k: dict(v) for k, v in base.items() if k.split("/")[0] in archs}
+    else:
+        config = {k: dict(v) for k, v in config.items()}
     if quick:
-        archs = ("vggws",)
-        config["vggws"].update(batch=2, width_divisor=16, image=16, T=[2])
+        config = {"vggws": dict(batch=2, width_divisor=16, image=16, T=[1, 2])}
     if steps_list:
-        for arch in archs:
-            config[arch]["T"] = steps_list
-    variants, skipped = variants_for(device)
+        for key in config:
+            config[key]["T"] = steps_list
+    known, skipped = variants_for(device)
     if only_variants:
-        unknown = sorted(set(only_variants) - set(variants))
+        unknown = sorted(set(only_variants) - set(known))
         if unknown:
-            raise ValueError(f"unknown variants {unknown}; measurable here: {', '.join(variants)}.")
-        variants = [v for v in variants if v in only_variants]
-    repeats = repeats or (1 if quick else 3)
-    rounds = rounds or (1 if quick else 2)
-    models = {}
-    for arch in archs:
-        rows = models.setdefault(arch, {})
-        cfg = config[arch]
-        cannot_run = {}
-        # Rounds interleave the methods: load from other processes on a shared machine then hits
-        # every method alike, and the minimum over rounds discards most of it.
-        for round_index in range(rounds):
-            for steps in cfg["T"]:
-                for variant in variants:
-                    if variant in cannot_run:
-                        rows.setdefault(variant, {})[str(steps)] = cannot_run[variant]
-                        continue
-                    result = common.run_in_fresh_process(
-                        measure, arch, variant, steps, cfg["batch"], cfg["width_divisor"],
-                        cfg["image"], device, repeats, memopt_level)
-                    if "error" in result:
-                        cannot_run[variant] = result
-                    cell = rows.setdefault(variant, {}).setdefault(str(steps), result)
-                    if cell is not result and "error" not in result:
-                        cell["times_s"] = cell["times_s"] + result["times_s"]
-                        cell["time_s"] = min(cell["times_s"])
-                        cell["train_peak_bytes_rounds"] = cell.get(
-                            "train_peak_bytes_rounds", [cell["train_peak_bytes"]]) + [result["train_peak_bytes"]]
-                    log(f"  time/memory round {round_index + 1}/{rounds} {arch} {variant} T={steps}: "
-                        + (result["error"] if "error" in result else
-                           f"{result['time_s']:.3f} s, +{result['train_peak_bytes'] / 2**20:.1f} MiB"))
+            raise ValueError(f"unknown variants {unknown}; measurable here: {', '.join(known)}.")
+        variants = list(only_variants)
+    else:
+        variants = list(known) if cuda else list(CPU_TIME_VARIANTS)
+        if quick:
+            variants = ["saf-e", "ideal-e", "ottt-o", "saf-f", "ideal-f", "ottt-a", "bptt"]
+    rounds = rounds or repeats or (2 if quick else 5)
+    models, loads = {}, {}
+    start = time.perf_counter()
+    for key, cfg in config.items():
+        arch = key.split("/")[0]
+        rows = models.setdefault(key, {})
+        chosen = [v for v in variants if v in cfg["variants"]] if cfg.get("variants") else variants
+        for steps in cfg["T"]:
+            group = common.run_in_fresh_process(
+                time_group, arch, chosen, steps, cfg["batch"], cfg["width_divisor"], cfg["image"],
+                device, rounds, memopt_level, account, timeout=1800.0)
+            if "error" in group:
+                group = {"cells": {v: group for v in chosen}}
+            loads[f"{key} T={steps}"] = [group.get("loadavg_before"), group.get("loadavg_after_timing")]
+            for variant, cell in group["cells"].items():
+                rows.setdefault(variant, {})[str(steps)] = cell
+            log(f"  time {key} T={steps} (load {group.get('loadavg_before')}): " + ", ".join(
+                f"{v} {c['time_s']:.3f} s" if "error" not in c else f"{v} error"
+                for v, c in group["cells"].items()))
     payload = {
-        "meta": common.metadata(device),
-        "settings": {"config": {a: config[a] for a in archs}, "rounds": rounds,
-                     "repeats": repeats,
-                     "timing": f"each round: fresh process, 1 warm-up + {repeats} timed minibatch(es); "
-                               "time_s = minimum over all timed minibatches; memory from the first round",
+        "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
+                     wall_seconds=round(time.perf_counter() - start, 1)),
+        "settings": {"config": config, "rounds": rounds,
+                     "timing": (f"one fresh process per (model, T) with every variant built; one "
+                                f"warm-up minibatch each, then {rounds} rounds timing one minibatch of "
+                                "every variant in turn, the order reversed every other round; "
+                                "time_s = median over the rounds; ratios of medians"),
+                     "loadavg": "os.getloadavg() (1, 5, 15 min) before and after each group's timing",
                      "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
                      "input": "direct encoding: one random image repeated over T",
                      "neuron": "tau=2, V_th=1, soft reset, detach_reset (OTTT setting); "
                                "SAF-F with SpikeRepresentation; DSR = DSRIFNode(T) defaults",
-                     "memory": ("torch.cuda.max_memory_allocated minus allocated before training"
-                                if cuda else
-                                "ru_maxrss of a fresh forked process after training minus its "
-                                "ru_maxrss after building model, optimizer and input"),
+                     "saf_backend": "SAFNode's default ('auto'; saf_backends in each cell says what "
+                                    "ran); <variant>@torch forces the unfused torch path",
+                     "memory": ("exact live tensor bytes (benchmarks/memory_account.py), one extra "
+                                "minibatch per variant after the timing: peak minus parameters, "
+                                "buffers and input" if account else "not measured in this run")
+                               + ("; on CUDA also torch.cuda.max_memory_allocated" if cuda else ""),
                      "skipped_backends": skipped,
                      "memopt": f"{common.MEMOPT_VARIANT}: memopt.optimize_memory(level={memopt_level}, "
                                "compress=True) on ResNet-18's BasicBlocks / the VGG's "
                                "neuron-terminated blocks, probed with the measured input",
                      "variants": variants},
+        "loadavg": loads,
         "models": models,
         "summary": summarize(models),
     }
@@ -287,23 +438,153 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
     return payload
 
 
+#: The memory suite's grid on CPU: (label, arch, width divisor, batch, T list, variants).
+MEMORY_VARIANTS = ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT, "sltt",
+                   "saf-e-acc", "ideal-e", "ideal-f"]
+CPU_MEMORY_GRID = [
+    ("vggws/4 B16", "vggws", 4, 16, [1, 4], MEMORY_VARIANTS),
+    ("vggws/4 B16", "vggws", 4, 16, [32], ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt",
+                                           common.MEMOPT_VARIANT, "ideal-e"]),
+    ("vggws/1 B8", "vggws", 1, 8, [2], ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt",
+                                        common.MEMOPT_VARIANT, "ideal-e", "ideal-f"]),
+    ("vggws/1 B48", "vggws", 1, 48, [2], ["saf-e", "saf-f", "ottt-o", "ottt-a"]),
+]
+#: The resident-set determinism check: these variants of the first grid entry, at its second T.
+DETERMINISM_VARIANTS = ["saf-e", "saf-f", "ottt-o", "bptt"]
+CUDA_MEMORY_GRID = [
+    ("vggws/1 B128", "vggws", 1, 128, STEPS, MEMORY_VARIANTS),
+]
+
+
+def run_memory(results_dir: Path, device: str = "cpu", grid=None, log=print, tag: str = "",
+               repeat_cells: int = 2, quick: bool = False) -> dict:
+    """Peak memory of one training minibatch, two ways, in a fresh process per cell; writes
+    ``time_memory_account[_<tag>].json``.
+
+    * resident set (CPU): ``ru_maxrss`` growth with glibc's malloc thresholds fixed in the child
+      (:data:`memory_account.MALLOC_ENVIRONMENT`); the T=6 (else first) column of the first grid
+      entry is measured ``repeat_cells`` more times in new processes to show it is deterministic;
+    * exact: live tensor bytes (:class:`memory_account.LiveTensorAccount`), with what is alive at
+      the peak by category and by layer. On CUDA ``max_memory_allocated`` is recorded as well.
+    """
+    import os
+
+    if grid is None:
+        grid = CUDA_MEMORY_GRID if device.startswith("cuda") else CPU_MEMORY_GRID
+    if quick:
+        grid = [("vggws/16 B2", "vggws", 16, 2, [1, 2], ["saf-e", "saf-f", "ottt-o", "bptt", "ideal-e"])]
+    start = time.perf_counter()
+    cells = {}
+    for label, arch, width, batch, steps_list, variants in grid:
+        rows = cells.setdefault(label, {})
+        for steps in steps_list:
+            for variant in variants:
+                result = common.run_in_fresh_process(measure, arch, variant, steps, batch, width, 32 if not quick else 16,
+                                                     device, 1, 1, True, timeout=1800.0)
+                rows.setdefault(variant, {})[str(steps)] = result
+                if "error" in result:
+                    log(f"  memory {label} {variant} T={steps}: {result['error']}")
+                    continue
+                exact = result["exact"]
+                log(f"  memory {label} {variant} T={steps}: rss +{result['rss_train_peak_bytes'] / 2**20:.1f} "
+                    f"MiB, exact +{exact['train_peak_bytes'] / 2**20:.1f} MiB "
+                    f"(peak {exact['peak_bytes'] / 2**20:.1f})")
+    # Determinism of the resident-set measure: the same cells again, each in a new process.
+    label, arch, width, batch, steps_list, variants = grid[0]
+    check_steps = steps_list[1] if len(steps_list) > 1 else steps_list[0]
+    check_variants = [v for v in DETERMINISM_VARIANTS if v in variants]
+    for _ in range(repeat_cells):
+        for variant in check_variants:
+            result = common.run_in_fresh_process(measure, arch, variant, check_steps, batch, width,
+                                                 32 if not quick else 16, device, 1, 1, False,
+                                                 timeout=1800.0)
+            cell = cells[label][variant][str(check_steps)]
+            if "error" not in result and "error" not in cell:
+                cell.setdefault("rss_train_peak_bytes_repeats", []).append(result["rss_train_peak_bytes"])
+            log(f"  determinism {label} {variant} T={check_steps}: rss "
+                f"+{result.get('rss_train_peak_bytes', 0) / 2**20:.2f} MiB")
+    payload = {
+        "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
+                     wall_seconds=round(time.perf_counter() - start, 1)),
+        "settings": {
+            "grid": [{"label": g[0], "arch": g[1], "width_divisor": g[2], "batch": g[3], "T": g[4],
+                      "variants": g[5]} for g in grid],
+            "image": 32 if not quick else 16,
+            "resident_set": "ru_maxrss after one warm-up and one measured minibatch minus ru_maxrss "
+                            "after building model, optimizer and input, in a fresh process forked from "
+                            "a fork server started with " + " ".join(
+                                f"{k}={v}" for k, v in memory_account.MALLOC_ENVIRONMENT.items()),
+            "exact": "live tensor bytes between operators (benchmarks/memory_account.py), one more "
+                     "minibatch; train_peak_bytes = peak minus parameters, buffers and input; the "
+                     "account at the peak itemises every live storage",
+            "determinism": f"{label} T={check_steps}, {', '.join(check_variants)}: the resident set "
+                           f"measured {repeat_cells} more times in new processes "
+                           "(rss_train_peak_bytes_repeats)",
+            "optimizer": "SGD(lr=1e-3, momentum=0.9)", "neuron": "tau=2, V_th=1, soft reset",
+            "saf_backend": "SAFNode's default ('auto')"},
+        "models": cells,
+    }
+    name = "time_memory_account" + (f"_{tag}" if tag else "") + ("_cuda" if device.startswith("cuda") else "")
+    common.write_json(results_dir, name, payload)
+    plot_memory(results_dir, payload, name)
+    return payload
+
+
+def plot_memory(results_dir: Path, payload: dict, name: str) -> None:
+    """Per grid entry: exact training peak (MiB) vs T, at most six methods, axis from zero."""
+    chosen = ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT]
+    for label, rows in payload["models"].items():
+        series = {}
+        for variant in chosen:
+            points = sorted((int(s), c["exact"]["train_peak_bytes"] / 2 ** 20)
+                            for s, c in rows.get(variant, {}).items() if "exact" in c)
+            if len(points) >= 1:
+                series[variant] = ([p[0] for p in points], [p[1] for p in points])
+        if not series:
+            continue
+        meta = payload["meta"]
+        note = (f"{meta['device']} ({meta['cpu_model']}), torch {meta['torch']}, spikingjelly "
+                f"{meta['spikingjelly']}, {meta['date_utc']}; exact live tensor bytes")
+        safe = label.replace("/", "w").replace(" ", "_")
+        common.plot_lines(results_dir / f"{name}_{safe}.png", series, "T (time steps)",
+                          "training peak, live tensors (MiB)", f"{label}: training peak memory vs T",
+                          logx=True, note=note, ymin=0)
+
+
+#: The lines of each plot panel (at most six): SAF-E's family, then SAF-F's and BPTT's.
+PLOT_PANELS = {"time_e": ["saf-e", "ideal-e", "ottt-o", "saf-e@torch", "saf-e-acc", "ideal-e-acc"],
+               "time_f": ["saf-f", "ideal-f", "ottt-a", "saf-f@torch", "bptt", common.MEMOPT_VARIANT],
+               "memory": ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT]}
+
+
 def plot(results_dir: Path, payload: dict, name: str) -> None:
-    for arch, rows in payload["models"].items():
-        cfg = payload["settings"]["config"][arch]
-        note = (f"{payload['meta']['device']} ({payload['meta']['cpu_model']}), batch {cfg['batch']}, "
-                f"{cfg['image']}x{cfg['image']}, width/{cfg['width_divisor']}, "
-                f"{payload['meta']['date_utc']}")
-        for key, ylabel, suffix in (("time_s", "seconds per minibatch", "time"),
-                                    ("train_peak_bytes", "training peak memory (MiB)", "memory")):
+    """Per model: two time panels and, when measured, one memory panel (axis from zero)."""
+    for key, rows in payload["models"].items():
+        cfg = payload["settings"]["config"][key]
+        if len(cfg["T"]) < 2:
+            continue  # one T: the table says it all
+        meta = payload["meta"]
+        note = (f"{meta['device']} ({meta['cpu_model']}), torch {meta['torch']}, spikingjelly "
+                f"{meta['spikingjelly']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, "
+                f"width/{cfg['width_divisor']}, {meta['date_utc']}")
+        for panel, variants in PLOT_PANELS.items():
+            field = "time_s" if panel.startswith("time") else "train_peak_bytes"
+            scale = 1 if field == "time_s" else 2 ** -20
             series = {}
-            for variant, cells in rows.items():
-                points = [(int(s), c[key]) for s, c in cells.items() if "error" not in c]
-                points.sort()
-                scale = 1 if key == "time_s" else 2 ** -20
-                series[variant] = ([p[0] for p in points], [p[1] * scale for p in points])
-            common.plot_lines(results_dir / f"{name}_{arch}_{suffix}.png", series, "T (time steps)",
-                              ylabel, f"{arch}: {suffix} vs T", logx=True,
-                              logy=key == "time_s", note=note)
+            for variant in variants:
+                points = sorted((int(s), c[field] * scale) for s, c in rows.get(variant, {}).items()
+                                if "error" not in c and c.get(field) is not None)
+                if points:
+                    series[variant] = ([p[0] for p in points], [p[1] for p in points])
+            if not series:
+                continue
+            ylabel = "seconds per minibatch (median)" if field == "time_s" else \
+                "training peak, live tensors (MiB)"
+            safe = key.replace("/", "_")
+            common.plot_lines(results_dir / f"{name}_{safe}_{panel}.png", series, "T (time steps)",
+                              ylabel, f"{key}: {'time' if field == 'time_s' else 'memory'} vs T",
+                              logx=True, logy=field == "time_s", note=note,
+                              ymin=None if field == "time_s" else 0)
 
 
 def profile(results_dir: Path, arch: str, variants: list[str], steps: int, device: str = "cpu",
@@ -360,9 +641,14 @@ def main(argv=None):
     parser.add_argument("--tag", default=None, help="results file suffix; required with --variants")
     parser.add_argument("--memopt-level", type=int, default=1,
                         help=f"optimize_memory level for {common.MEMOPT_VARIANT} (2-4 need CUDA)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds, one minibatch of every variant each (default 5); median")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed minibatches per process, after one warm-up (default 3)")
+                        help="alias of --rounds (kept for old command lines)")
+    parser.add_argument("--memory", action="store_true",
+                        help="the memory suite instead: resident set with fixed malloc thresholds and "
+                             "exact live tensor bytes per cell (time_memory_account[_<tag>].json)")
+    parser.add_argument("--no-account", action="store_true",
+                        help="time suite: skip the exact live-tensor memory pass after the timing")
     parser.add_argument("--profile", default=None,
                         help="comma-separated variants to profile (one minibatch each) instead of timing")
     args = parser.parse_args(argv)
@@ -382,6 +668,9 @@ def main(argv=None):
     if args.memopt_level > 1 and not args.device.startswith("cuda"):
         parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; use 1 "
                      "on the CPU or --device cuda.")
+    if args.memory:
+        run_memory(args.results_dir, args.device, tag=args.tag or "", quick=args.quick)
+        return
     if args.profile:
         for arch in args.archs.split(","):
             print(profile(args.results_dir, arch, args.profile.split(","), (steps or [6])[0],
@@ -389,7 +678,7 @@ def main(argv=None):
         return
     run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")), steps,
         only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,
-        repeats=args.repeats)
+        repeats=args.repeats, account=not args.no_account)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from spikingjelly_saf.surrogate import SpikeRepresentation
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 TABLE_START = "<!-- BENCHMARK-TABLE:START -->"
 TABLE_END = "<!-- BENCHMARK-TABLE:END -->"
 
@@ -98,15 +99,16 @@ def _json_default(value):
 
 
 def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
-               title: str, logx: bool = False, logy: bool = False, note: str = "") -> Path:
-    """One line per series name: ``series[name] = (xs, ys)``."""
+               title: str, logx: bool = False, logy: bool = False, note: str = "",
+               ymin: Optional[float] = None) -> Path:
+    """One line per series name: ``series[name] = (xs, ys)``; ``ymin=0`` starts the y axis at zero."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
     for index, (name, (xs, ys)) in enumerate(series.items()):
         if xs:
             ax.plot(xs, ys, marker="o", markersize=3, label=name, color=colors[index % len(colors)],
@@ -115,6 +117,8 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
         ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -251,7 +255,8 @@ _FORKSERVER_READY = False
 def run_in_fresh_process(function: Callable, *args, timeout: float = 900.0):
     """Run ``function(*args)`` (a module-level function) in a fresh child; its result or ``{'error'}``.
 
-    Children come from a fork server that imported torch, SpikingJelly and the benchmarks but never
+    Children come from a fork server (started with glibc's malloc thresholds fixed,
+    :data:`benchmarks.memory_account.MALLOC_ENVIRONMENT`) that imported torch, SpikingJelly and the benchmarks but never
     ran an operator: each configuration starts from the same small heap without paying the imports
     again, and the peak resident set measured in the child belongs to that configuration alone.
     (Forking the main process instead would deadlock once it has used OpenMP threads.)
@@ -259,6 +264,12 @@ def run_in_fresh_process(function: Callable, *args, timeout: float = 900.0):
     global _FORKSERVER_READY
     context = multiprocessing.get_context("forkserver")
     if not _FORKSERVER_READY:
+        # glibc reads its malloc thresholds when a process starts: set them for the fork server,
+        # whose children inherit them (the resident-set peak is then deterministic).
+        from .memory_account import MALLOC_ENVIRONMENT
+
+        for key, value in MALLOC_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
         context.set_forkserver_preload(["torch", "spikingjelly.activation_based.model.spiking_resnet",
                                         "spikingjelly_saf", __name__, function.__module__])
         _FORKSERVER_READY = True
@@ -277,20 +288,23 @@ def run_in_fresh_process(function: Callable, *args, timeout: float = 900.0):
     return result
 
 
+def update_region(markdown: str, path: Path, start_marker: str, end_marker: str) -> bool:
+    """Replace the text between two markers of ``path``; False (and a warning) if they are missing."""
+    if not path.exists():
+        print(f"warning: {path} does not exist; not updated.")
+        return False
+    text = path.read_text()
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < 0 or end < start:
+        print(f"warning: {path} has no {start_marker} ... {end_marker} region; not updated.")
+        return False
+    path.write_text(text[:start + len(start_marker)] + "\n" + markdown.strip() + "\n" + text[end:])
+    return True
+
+
 def update_readme_table(markdown: str, readme_path: Path = README_PATH) -> bool:
     """Replace the text between the BENCHMARK-TABLE markers of the README; False if they are missing."""
-    if not readme_path.exists():
-        print(f"warning: {readme_path} does not exist; README table not updated.")
-        return False
-    text = readme_path.read_text()
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start < 0 or end < 0 or end < start:
-        print(f"warning: {readme_path} has no {TABLE_START} ... {TABLE_END} region; "
-              "README table not updated.")
-        return False
-    new_text = text[:start + len(TABLE_START)] + "\n" + markdown.strip() + "\n" + text[end:]
-    readme_path.write_text(new_text)
-    return True
+    return update_region(markdown, readme_path, TABLE_START, TABLE_END)
 
 
 def suite_main(run: Callable, description: str, argv=None) -> None:
