@@ -99,6 +99,8 @@ TEXT_SUBSTITUTIONS = (
     # the backends the series does not have (cpp, cupy); unmatched ones are harmless
     ("(``'cpp'``, ``'cupy'``, ``'triton'``)", "(``'triton'``)"),
     ("（``'cpp'``、``'cupy'``、``'triton'``）", "（``'triton'``）"),
+    # 'auto' skips names a registry lacks anyway; upstream it names only what the series has
+    ('PRIORITY = {"cuda": ("cupy", "triton"), "cpu": ("cpp",)}', 'PRIORITY = {"cuda": ("triton",)}'),
 )
 #: Edits of a module's source before it is placed: (module, old text, new text, required). A required
 #: edit whose text is gone stops the generator; an optional one only warns. None is needed now:

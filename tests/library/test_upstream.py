@@ -85,6 +85,47 @@ def test_series_tests_carry_the_project_test_helpers_as_they_are(tmp_path):
     assert "spikingjelly_saf" not in generated and "generate.py:" not in generated
 
 
+def test_what_stays_in_the_plugin_is_dropped_and_examples_import_spikingjelly(tmp_path):
+    generate = _load("generate")
+    generate.generate_tree(generate.spikingjelly_dir().parent, tmp_path)
+    files = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*.py")}
+    backends = files["spikingjelly/_ops/saf/backends/__init__.py"]
+    for excluded in generate.EXCLUDED:
+        name = excluded.rsplit(".", 1)[1]
+        assert f"spikingjelly/_ops/saf/backends/{name}.py" not in files
+        assert not any(f"import {name}" in text or f".{name} import" in text for text in files.values()), name
+    # the cpp backend's class, its registration and export, the CuPy registration
+    assert "CppBackend" not in backends and '"cupy_backend"' not in backends
+    assert "class AutomaticBackend" in backends and '"SJ_SAF_CUDA_IMPLEMENTATION"' in backends
+    # 'auto' is registered once, by the package's code, and the dispatch template uses it
+    assert backends.count("REGISTRY.register(AutomaticBackend(REGISTRY))") == 1
+    dispatch = files["spikingjelly/_ops/saf/__init__.py"]
+    assert "REGISTRY.register" not in dispatch and 'REGISTRY.get("auto").choose(' in dispatch
+    examples = [line.strip() for text in files.values() for line in text.splitlines()
+                if line.strip().startswith(">>> from") or line.strip().startswith(">>> import")]
+    assert examples and not [line for line in examples if "spikingjelly_saf" in line]
+    assert ">>> from spikingjelly.activation_based.neuron import SAFNode" in examples
+
+
+def test_drop_excluded_follows_definitions_to_their_registrations():
+    generate = _load("generate")
+    module = "spikingjelly_saf.backends"
+    source = (
+        '__all__ = [\n    "Kept",\n    "Gone",\n    "Sub",\n]\n\n\n'
+        "class Kept:\n    def load(self):\n        from . import triton_backend\n\n\n"
+        "class Gone(Kept):\n    def load(self):\n        from . import cpp_backend\n\n\n"
+        "class Sub(Gone):\n    pass\n\n\n"
+        "def _only_for_cupy():\n    return 1\n\n\n"
+        "REGISTRY.register(Kept())\nREGISTRY.register(Gone())\n"
+        'REGISTRY.register(Fused("cupy", "cupy_backend", _only_for_cupy()))\n'
+    )
+    result = generate.drop_excluded(module, source)
+    assert "class Kept" in result and "REGISTRY.register(Kept())" in result
+    for gone in ("Gone", "Sub", "cupy", "_only_for_cupy"):
+        assert gone not in result, gone
+    assert '"Kept",' in result
+
+
 def test_hand_copied_helpers_are_refused():
     generate = _load("generate")
     for template in ("test_saf_theorems.py", "test_saf_node.py"):
