@@ -414,14 +414,28 @@ class _Trainer:
         if self.sync_counter is not None:
             self.sync_counter.calls = 0
         inject = getattr(self.args, "inject_nan_epoch", None)
-        result = train_one_epoch(
+        try:
+            result = self._train_one_epoch(epoch, progress, writer, step_offset, on_minibatch,
+                                           inject)
+        except NonFiniteTrainingError as error:
+            # The library stopped before an optimizer step; an engine that does not name the
+            # epoch and minibatch itself gets them here.
+            where = {"gradient": f"the gradient of {getattr(error, 'parameter', None)}",
+                     "input": "the training input (a value in the data)"}.get(
+                getattr(error, "what", None), "the training loss")
+            raise NonFiniteStateError(where, epoch, self.train_loader.batch_index,
+                                      getattr(error, "value", None) or "nan or inf") from None
+        return (*self.ddp.sum(result.loss_sum, result.correct, result.samples), result.seconds)
+
+    def _train_one_epoch(self, epoch, progress, writer, step_offset, on_minibatch, inject):
+        return train_one_epoch(
             self.model, self.method, self.optimizer, self.train_loader, self.f_loss, epoch=epoch,
             steps=self.args.T, sequence=self.info.sequence, device=self.ddp.device,
             grad_scaler=self.grad_scaler, amp=self.args.amp, progress=progress,
             inject_nan=inject == epoch and self.ddp.main, all_finite=self.ddp.all_true,
-            on_minibatch=_both(None if writer is None else minibatch_logger(writer, epoch, 0, first_step=step_offset),
+            on_minibatch=_both(None if writer is None
+                               else minibatch_logger(writer, epoch, 0, first_step=step_offset),
                                on_minibatch))
-        return (*self.ddp.sum(result.loss_sum, result.correct, result.samples), result.seconds)
 
     def evaluate(self, model=None, readout=None) -> tuple:
         """``(mean loss, accuracy, firing rates)`` on the test set over all processes."""
