@@ -177,18 +177,25 @@ def _raise_problems(problems: list[str], what: str) -> None:
         raise ValueError(f"{what} cannot convert this model:\n  - " + "\n  - ".join(problems))
 
 
-def _grouped_neuron_problems(found: "dict[tuple, list[str]]", shown: int = 3) -> list[str]:
+def _listed(names: list, shown: int = 3) -> str:
+    listed = ", ".join(f"'{name}'" for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _named_group(names: list, what: str) -> str:
+    """``'a' (what)`` for one module, ``N x (what): 'a', 'b', 'c' and K more`` for many."""
+    return f"{_listed(names)} ({what})" if len(names) == 1 else f"{len(names)} x ({what}): {_listed(names)}"
+
+
+def _grouped_neuron_problems(found: "dict[tuple, list[str]]") -> list[str]:
     """One paragraph per (neuron type, reason, fix), naming the first few neurons and the count:
     a ResNet's dozens of hard-reset neurons share one finding."""
     paragraphs = []
     for (kind, reason, fix), names in found.items():
-        listed = ", ".join(f"'{name}'" for name in names[:shown])
-        if len(names) > shown:
-            listed += f" and {len(names) - shown} more"
         if len(names) == 1:
-            paragraphs.append(f"{listed} ({kind}): {reason} Fix: {fix}")
+            paragraphs.append(f"{_listed(names)} ({kind}): {reason} Fix: {fix}")
         else:
-            paragraphs.append(f"{len(names)} {kind}s ({listed}), each: {reason} Fix: {fix}")
+            paragraphs.append(f"{len(names)} {kind}s ({_listed(names)}), each: {reason} Fix: {fix}")
     return paragraphs
 
 
@@ -332,7 +339,7 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
     require_module(model, "to_saf")
     if not isinstance(soft_reset, bool):
         raise TypeError(f"soft_reset must be True or False, got {soft_reset!r}.")
-    problems, reset_changed, neuron_problems = [], [], {}
+    problems, reset_changed, neuron_problems = [], {}, {}
     for name, module in model.named_modules():
         name = name or "<model>"
         issue = neuron_issue(module, soft_reset=soft_reset)
@@ -344,14 +351,16 @@ def to_saf(model: nn.Module, replace_maxpool: bool = False, insert_input_average
         elif (problem := _recurrent_problem(name, module)) is not None:
             problems.append(problem)
         elif type(module) in CONVERTIBLE_NEURONS and getattr(module, "v_reset", None) is not None:
-            reset_changed.append(f"'{name}' ({type(module).__name__}, v_reset={module.v_reset})")
+            reset_changed.setdefault(f"{type(module).__name__}, v_reset={module.v_reset}", []).append(name)
     _raise_problems(_grouped_neuron_problems(neuron_problems) + problems, "to_saf")
     if reset_changed:
         kinds = sorted({type(m).__name__ for m in model.modules()
                         if type(m) in CONVERTIBLE_NEURONS and getattr(m, "v_reset", None) is not None})
+        count = sum(len(names) for names in reset_changed.values())
         warnings.warn(
-            f"to_saf(soft_reset=True): {len(reset_changed)} hard-reset neuron(s) now use the soft "
-            f"reset: {', '.join(reset_changed)}. The network SAF trains is a soft-reset "
+            f"to_saf(soft_reset=True): {count} hard-reset neuron(s) now use the soft reset: "
+            f"{'; '.join(_named_group(names, what) for what, names in reset_changed.items())}. "
+            f"The network SAF trains is a soft-reset "
             f"{'/'.join(kinds)} network (v_reset=None), so train it (again); to_lif deploys it "
             "with v_reset=None, not as the hard-reset original.", UserWarning, stacklevel=2)
     if not inplace:

@@ -563,7 +563,7 @@ def test_soft_reset_opt_in_converts_and_says_what_is_trained():
     net = stock_csnn()
     with pytest.warns(UserWarning, match=r"soft-reset IFNode network.*v_reset=None") as record:
         saf = to_saf(net, soft_reset=True)
-    assert "'2' (IFNode, v_reset=0.0)" in str(record[0].message)
+    assert "2 x (IFNode, v_reset=0.0): '2', '6'" in str(record[0].message)
     assert [type(m) for m in saf.modules() if isinstance(m, neuron.BaseNode)] == [SAFNode, SAFNode]
     assert type(net[2]) is neuron.IFNode and net[2].v_reset == 0.0, "the original stays as it was"
     deployed = to_lif(saf)
@@ -618,6 +618,10 @@ def test_repeated_neuron_findings_are_one_paragraph_with_a_count():
     message = str(info.value)
     assert message.count("\n  - ") == 1 and len(message) < 800
     assert "17 LIFNodes ('sn1', 'layer1.0.sn1', 'layer1.0.sn2' and 14 more), each:" in message
+    with pytest.warns(UserWarning) as record:
+        to_saf(spiking_resnet.spiking_resnet18(spiking_neuron=neuron.LIFNode), soft_reset=True)
+    said = [str(w.message) for w in record if "soft_reset=True" in str(w.message)]
+    assert len(said) == 1 and len(said[0]) < 500 and "17 x (LIFNode, v_reset=0.0)" in said[0]
 
 
 def test_a_learnable_leak_is_refused_with_the_reason():
