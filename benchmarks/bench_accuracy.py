@@ -17,7 +17,7 @@ from saf_examples import digits
 
 from . import common
 
-METHODS = ["saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "dsr", "ideal"]
+METHODS = ["saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "sltt", "dsr", "ideal"]
 
 
 def build_digits_model(method_name: str, steps: int, tau: float = 2.0, width: int = 16):
@@ -70,8 +70,12 @@ def run(results_dir: Path, quick: bool = False, log=print) -> dict:
                             "T": steps, "epochs": epochs, "batch": 64,
                             "optimizer": "Adam(lr=2e-2), cosine schedule",
                             "seeds": seeds, "tau": 2.0, "encoding": "direct (image at every step)",
-                            "readout": "SAF: Obar[T]; others: mean output over T; "
-                                       "to_lif: lam-weighted average of the LIF outputs"},
+                            "readout": "every method: the firing rate of its output (SAF: the mean "
+                                       "of the recovered output over T; others and the to_lif "
+                                       "network: the mean output over T)",
+                            "loss": "cross-entropy; per-step losses averaged over T (SAF-E, "
+                                    "SAF-E-acc, OTTT, SLTT); saf-f: SAF-F with the sigmoid "
+                                    "surrogate, saf-f-rep: with SpikeRepresentation"},
                "methods": rows}
     common.write_json(results_dir, "accuracy", payload)
     return payload

@@ -1,19 +1,29 @@
-"""Full Fashion-MNIST: SAF-E, SAF-E-acc, SAF-F against OTTT_O, OTTT_A, BPTT, SLTT and BPTT with
-SpikingJelly's ``memopt.optimize_memory``, all on one network with the same settings.
+"""Full Fashion-MNIST: SAF-E, SAF-E-acc, SAF-F (with the paper's sigmoid surrogate and, as
+``saf-f-rep``, with SpikeRepresentation) against OTTT_O, OTTT_A, BPTT, BPTT with SpikingJelly's
+``memopt.optimize_memory`` and SLTT, all on one network with the same settings, trained, evaluated
+and deployed to LIF through the examples' engine (``saf_examples.engine``).
 
-    python -m benchmarks.bench_fashion_mnist --workers 3 --shared-machine --tag fashion_mnist_1epoch
-    python -m benchmarks.bench_fashion_mnist --epochs 0.4 --workers 3 --shared-machine   # fashion_mnist.json
-    python -m benchmarks.bench_fashion_mnist --epochs 0.05 --seeds 0,1 --tag fashion_mnist_timing
-    python -m benchmarks.bench_fashion_mnist --epochs 0.13 --evals 1 --test-subset 2000 --seeds 0 \\
-        --methods saf-e,saf-f,ottt-o,bptt --lr 0.001 --tag fashion_mnist_lr_check_adam_0.001
+    # the issue-18 grid: every method, 3 seeds, 3 full epochs, T=6, C=16 (about 27 CPU-hours at
+    # 1 thread per run; the defaults)
+    python -m benchmarks.bench_fashion_mnist --workers 8 --tag fashion_mnist_T6
+    # what this repository's fashion_mnist_T6.json ran on a shared 2-core machine: 3 short epochs
+    python -m benchmarks.bench_fashion_mnist --batches-per-epoch 120 --workers 2 --shared-machine \
+        --tag fashion_mnist_T6
+    python -m benchmarks.bench_fashion_mnist --replot --tag fashion_mnist_T6   # summary, plot, tables
     python -m benchmarks.bench_fashion_mnist --device cuda --channels 128 --epochs 64 --threads 0
+
+Every test point reads each method's default prediction, the firing rate of its output (for SAF
+the mean of the recovered output, which the ``to_lif`` twin gives read as ``out_seq.mean(0)``), and
+SAF's Obar[T] (``weighted``) as a second readout; SAF models are deployed with ``to_lif`` and the
+differing predictions counted. Earlier results (``fashion_mnist_1epoch.json``, ``fashion_mnist.json``,
+C=8, T=4, SAF read from Obar[T]) came from this script before issue 18.
 
 The network is the CSNN of SpikingJelly's ``examples/conv_fashion_mnist.py``
 (conv3x3(1->C)-BN-neuron-pool, conv3x3(C->C)-BN-neuron-pool, flatten, linear(C*7*7 -> C*4*4)-neuron,
 linear(C*4*4 -> 10)-neuron, no biases) with average pooling in place of max pooling: max pooling of
 SAF's weighted averages is not the average of max-pooled spikes, so only average pooling keeps the
 SAF network equal to its LIF twin (``spikingjelly_saf.check_exactness``). Every method uses the
-same neuron (soft-reset LIF, tau=2, V_th=1, detach_reset: the OTTT setting), T steps of direct
+same neuron (soft-reset LIF, tau=2, V_th=1, detach_reset: the OTTT setting), T=6 steps of direct
 input, the example's loss (MSE between the output spikes' readout and the one-hot label), one
 optimizer and cosine schedule, the same data order and the same seeds. BatchNorm runs in train
 mode (batch statistics, the way the example trains) for every method.
@@ -29,27 +39,28 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import copy
-import math
+import functools
+import itertools
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from spikingjelly_saf.functional import decay_factor, recover_instantaneous_seq, weighted_average
+from spikingjelly_saf.functional import decay_factor
+from saf_examples import engine
 from saf_examples.measure import max_rss_bytes, warm_up_runtime
-from saf_examples.methods import get_method
-from spikingjelly_saf.training import run_sequence
-from spikingjelly_saf.training import step_mode_of
+from saf_examples.methods import get_method, saf_weighted_readout, weighted_average_readout
 
 from . import common
 
-METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "bptt+memopt")
+METHODS = ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "bptt+memopt", "sltt")
 #: The variant built on top of a method of :mod:`saf_examples.methods`.
 MEMOPT_SUFFIX = "+memopt"
 NUM_CLASSES = 10
@@ -89,8 +100,7 @@ def base_method_name(name: str) -> str:
     return name[:-len(MEMOPT_SUFFIX)] if name.endswith(MEMOPT_SUFFIX) else name
 
 
-def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg",
-               saf_f_surrogate: str = "representation"):
+def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg"):
     """``(model, method)`` for a benchmark method name (``'bptt+memopt'`` included).
 
     Layers are created in the same order for every method, so one seed gives every method the same
@@ -99,10 +109,8 @@ def build_csnn(name: str, channels: int = 16, tau: float = 2.0, pool: str = "avg
     :class:`CSNNBlock` units for :func:`apply_memopt`.
     """
     method = get_method(base_method_name(name))
-    # SAF-F's own surrogate is the representation-level one (Theorem 3); 'sigmoid' gives it the
-    # spike-level surrogate every other method uses, to tell the surrogate's effect apart.
-    kwargs = (method.neuron_kwargs(tau=tau) if saf_f_surrogate == "sigmoid"
-              else common.neuron_kwargs(method, tau))
+    # The OTTT setting's sigmoid surrogate for every method; saf-f-rep gets SpikeRepresentation.
+    kwargs = common.neuron_kwargs(method, tau)
     blocks = csnn_blocks(method.neuron_type, kwargs, channels, pool)
     if name.endswith(MEMOPT_SUFFIX):
         model = nn.Sequential(*[CSNNBlock(*block) for block in blocks])
@@ -174,63 +182,15 @@ def to_input_seq(images: torch.Tensor, steps: int, device: torch.device) -> torc
 
 
 # ----------------------------------------------------------------------------------------------
-# evaluation
+# one run (in a fresh process), through the examples' engine
 
 
-def readout_scores(spikes: torch.Tensor, decay: float) -> dict:
-    """Two readouts of output spikes ``[B, T, C]``: the firing rate (the example's) and the
-    lam^(T-t)-weighted average (SAF's Obar[T], finer-grained, so fewer ties at small T)."""
-    return {"rate": spikes.mean(1), "weighted": weighted_average(spikes, decay, dim=1)}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, method, x, y, steps: int, decay: float, device: torch.device,
-             batch: int = 256, saf_outputs: bool = False, batchnorm: str = "train") -> dict:
-    """Test accuracy of the method's own prediction and of both readouts, plus the predictions.
-
-    ``saf_outputs``: the model's outputs are SAF weighted averages, whose spikes are recovered first.
-    """
-    model.eval()
-    step_mode = step_mode_of(model)
-    correct = {"own": 0, "rate": 0, "weighted": 0}
-    predictions = []
-    for i in range(0, len(y), batch):
-        functional.reset_net(model)
-        target = y[i:i + batch].to(device)
-        y_seq = run_sequence(model, to_input_seq(x[i:i + batch], steps, device), step_mode)
-        spikes = (recover_instantaneous_seq(y_seq.transpose(0, 1), decay).transpose(0, 1)
-                  if saf_outputs else y_seq)
-        scores = readout_scores(spikes, decay)
-        scores["own"] = method.prediction_scores(y_seq) if method is not None else scores["weighted"]
-        for key, value in scores.items():
-            correct[key] += (value.argmax(1) == target).sum().item()
-        predictions.append(scores["own"].argmax(1).cpu())
-    functional.reset_net(model)
-    set_training(model, batchnorm)
-    result = {key: value / len(y) for key, value in correct.items()}
-    result["predictions"] = torch.cat(predictions)
-    return result
-
-
-def deployment(model: nn.Module, x, y, steps: int, decay: float, device: torch.device,
-               saf_predictions: torch.Tensor) -> dict:
-    """``to_lif(model)`` evaluated as an ordinary LIF network, predicting from the weighted average
-    of its output spikes (the same readout as SAF's Obar[T])."""
-    from spikingjelly_saf import to_lif
-
-    lif_model = to_lif(model, memoryless="keep")
-    functional.set_step_mode(lif_model, "s")
-    result = evaluate(lif_model, None, x, y, steps, decay, device)
-    return {"to_lif_accuracy": result["weighted"], "to_lif_accuracy_rate_readout": result["rate"],
-            "to_lif_prediction_mismatches": int((result["predictions"] != saf_predictions).sum())}
-
-
-# ----------------------------------------------------------------------------------------------
-# one run (in a fresh process)
-
-
-def _sync(device: torch.device) -> None:
-    common.synchronize(device)
+def image_batches(images: torch.Tensor, labels: torch.Tensor, batch: int,
+                  generator: Optional[torch.Generator] = None, drop_last: bool = False):
+    """:func:`saf_examples.engine.tensor_batches` of uint8 images as ``[B, 1, 28, 28]`` in [0, 1]
+    (the example's ``ToTensor`` scaling); the engine repeats each image over the T steps."""
+    for x, y in engine.tensor_batches(images, labels, batch, generator, drop_last):
+        yield x.unsqueeze(1).float().div_(255.0), y
 
 
 def make_optimizer(name: str, parameters, lr: float, momentum: float):
@@ -241,8 +201,15 @@ def make_optimizer(name: str, parameters, lr: float, momentum: float):
     raise ValueError(f"optimizer={name!r}: use 'sgd' or 'adam'.")
 
 
+def weighted_readout(method, decay: float):
+    """SAF's Obar[T] by name: the last weighted average of a SAF network, the same average of the
+    per-step outputs of any other (the second readout every run reports)."""
+    return saf_weighted_readout if method.uses_saf_readout else weighted_average_readout(decay)
+
+
 def train_run(name: str, seed: int, cfg: dict) -> dict:
-    """Train one method from one seed; test accuracy after every epoch, time, peak memory."""
+    """Train one method from one seed with :mod:`saf_examples.engine`: test accuracy after every
+    epoch (and ``evals - 1`` points inside it), time, peak memory, and the LIF deployment check."""
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
@@ -250,10 +217,11 @@ def train_run(name: str, seed: int, cfg: dict) -> dict:
     x_train, y_train, x_test, y_test = load_data(cfg["data_root"], cfg["train_subset"], cfg["test_subset"])
     curve_test = cfg.get("curve_test_subset") or len(y_test)
     torch.manual_seed(seed)
-    model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"],
-                               cfg.get("saf_f_surrogate", "representation"))
-    model = set_training(model.to(device), cfg.get("batchnorm", "train"))
-    saf = method.deploys_to_lif
+    model, method = build_csnn(name, cfg["channels"], cfg["tau"], cfg["pool"])
+    model.to(device)
+    batchnorm = cfg.get("batchnorm", "train")
+    train_mode = functools.partial(set_training, batchnorm=batchnorm)
+    train_mode(model)
     decay = decay_factor(cfg["tau"])
     generator = torch.Generator().manual_seed(seed)
     if name.endswith(MEMOPT_SUFFIX):
@@ -261,74 +229,93 @@ def train_run(name: str, seed: int, cfg: dict) -> dict:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             apply_memopt(model, example, cfg["memopt_level"])
     optimizer = make_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["momentum"])
-    batches_per_epoch = len(y_train) // batch  # drop_last, as in the example
-    total = max(1, round(cfg["epochs"] * batches_per_epoch))
+    full_epoch = len(y_train) // batch  # drop_last, as in the example
+    per_epoch = min(cfg.get("batches_per_epoch") or full_epoch, full_epoch)
+    epochs = cfg["epochs"]
+    total = epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    # Test points after every 1/evals of the training; the last one on the whole test set.
     evals = cfg.get("evals", 1)
-    eval_after = {max(1, round(total * (k + 1) / evals)) for k in range(evals)}
+    # Test points inside an epoch: after these many of its minibatches (the last is the epoch's end).
+    bounds = sorted({max(1, round(per_epoch * (k + 1) / evals)) for k in range(evals)})
+    test_batches = list(image_batches(x_test, y_test, 256))
+    curve_batches = list(image_batches(x_test[:curve_test], y_test[:curve_test], 256))
+    readouts = {"weighted": weighted_readout(method, decay)}
     warm_up_runtime(device)
     _sync(device)
     baseline_rss = max_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         baseline_cuda = torch.cuda.memory_allocated(device)
-    result = {"method": name, "seed": seed, "curve": [], "nonfinite_loss_batches": 0,
-              "minibatches": total, "batches_per_epoch": batches_per_epoch}
-    minibatch_seconds, losses, correct, seen, train_seconds = [], [], 0, 0, 0.0
-    order = None
-    segment_start = time.perf_counter()
-    for b in range(total):
-        if b % batches_per_epoch == 0:
-            order = torch.randperm(len(y_train), generator=generator)
-        idx = order[(b % batches_per_epoch) * batch:(b % batches_per_epoch + 1) * batch]
-        x_seq = to_input_seq(x_train[idx], steps, device)
-        target = y_train[idx].to(device)
-        functional.reset_net(model)
-        _sync(device)
-        start = time.perf_counter()
-        loss, y_seq = method.train_step(model, optimizer, x_seq, target, mse_one_hot)
-        _sync(device)
-        minibatch_seconds.append(time.perf_counter() - start)
+    result = {"method": name, "seed": seed, "curve": [], "minibatches": total,
+              "batches_per_epoch": per_epoch, "full_epoch_batches": full_epoch}
+    minibatch_seconds, objectives = [], []
+
+    def on_minibatch(batch_index, values):
+        # The cosine schedule steps every minibatch; the step's time is the engine's (train_step alone).
+        minibatch_seconds.append(values["seconds"])
+        objectives.append(values["objective"])
         scheduler.step()
-        loss = float(loss)
-        if not math.isfinite(loss):
-            result["nonfinite_loss_batches"] += 1
-        losses.append(loss)
-        correct += (method.prediction_scores(y_seq).argmax(1) == target).sum().item()
-        seen += len(idx)
-        if b + 1 not in eval_after:
-            continue
-        train_seconds += time.perf_counter() - segment_start
-        if "train_peak_bytes" not in result:
-            # Read before any evaluation, whose batches must not count as training memory.
-            if device.type == "cuda":
-                result["train_peak_bytes"] = torch.cuda.max_memory_allocated(device) - baseline_cuda
-            else:
-                result["train_peak_bytes"] = max_rss_bytes() - baseline_rss
-                result["baseline_rss_bytes"] = baseline_rss
-        last = b + 1 == total
-        count = len(y_test) if last else curve_test
-        test = evaluate(model, method, x_test[:count], y_test[:count], steps, decay, device,
-                        saf_outputs=saf, batchnorm=cfg.get("batchnorm", "train"))
-        predictions = test.pop("predictions")
-        result["curve"].append({"epoch": round((b + 1) / batches_per_epoch, 4), "minibatches": b + 1,
-                                "test_images": count, "test": test,
-                                "train_loss": statistics.mean(losses),
-                                "train_accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"]})
-        losses, correct, seen = [], 0, 0
-        segment_start = time.perf_counter()
+
+    train_seconds, done = 0.0, 0
+    saf_predictions = None
+    try:
+        for epoch in range(epochs):
+            # One shuffle of the whole training set per epoch; an epoch trains its first per_epoch
+            # minibatches (all of them unless --batches-per-epoch is given).
+            batches = image_batches(x_train, y_train, batch, generator, drop_last=True)
+            previous = 0
+            for bound in bounds:
+                trained = engine.train_one_epoch(
+                    model, method, optimizer, itertools.islice(batches, bound - previous), mse_one_hot,
+                    steps=steps, device=device, epoch=epoch, on_minibatch=on_minibatch,
+                    train_mode=train_mode)
+                train_seconds += trained.seconds
+                done += bound - previous
+                previous = bound
+                if "train_peak_bytes" not in result:
+                    # Read before any evaluation, whose batches must not count as training memory.
+                    if device.type == "cuda":
+                        result["train_peak_bytes"] = torch.cuda.max_memory_allocated(device) - baseline_cuda
+                    else:
+                        result["train_peak_bytes"] = max_rss_bytes() - baseline_rss
+                        result["baseline_rss_bytes"] = baseline_rss
+                end_of_epoch = bound == per_epoch
+                last = end_of_epoch and epoch == epochs - 1
+                test = engine.evaluate(model, method, test_batches if end_of_epoch else curve_batches,
+                                       mse_one_hot, steps=steps, device=device, check_health=False,
+                                       readouts=readouts,
+                                       keep_predictions=last and method.deploys_to_lif)
+                if last:
+                    saf_predictions = test.predictions
+                result["curve"].append({
+                    "epoch": round(epoch + bound / per_epoch, 4), "minibatches": done,
+                    "test_images": test.samples,
+                    "test": {"rate": test.accuracy, "weighted": test.readout_accuracy("weighted")},
+                    "train_loss": trained.loss_sum / trained.samples,
+                    "train_objective": statistics.mean(objectives),
+                    "train_accuracy": trained.correct / trained.samples,
+                    "lr": optimizer.param_groups[0]["lr"]})
+                objectives.clear()
+    except engine.NonFiniteLossError as error:
+        result["error"] = str(error)
+        return result
     result["train_seconds"] = train_seconds
-    result["epoch_seconds"] = train_seconds * batches_per_epoch / total
+    result["epoch_seconds"] = train_seconds * full_epoch / total  # a full 60000-image epoch
     result["minibatch_seconds_mean"] = statistics.mean(minibatch_seconds)
     result["minibatch_seconds_median"] = statistics.median(minibatch_seconds)
     final = result["curve"][-1]["test"]
-    result["accuracy"] = final["own"]
-    result["accuracy_rate_readout"] = final["rate"]
+    result["accuracy"] = final["rate"]
     result["accuracy_weighted_readout"] = final["weighted"]
-    if saf:
-        result.update(deployment(model, x_test, y_test, steps, decay, device, predictions))
+    if method.deploys_to_lif:
+        deployed = engine.check_deployment(model, method, test_batches, mse_one_hot, steps=steps,
+                                           device=device, saf_predictions=saf_predictions)
+        result["to_lif_accuracy"] = deployed.accuracy
+        result["to_lif_prediction_mismatches"] = deployed.mismatches
     return result
+
+
+def _sync(device: torch.device) -> None:
+    common.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,8 +336,7 @@ def summarize(runs: list, methods) -> dict:
         if not mine:
             continue
         row = {"seeds": [r["seed"] for r in mine]}
-        for key in ("accuracy", "accuracy_rate_readout", "accuracy_weighted_readout", "to_lif_accuracy",
-                    "to_lif_accuracy_rate_readout"):
+        for key in ("accuracy", "accuracy_weighted_readout", "to_lif_accuracy"):
             mean, std = _mean_std([r.get(key) for r in mine])
             if mean is not None:
                 row[key] = {"mean": mean, "std": std, "values": [r.get(key) for r in mine]}
@@ -367,16 +353,24 @@ def summarize(runs: list, methods) -> dict:
         points = min(len(r["curve"]) for r in mine)
         row["curve_epochs"] = [p["epoch"] for p in mine[0]["curve"][:points]]
         row["curve_test_images"] = [p["test_images"] for p in mine[0]["curve"][:points]]
-        row["curve_accuracy_mean"] = [statistics.mean(r["curve"][k]["test"]["own"] for r in mine)
+        row["curve_accuracy_mean"] = [statistics.mean(r["curve"][k]["test"]["rate"] for r in mine)
                                       for k in range(points)]
         row["curve_accuracy_std"] = [
-            statistics.stdev([r["curve"][k]["test"]["own"] for r in mine]) if len(mine) > 1 else 0.0
+            statistics.stdev([r["curve"][k]["test"]["rate"] for r in mine]) if len(mine) > 1 else 0.0
             for k in range(points)]
         summary[name] = row
     return summary
 
 
+#: The accuracy panels: each SAF method with its OTTT twin and BPTT, at most six lines per panel.
+PANELS = (("per-step updates: SAF-E vs OTTT_O", ("saf-e", "ottt-o", "sltt", "bptt")),
+          ("one update per minibatch: SAF-E-acc, SAF-F vs OTTT_A",
+           ("saf-e-acc", "saf-f", "saf-f-rep", "ottt-a", "bptt", "bptt+memopt")))
+
+
 def plot(results_dir: Path, tag: str, payload: dict) -> Path:
+    """Small multiples: one accuracy panel per group of :data:`PANELS` (a method keeps its colour
+    in every panel), then time and memory per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,37 +380,53 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     s = payload["settings"]
     # Times from the separate one-at-a-time timing run when there is one (see tables.py).
     timing = (common.read_json(results_dir, f"{tag}_timing") or {}).get("summary", {})
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = [(title, [m for m in names if m in summary]) for title, names in PANELS]
+    leftover = [m for m in summary if not any(m in names for _, names in PANELS)]
+    panels = [(title, names) for title, names in panels if names]
+    for start in range(0, len(leftover), 6):
+        panels.append(("other methods", leftover[start:start + 6]))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.5), squeeze=False)
+    axes = axes[0]
     colors = plt.get_cmap("tab10").colors
-    for index, (name, row) in enumerate(summary.items()):
-        mean = [100 * v for v in row["curve_accuracy_mean"]]
-        std = [100 * v for v in row["curve_accuracy_std"]]
-        epochs = row["curve_epochs"]
-        style = "-" if get_method(base_method_name(name)).deploys_to_lif else "--"
-        ax.errorbar(epochs, mean, yerr=std, marker="o", markersize=3, capsize=2, linestyle=style,
-                    label=f"{name} (n={len(row['seeds'])})", color=colors[index % len(colors)])
+    color = {name: colors[index % len(colors)] for index, name in enumerate(METHODS)}
+    color.update({name: colors[(len(METHODS) + i) % len(colors)]
+                  for i, name in enumerate(m for m in summary if m not in color)})
+    short = s.get("batches_per_epoch") not in (None, "all")
+    for ax, (title, names) in zip(axes, panels):
+        for name in names:
+            row = summary[name]
+            mean = [100 * v for v in row["curve_accuracy_mean"]]
+            std = [100 * v for v in row["curve_accuracy_std"]]
+            style = "-" if get_method(base_method_name(name)).deploys_to_lif else "--"
+            ax.errorbar(row["curve_epochs"], mean, yerr=std, marker="o", markersize=3, capsize=2,
+                        linestyle=style, label=f"{name} (n={len(row['seeds'])})", color=color[name])
+        ax.set_xlabel(f"epochs trained ({s['batches_per_epoch']} minibatches of {s['batch']} each)"
+                      if short else "epochs trained (60000 images each)")
+        ax.set_ylabel("test accuracy (%), firing-rate readout")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    ax2 = axes[-1]
+    for name, row in summary.items():
         seconds = timing.get(name, row)["epoch_seconds_min"]
-        ax2.scatter(seconds, row["train_peak_mib_mean"], color=colors[index % len(colors)])
+        ax2.scatter(seconds, row["train_peak_mib_mean"], color=color[name])
         ax2.annotate(name, (seconds, row["train_peak_mib_mean"]), fontsize=7,
                      xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("epochs trained (60000 images each)" if not s.get("train_subset") else "epochs trained")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(f"Fashion-MNIST, CSNN C={s['channels']} ({s['pool']} pool), T={s['T']}", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax2.set_xlabel("seconds per epoch (timing run, one run at a time)" if timing else
-                   "seconds per epoch (fastest seed; shared machine)" if s.get("machine_shared")
-                   else "seconds per epoch (fastest seed)")
+    ax2.set_xlabel("seconds per full epoch (timing run, one run at a time)" if timing else
+                   "seconds per full epoch (fastest seed; shared machine)" if s.get("machine_shared")
+                   else "seconds per full epoch (fastest seed)")
     ax2.set_ylabel("training peak memory (MiB)")
-    ax2.set_title("time and memory per method", fontsize=10)
+    ax2.set_title("time and memory per method", fontsize=9)
     ax2.grid(True, alpha=0.3)
     meta = payload["meta"]
-    curve_note = (f"; points before the last on the first {s['curve_test_subset']} test images"
-                  if s.get("curve_test_subset") else "")
+    curve_note = (f"; points inside an epoch on the first {s['curve_test_subset']} test images"
+                  if s.get("curve_test_subset") and s.get("evals_per_epoch", 1) > 1 else "")
+    fig.suptitle(f"Fashion-MNIST, CSNN C={s['channels']} ({s['pool']} pool), T={s['T']}, "
+                 f"tau={s['tau']}, mean ± std over seeds {s['seeds']}", fontsize=10)
     fig.text(0.01, 0.01, f"{meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores, "
              f"{'shared' if s.get('machine_shared') else 'dedicated'}), batch {s['batch']}, "
              f"{s['optimizer']}, {meta['date_utc']}{curve_note}", fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     path = results_dir / f"{tag}_accuracy.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -450,24 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
                         + ", ".join(METHODS))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
-    parser.add_argument("--epochs", type=float, default=1.0,
-                        help="epochs of training, fractions allowed (0.5: half an epoch's minibatches)")
-    parser.add_argument("--evals", type=int, default=4,
-                        help="test evaluations spread over the training (the accuracy curve's points)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of training")
+    parser.add_argument("--batches-per-epoch", type=int, default=0,
+                        help="train only the first N minibatches of each epoch's shuffle of the whole "
+                             "training set (0: all of them, a full epoch)")
+    parser.add_argument("--evals", type=int, default=1,
+                        help="test points per epoch (the last at the epoch's end, on the whole test set)")
     parser.add_argument("--curve-test-subset", type=int, default=2000,
-                        help="test images for the curve's points before the last (0: all); the "
-                             "final accuracy always uses the whole test split")
-    parser.add_argument("--channels", type=int, default=8, help="C of the CSNN (the example's default: 128)")
-    parser.add_argument("-T", "--steps", type=int, default=4, dest="T")
+                        help="test images for the points inside an epoch (0: all); the end of "
+                             "every epoch always uses the whole test split")
+    parser.add_argument("--channels", type=int, default=16, help="C of the CSNN (the example's default: 128)")
+    parser.add_argument("-T", "--steps", type=int, default=6, dest="T")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--momentum", type=float, default=0.9, help="for SGD")
     parser.add_argument("--tau", type=float, default=2.0)
     parser.add_argument("--pool", choices=("avg", "max"), default="avg")
-    parser.add_argument("--saf-f-surrogate", choices=("representation", "sigmoid"),
-                        default="representation",
-                        help="SAF-F's surrogate: its own SpikeRepresentation, or the sigmoid of the others")
     parser.add_argument("--batchnorm", choices=("train", "frozen"), default="train",
                         help="'train': batch statistics while training (the example's); 'frozen': "
                              "BatchNorm in eval mode throughout (a learned affine map, exact for SAF)")
@@ -510,6 +519,8 @@ def parse_args(argv=None):
         parser.error("--seeds: give at least one seed.")
     if args.epochs <= 0:
         parser.error(f"--epochs: must be > 0, got {args.epochs}.")
+    if args.batches_per_epoch < 0:
+        parser.error(f"--batches-per-epoch: must be >= 0, got {args.batches_per_epoch}.")
     if args.curve_test_subset < 0:
         parser.error(f"--curve-test-subset: must be >= 0, got {args.curve_test_subset}.")
     for flag in ("channels", "T", "batch", "workers", "evals"):
@@ -538,10 +549,17 @@ def parse_args(argv=None):
     return args
 
 
+def saf_backend_of(device: str) -> str:
+    """Which kernel ``SAFNode``'s default backend ('auto') runs on ``device``."""
+    from spikingjelly_saf import backends
+
+    chosen = backends.REGISTRY.select("auto", "m").choose(torch.device(device))
+    return f"SAFNode(backend='auto') runs '{chosen}' on {device}"
+
+
 def settings_of(args) -> dict:
-    saf_f_surrogate = ("SpikeRepresentation" if args.saf_f_surrogate == "representation"
-                       else "the same sigmoid")
     return {
+        "saf_backend": saf_backend_of(args.device),
         "data": "Fashion-MNIST idx files" + (f", first {args.train_subset} training images" if args.train_subset
                                              else ", all 60000 training images")
                 + (f", first {args.test_subset} test images" if args.test_subset else ", all 10000 test images"),
@@ -549,22 +567,31 @@ def settings_of(args) -> dict:
                     f"{args.pool}pool, conv3x3(C-C)-BN-N-{args.pool}pool, flatten, linear(C*49-C*16)-N, "
                     "linear(C*16-10)-N, no biases"),
         "channels": args.channels, "pool": args.pool, "T": args.T, "epochs": args.epochs,
-        "evals": args.evals, "curve_test_subset": args.curve_test_subset,
+        "batches_per_epoch": args.batches_per_epoch or "all",
+        "epoch": ("every epoch a fresh shuffle of the training images, all of its minibatches"
+                  if not args.batches_per_epoch else
+                  f"every epoch a fresh shuffle of the training images, its first "
+                  f"{args.batches_per_epoch} minibatches ({args.batches_per_epoch * args.batch} "
+                  "images): a short epoch"),
+        "evals_per_epoch": args.evals, "curve_test_subset": args.curve_test_subset,
         "batch": args.batch, "drop_last": True,
         "optimizer": (f"SGD(lr={args.lr}, momentum={args.momentum})" if args.optimizer == "sgd"
                       else f"Adam(lr={args.lr})") + ", cosine schedule stepped every minibatch to 0",
         "loss": "MSE(readout, one-hot): per step on the step's output spikes for SAF-E, SAF-E-acc, "
-                "OTTT_O, OTTT_A, SLTT (losses summed over t); on the firing rate for BPTT; on "
-                "Obar[T] for SAF-F",
-        "readout": "own: SAF Obar[T] (lam-weighted average of output spikes), others the firing rate; "
-                   "both readouts are also reported for every method",
+                "OTTT_O, OTTT_A, SLTT (averaged over t, as in OTTT); on the firing rate for BPTT; on "
+                "Obar[T] for SAF-F and SAF-F-rep",
+        "readout": "default for every method: the firing rate of the output spikes (SAF: the mean of "
+                   "the recovered output, spike counts rounded; LIF/OTTT: out_seq.mean over T); "
+                   "'weighted' (Obar[T], the lam^(T-t)-weighted average) is reported too",
+        "engine": "training, evaluation and the to_lif deployment check through "
+                  "examples/saf_examples/engine.py (train_one_epoch, evaluate, check_deployment)",
         "batchnorm": ("train mode (batch statistics) for every method during training, running "
                       "statistics at test time; single-step methods normalise each step's batch, "
                       "multi-step BPTT and SAF-E-acc the T x B batch" if args.batchnorm == "train" else
                       "frozen: eval mode throughout for every method (initial running statistics, "
                       "learned affine weight and bias)"),
         "neuron": f"soft-reset LIF tau={args.tau}, V_th=1, decay_input=False, detach_reset, sigmoid "
-                  f"surrogate alpha=4 (SAF-F: {saf_f_surrogate}); OTTTLIFNode for OTTT, SLTTLIFNode "
+                  f"surrogate alpha=4 (saf-f-rep: SpikeRepresentation); OTTTLIFNode for OTTT, SLTTLIFNode "
                   "for SLTT, LIFNode for BPTT",
         "memopt": f"bptt+memopt: memopt.optimize_memory(model, CSNNBlock, level={args.memopt_level}, "
                   "compress=True) on the four neuron-terminated blocks, probed with the first "
@@ -580,8 +607,8 @@ def settings_of(args) -> dict:
                    if args.device.startswith("cuda") else
                    "ru_maxrss after the first training epoch (before any evaluation) minus ru_maxrss "
                    "after loading the data and building model and optimizer, fresh process"),
-        "timing": "epoch_seconds: wall time of the epoch's training (data slicing included, "
-                  "evaluations excluded); minibatch_seconds: train_step alone",
+        "timing": "epoch_seconds: the engine's training time (evaluations excluded) scaled to a full "
+                  "epoch of all training minibatches; minibatch_seconds: train_step alone",
     }
 
 
@@ -592,7 +619,7 @@ def _run_line(result: dict) -> str:
     return (f"{100 * result['accuracy']:.2f}%{lif}, {result['epoch_seconds']:.1f} s/epoch, "
             f"{result['minibatch_seconds_median']:.3f} s/minibatch, "
             f"+{result['train_peak_bytes'] / 2 ** 20:.1f} MiB, curve "
-            + " ".join(f"{100 * p['test']['own']:.2f}" for p in result['curve']))
+            + " ".join(f"{100 * p['test']['rate']:.2f}" for p in result['curve']))
 
 
 def replot(results_dir: Path, tag: str) -> dict:
@@ -612,6 +639,8 @@ def _update_tables(results_dir: Path) -> None:
 
     (results_dir / "RESULTS.md").write_text(tables.results_markdown(results_dir))
     common.update_readme_table(tables.readme_markdown(results_dir))
+    common.update_region(tables.fashion_mnist_docs_markdown(results_dir), common.DOCS_PATH,
+                         tables.FASHION_DOCS_START, tables.FASHION_DOCS_END)
 
 
 def main(argv=None) -> int:
@@ -633,7 +662,7 @@ def main(argv=None) -> int:
            "data_root": args.data_root, "train_subset": args.train_subset,
            "test_subset": args.test_subset, "threads": args.threads,
            "evals": args.evals, "curve_test_subset": args.curve_test_subset,
-           "batchnorm": args.batchnorm, "saf_f_surrogate": args.saf_f_surrogate}
+           "batchnorm": args.batchnorm, "batches_per_epoch": args.batches_per_epoch}
     plan = [(name, seed) for seed in args.seeds for name in args.methods]
     start = time.perf_counter()
     # Also starts the fork server before any worker thread needs it.

@@ -278,7 +278,8 @@ def accuracy_rows(results_dir: Path) -> list[str]:
     if not accuracy:
         return []
     s = accuracy["settings"]
-    rows = [f"Digits (scikit-learn), T={s['T']}, {s['epochs']} epochs, {len(s['seeds'])} seeds:", "",
+    readout = " (every method read from its output's firing rate)" if "firing rate" in s.get("readout", "") else ""
+    rows = [f"Digits (scikit-learn), T={s['T']}, {s['epochs']} epochs, {len(s['seeds'])} seeds{readout}:", "",
             "| Method | test accuracy (mean ± std) | to_lif deployment |", "|---|---|---|"]
     for name, row in accuracy["methods"].items():
         lif = (f"{row['to_lif_mean'] * 100:.2f} ± {row['to_lif_std'] * 100:.2f} %"
@@ -294,6 +295,65 @@ def _pct(cell: Optional[dict]) -> str:
     return f"{cell['mean'] * 100:.2f} ± {cell['std'] * 100:.2f} %"
 
 
+#: The Fashion-MNIST run of the README and of docs/benchmarks.md's generated region.
+FASHION_MNIST_CURRENT = "fashion_mnist_T6"
+FASHION_DOCS_START = "<!-- FASHION-MNIST-TABLE:START -->"
+FASHION_DOCS_END = "<!-- FASHION-MNIST-TABLE:END -->"
+#: Each SAF method and the baselines it is held to (issue 18: its OTTT twin and BPTT).
+FASHION_TWINS = (("saf-e", ("ottt-o", "bptt")), ("saf-e-acc", ("ottt-a", "bptt")),
+                 ("saf-f", ("ottt-a", "bptt")), ("saf-f-rep", ("ottt-a", "bptt")))
+
+
+def _epoch_curve(row: dict) -> str:
+    return " / ".join(f"{100 * v:.2f}" for e, v in zip(row["curve_epochs"], row["curve_accuracy_mean"])
+                      if float(e).is_integer())
+
+
+def _fashion_mnist_rate_rows(payload: dict, timing: Optional[dict]) -> list[str]:
+    """The table of a run with the firing-rate readout as every method's prediction
+    (``bench_fashion_mnist`` since issue 18)."""
+    s, meta, summary = payload["settings"], payload["meta"], payload["summary"]
+    timed = (timing or {}).get("summary") or summary
+    seeds = sorted({seed for row in summary.values() for seed in row["seeds"]})
+    status = ("" if payload.get("complete") else
+              f" **Partial: {payload.get('finished_runs')} runs finished** (the runs were started "
+              "round-robin, every method for one seed before the next seed).")
+    short = s.get("batches_per_epoch") not in (None, "all")
+    epoch = (f"{s['epochs']} short epochs of {s['batches_per_epoch']} minibatches of {s['batch']} "
+             f"(each a fresh shuffle of all 60000 training images)" if short
+             else f"{s['epochs']} epochs of all 60000 training images")
+    lines = [f"Fashion-MNIST, {epoch}; all 10000 test images; CSNN C={s['channels']} with {s['pool']} "
+             f"pooling, T={s['T']}, tau={s['tau']}, {s['optimizer']}, seeds {seeds}; "
+             f"{meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores"
+             f"{', shared with other jobs' if s.get('machine_shared') else ''}), {meta['date_utc']}."
+             + (f" SAF neurons: {s['saf_backend']}." if s.get("saf_backend") else "") + status, "",
+             "| method | test accuracy (firing rate) | after each epoch | Obar[T] readout | "
+             "to_lif read as out_seq.mean(0): accuracy, predictions differing | s / full epoch | "
+             "training peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    for method, row in summary.items():
+        t = timed.get(method, row)
+        lif = (f"{_pct(row['to_lif_accuracy'])}, {sum(row['to_lif_prediction_mismatches'])} of "
+               f"{10000 * len(row['to_lif_prediction_mismatches'])}" if row.get("to_lif_accuracy") else "")
+        lines.append(f"| {method} | {_pct(row.get('accuracy'))} | {_epoch_curve(row)} | "
+                     f"{_pct(row.get('accuracy_weighted_readout'))} | {lif} | "
+                     f"{t['epoch_seconds_min']:.0f} | {row['train_peak_mib_mean']:.0f} MiB |")
+    lines += ["", "| SAF method | against | difference (points, mean) | larger seed std (points) | "
+              "within 1 point or the spread (or above) |", "|---|---|---|---|---|"]
+    for saf, others in FASHION_TWINS:
+        for other in others:
+            if saf not in summary or other not in summary:
+                continue
+            a, b = summary[saf]["accuracy"], summary[other]["accuracy"]
+            diff = 100 * (a["mean"] - b["mean"])
+            spread = 100 * max(a["std"], b["std"])
+            verdict = "yes" if abs(diff) <= max(1.0, spread) or diff > 0 else "no"
+            n = min(len(a["values"]), len(b["values"]))
+            lines.append(f"| {saf} | {other} | {diff:+.2f} | "
+                         f"{spread:.2f}{' (one seed)' if n < 2 else ''} | {verdict} |")
+    return lines
+
+
 def fashion_mnist_rows(results_dir: Path, name: str = "fashion_mnist",
                        timing_name: Optional[str] = None) -> list[str]:
     """Accuracy, deployment, time and memory per method on Fashion-MNIST (times from
@@ -301,6 +361,9 @@ def fashion_mnist_rows(results_dir: Path, name: str = "fashion_mnist",
     payload = read_json(results_dir, name)
     if not payload or not payload.get("summary"):
         return []
+    if "evals_per_epoch" in payload["settings"]:
+        return _fashion_mnist_rate_rows(payload, read_json(results_dir, timing_name or f"{name}_timing"))
+    # Runs before issue 18: each method's own readout (SAF: Obar[T]) and the rate readout.
     # Times from a separate timing run (one run at a time), when there is one: the accuracy run's
     # concurrent runs on a shared machine mostly time the other jobs.
     timing = read_json(results_dir, timing_name or f"{name}_timing")
@@ -393,10 +456,9 @@ def readme_markdown(results_dir: Path) -> str:
     memopt = memopt_rows(results_dir)
     if memopt:
         lines += [""] + memopt
-    for name in ("fashion_mnist_1epoch", "fashion_mnist"):
-        fashion = fashion_mnist_rows(results_dir, name, "fashion_mnist_timing")
-        if fashion:
-            lines += [""] + fashion
+    fashion = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
+    if fashion:
+        lines += [""] + fashion
     lines.append("")
     lines += accuracy_rows(results_dir)
     lines += ["", "Details, plots and the profile of missed targets: "
@@ -490,10 +552,14 @@ def results_markdown(results_dir: Path) -> str:
     memopt = memopt_rows(results_dir)
     if memopt:
         lines += ["", "## BPTT with memopt", ""] + memopt
+    fashion = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
+    if fashion:
+        lines += ["", f"## Fashion-MNIST ({FASHION_MNIST_CURRENT}.json)", ""] + fashion
     for name in ("fashion_mnist_1epoch", "fashion_mnist"):
         fashion = fashion_mnist_rows(results_dir, name, "fashion_mnist_timing")
         if fashion:
-            lines += ["", f"## Fashion-MNIST ({name}.json)", ""] + fashion
+            lines += ["", f"## Fashion-MNIST before issue 18 ({name}.json, SAF's own readout Obar[T])",
+                      ""] + fashion
     frozen = fashion_mnist_rows(results_dir, "fashion_mnist_bn_frozen")
     if frozen:
         lines += ["", "### Fashion-MNIST with BatchNorm frozen (eval mode) during training", ""] + frozen
@@ -523,3 +589,8 @@ def results_markdown(results_dir: Path) -> str:
                      + ", ".join(f"{d:.3f}" for d in c["relative_weight_distance_per_epoch"]))
     lines += ["", "Plots: `*.png` in this folder."]
     return "\n".join(lines) + "\n"
+
+
+def fashion_mnist_docs_markdown(results_dir: Path) -> str:
+    """The generated region of docs/benchmarks.md, section 5: the current run's table."""
+    return "\n".join(fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT))

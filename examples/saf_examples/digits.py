@@ -37,7 +37,8 @@ __all__ = [
 #: The methods the main job runs by default: SAF's three and the OTTT they are compared with.
 DEFAULT_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a")
 #: Every method of the README's digits table, in its order.
-TABLE_METHODS = ("saf-e", "saf-e-acc", "saf-f", "ottt-o", "ottt-a", "bptt", "sltt", "dsr", "ideal")
+TABLE_METHODS = ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "sltt", "dsr",
+                 "ideal")
 #: Test images per evaluation minibatch.
 EVALUATION_BATCH = 512
 

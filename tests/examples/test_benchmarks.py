@@ -225,26 +225,33 @@ def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
     results = tmp_path / "results"
     subprocess.run([sys.executable, "-m", "benchmarks.bench_fashion_mnist", "--data-root", str(data),
                     "--methods", "saf-e,ottt-o,bptt+memopt", "--seeds", "0", "--channels", "2",
-                    "--batch", "4", "--epochs", "1", "--evals", "2", "--curve-test-subset", "4",
-                    "--results-dir", str(results), "--tag", "fm", "--no-readme"],
-                   cwd=REPO, check=True, timeout=300, capture_output=True)
+                    "-T", "3", "--batch", "4", "--epochs", "2", "--evals", "2", "--curve-test-subset", "4",
+                    "--workers", "3", "--results-dir", str(results), "--tag", "fm", "--no-readme"],
+                   cwd=REPO, check=True, timeout=900, capture_output=True)
     payload = json.loads((results / "fm.json").read_text())
     assert payload["complete"] and set(payload["summary"]) == {"saf-e", "ottt-o", "bptt+memopt"}
     assert payload["exactness"]["avg"]["exact"]
+    assert "runs '" in payload["settings"]["saf_backend"]
     runs = {r["method"]: r for r in payload["runs"]}
     assert all("error" not in r for r in runs.values())
-    assert runs["saf-e"]["to_lif_prediction_mismatches"] == 0  # Theorem 1: deployment is exact
+    # Theorem 1 and one readout: the LIF twin read as out_seq.mean(0) predicts the same.
+    assert runs["saf-e"]["to_lif_prediction_mismatches"] == 0
     assert runs["saf-e"]["to_lif_accuracy"] == runs["saf-e"]["accuracy"]
     assert "to_lif_accuracy" not in runs["ottt-o"]
     curve = runs["bptt+memopt"]["curve"]
-    assert [p["minibatches"] for p in curve] == [2, 4] and [p["test_images"] for p in curve] == [4, 8]
+    # Two epochs of 4 minibatches, a test point in the middle of each (4 images) and at its end (all 8).
+    assert [p["minibatches"] for p in curve] == [2, 4, 6, 8]
+    assert [p["epoch"] for p in curve] == [0.5, 1.0, 1.5, 2.0]
+    assert [p["test_images"] for p in curve] == [4, 8, 4, 8]
+    assert set(curve[-1]["test"]) == {"rate", "weighted"}
     assert (results / "fm_accuracy.png").stat().st_size > 0
     from benchmarks import tables
 
     rows = tables.fashion_mnist_rows(results, "fm")
-    assert "Partial results" not in rows[0] and "the first 8 test images" not in rows[0]
+    assert "Partial" not in rows[0] and "2 epochs of all 60000" in rows[0]
     saf_row = next(r for r in rows if r.startswith("| saf-e |"))
-    assert saf_row.count("%") == 4  # own and rate readouts; to_lif deployment with both readouts
+    assert saf_row.count("%") == 3 and "0 of 10000" in saf_row  # rate, Obar[T], to_lif
+    assert any(r.startswith("| saf-e | ottt-o |") for r in rows)
 
 
 def test_memopt_table_from_a_tagged_subset(tmp_path):
@@ -262,3 +269,7 @@ def test_memopt_table_from_a_tagged_subset(tmp_path):
     assert any(r.startswith("| vggws | 2 |") and "cannot run" not in r for r in rows)
     with pytest.raises(ValueError, match="unknown variants"):
         bench_time_memory.run(tmp_path, quick=True, only_variants=["nope"], tag="x")
+
+
+def _region(text: str, start: str, end: str) -> str:
+    return text[text.index(start) + len(start):text.index(end)].strip()
