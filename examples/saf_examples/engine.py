@@ -26,8 +26,9 @@ from spikingjelly.activation_based import functional
 from spikingjelly_saf.conversion import to_lif
 from spikingjelly_saf.health import FiringHealth
 from spikingjelly_saf.recording import SpikeRecorder, spiking_layers
-from spikingjelly_saf.training import readout_decay, run_sequence
+from spikingjelly_saf.training import NonFiniteTrainingError, readout_decay, run_sequence
 from .data import to_sequence
+from .guard import NonFiniteStateError
 from .methods import Method
 
 __all__ = ["NonFiniteLossError", "ce_mse_loss", "FiringRateRecorder", "EpochResult", "Evaluation",
@@ -170,15 +171,27 @@ def train_one_epoch(model, method: Method, optimizer, batches: Iterable, f_loss,
             loss_fn = f_loss
         _synchronize(device)
         step_start = time.perf_counter()
-        with _autocast(device, amp):
-            objective, y_seq = method.train_step(model, optimizer, x_seq, label, loss_fn, grad_scaler)
+        stopped = None
+        try:
+            with _autocast(device, amp):
+                objective, y_seq = method.train_step(model, optimizer, x_seq, label, loss_fn,
+                                                     grad_scaler)
+            value = float(objective)
+        except NonFiniteTrainingError as error:
+            # The SAF methods stop before the optimizer step; the check below stops every process.
+            stopped, value, y_seq = error, math.nan, None
         functional.reset_net(model)
         _synchronize(device)
         step_seconds = time.perf_counter() - step_start
-        value = float(objective)
         # Under DDP every process stops together: one that kept going would wait forever for the
         # gradient all-reduce of a process that already stopped.
         if not all_finite(math.isfinite(value)):
+            if stopped is not None and stopped.what == "gradient":
+                raise NonFiniteStateError(f"the gradient of {stopped.parameter}", epoch, batch,
+                                          stopped.value)
+            if stopped is not None and stopped.what == "input":
+                raise NonFiniteStateError("the training input (a value in the data)", epoch, batch,
+                                          stopped.value)
             raise NonFiniteLossError(epoch, batch, value)
         with torch.no_grad():
             scores = reader(y_seq).float()
