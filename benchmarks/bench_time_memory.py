@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ SPIKING_METHODS = ["saf-e", "saf-e-acc", "saf-e-acc-loop", "saf-f", "ottt-o", "o
 IDEALS = ["ideal-e", "ideal-e-acc", "ideal-f"]
 #: Each SAF method's ideal: the ReLU network with the same schedule.
 IDEAL_OF = {"saf-e": "ideal-e", "saf-e-acc": "ideal-e-acc", "saf-e-acc-loop": "ideal-e",
-            "saf-f": "ideal-f"}
+            "saf-f": "ideal-f", "saf-e@torch": "ideal-e", "saf-f@torch": "ideal-f"}
 
 #: "Why SAF instead of memopt?": memopt against plain BPTT, and SAF against memopt.
 MEMOPT_RATIOS = [(common.MEMOPT_VARIANT, "bptt"), ("saf-e", common.MEMOPT_VARIANT),
@@ -224,7 +225,7 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
 
 def time_group(arch: str, variants: list[str], steps: int, batch: int, width_divisor: int,
                image: int, device: str, rounds: int, memopt_level: int = 1,
-               account: bool = True) -> dict:
+               account: bool = True, threads: int = 0) -> dict:
     """Runs in a fresh process: every variant built side by side, one warm-up minibatch each, then
     ``rounds`` rounds that time one minibatch of every variant in turn (the order reversed every
     other round: A B C, C B A, ...), so load from other processes hits all variants alike. Time:
@@ -232,6 +233,8 @@ def time_group(arch: str, variants: list[str], steps: int, batch: int, width_div
     import os
     import statistics
 
+    if threads:
+        torch.set_num_threads(threads)
     load_before = os.getloadavg()
     built = {}
     for variant in variants:
@@ -256,7 +259,7 @@ def time_group(arch: str, variants: list[str], steps: int, batch: int, width_div
             out[variant] = built[variant]
             continue
         out[variant] = {"time_s": statistics.median(times[variant]), "times_s": times[variant],
-                        "saf_backends": saf_backends_in(built[variant][1])}
+                        "paired_rounds": True, "saf_backends": saf_backends_in(built[variant][1])}
     load_after = os.getloadavg()
     dev = torch.device(device)
     if dev.type == "cuda":  # max_memory_allocated of one more minibatch per variant
@@ -275,7 +278,8 @@ def time_group(arch: str, variants: list[str], steps: int, batch: int, width_div
             report = account_minibatch(*built[variant])
             out[variant]["exact"] = report
             out[variant].setdefault("train_peak_bytes", report["train_peak_bytes"])
-    return {"cells": out, "loadavg_before": load_before, "loadavg_after_timing": load_after}
+    return {"cells": out, "loadavg_before": load_before, "loadavg_after_timing": load_after,
+            "torch_threads": torch.get_num_threads()}
 
 
 def variants_for(device: str) -> tuple[list[str], dict]:
@@ -305,16 +309,27 @@ def variants_for(device: str) -> tuple[list[str], dict]:
 
 
 def summarize(models: dict) -> dict:
-    """Ratios against the targets, per model, at T=6 and over all T."""
+    """Ratios against the targets, per model and T. Time ratios of variants timed in the same
+    rounds: the median over the rounds of each round's ratio; otherwise the ratio of the times."""
+    import statistics
+
     summary = {}
     for arch, rows in models.items():
         def value(variant, steps, key):
             cell = rows.get(variant, {}).get(str(steps))
-            return None if cell is None or "error" in cell else cell[key]
+            return None if cell is None or "error" in cell else cell.get(key)
 
         def ratio(a, b, steps, key="time_s"):
             va, vb = value(a, steps, key), value(b, steps, key)
-            return None if va is None or vb is None or vb <= 0 else va / vb
+            if va is None or vb is None or vb <= 0:
+                return None
+            if key == "time_s":
+                # Both timed in the same rounds of one process: the median of the per-round ratios,
+                # which a change of the machine's load between rounds cannot tilt.
+                ta, tb = rows[a][str(steps)].get("times_s"), rows[b][str(steps)].get("times_s")
+                if ta and tb and len(ta) == len(tb) and rows[a][str(steps)].get("paired_rounds"):
+                    return statistics.median(x / y for x, y in zip(ta, tb))
+            return va / vb
 
         measured_steps = sorted({int(s) for cells in rows.values() for s in cells})
         entry = {"per_T": {}}
@@ -352,22 +367,23 @@ CUDA_TIME_VARIANTS = None
 
 
 def run(results_dir: Path, quick: bool = False, device: str = "cpu",
-        archs: tuple[str, ...] = ("vggws", "resnet18"), steps_list=None, log=print,
+        archs: Optional[tuple[str, ...]] = None, steps_list=None, log=print,
         only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None, repeats=None,
-        config=None, account: bool = True) -> dict:
+        config=None, account: bool = True, threads: int = 0) -> dict:
     """Time (and exact live-tensor memory) of every variant; writes ``time_memory[_<tag>][_cuda].json``.
 
     One fresh process per (model, T) holds every variant side by side and times them interleaved
     (:func:`time_group`), so every ratio comes from one run and one process. A subset goes to its
-    own file (give ``tag``). ``config`` overrides the per-model settings (``{arch: {batch,
-    width_divisor, image, T}}``; keys may name a model twice as ``'vggws/full'``).
+    own file (give ``tag``). ``archs``: configuration keys (default: all, e.g. ``vggws``,
+    ``resnet18`` and ``vggws/full``). ``config`` overrides the per-model settings (``{key: {batch,
+    width_divisor, image, T[, variants]}}``; a key names its model before any ``/``).
     """
     import os
 
     cuda = device.startswith("cuda")
     base = CUDA_CONFIG if cuda else CPU_CONFIG
-    if config is None:
-        config = {k: dict(v) for k, v in base.items() if k.split("/")[0] in archs}
+    if config is None:  # every model of the configuration, or exactly the keys named in ``archs``
+        config = {k: dict(v) for k, v in base.items() if archs is None or k in archs}
     else:
         config = {k: dict(v) for k, v in config.items()}
     if quick:
@@ -386,53 +402,86 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         if quick:
             variants = ["saf-e", "ideal-e", "ottt-o", "saf-f", "ideal-f", "ottt-a", "bptt"]
     rounds = rounds or repeats or (2 if quick else 5)
-    models, loads = {}, {}
+    models, loads, thread_counts = {}, {}, {}
     start = time.perf_counter()
-    for key, cfg in config.items():
+    name = "time_memory" + (f"_{tag}" if tag else "") + ("_cuda" if cuda else "")
+
+    def write(done: bool) -> dict:
+        payload = {
+            "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
+                         wall_seconds=round(time.perf_counter() - start, 1)),
+            "settings": {"config": config, "rounds": rounds,
+                         "timing": (f"one fresh process per (model, T) with every variant built; one "
+                                    f"warm-up minibatch each, then {rounds} rounds timing one minibatch of "
+                                    "every variant in turn, the order reversed every other round; "
+                                    "time_s = median over the rounds; a time ratio = the median over "
+                                    "the rounds of the per-round ratio"),
+                         "loadavg": "os.getloadavg() (1, 5, 15 min) before and after each group's timing",
+                         "torch_threads": threads or "torch's default",
+                         "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
+                         "input": "direct encoding: one random image repeated over T",
+                         "neuron": "tau=2, V_th=1, soft reset, detach_reset (OTTT setting); "
+                                   "SAF-F with SpikeRepresentation; DSR = DSRIFNode(T) defaults",
+                         "saf_backend": "SAFNode's default ('auto'; saf_backends in each cell says what "
+                                        "ran); <variant>@torch forces the unfused torch path",
+                         "memory": ("exact live tensor bytes (benchmarks/memory_account.py), one extra "
+                                    "minibatch per variant after the timing: peak minus parameters, "
+                                    "buffers and input" if account else "not measured in this run")
+                                   + ("; on CUDA also torch.cuda.max_memory_allocated" if cuda else ""),
+                         "skipped_backends": skipped,
+                         "memopt": f"{common.MEMOPT_VARIANT}: memopt.optimize_memory(level={memopt_level}, "
+                                   "compress=True) on ResNet-18's BasicBlocks / the VGG's "
+                                   "neuron-terminated blocks, probed with the measured input",
+                         "variants": variants},
+            "loadavg": loads,
+            "torch_threads_per_group": thread_counts,
+            "models": models,
+            "summary": summarize(models),
+        }
+        payload["complete"] = done
+        common.write_json(results_dir, name, payload)
+        return payload
+
+    # T=6 of every model first (the OTTT ratios), then the other T in increasing order across the
+    # models; the JSON is written after each group.
+    groups = sorted(((key, steps) for key, cfg in config.items() for steps in cfg["T"]),
+                    key=lambda g: (g[1] != 6, g[1]))
+    for key, steps in groups:
+        cfg = config[key]
         arch = key.split("/")[0]
         rows = models.setdefault(key, {})
-        chosen = [v for v in variants if v in cfg["variants"]] if cfg.get("variants") else variants
-        for steps in cfg["T"]:
-            group = common.run_in_fresh_process(
-                time_group, arch, chosen, steps, cfg["batch"], cfg["width_divisor"], cfg["image"],
-                device, rounds, memopt_level, account, timeout=1800.0)
-            if "error" in group:
-                group = {"cells": {v: group for v in chosen}}
-            loads[f"{key} T={steps}"] = [group.get("loadavg_before"), group.get("loadavg_after_timing")]
-            for variant, cell in group["cells"].items():
-                rows.setdefault(variant, {})[str(steps)] = cell
-            log(f"  time {key} T={steps} (load {group.get('loadavg_before')}): " + ", ".join(
-                f"{v} {c['time_s']:.3f} s" if "error" not in c else f"{v} error"
-                for v, c in group["cells"].items()))
-    payload = {
-        "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
-                     wall_seconds=round(time.perf_counter() - start, 1)),
-        "settings": {"config": config, "rounds": rounds,
-                     "timing": (f"one fresh process per (model, T) with every variant built; one "
-                                f"warm-up minibatch each, then {rounds} rounds timing one minibatch of "
-                                "every variant in turn, the order reversed every other round; "
-                                "time_s = median over the rounds; ratios of medians"),
-                     "loadavg": "os.getloadavg() (1, 5, 15 min) before and after each group's timing",
-                     "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
-                     "input": "direct encoding: one random image repeated over T",
-                     "neuron": "tau=2, V_th=1, soft reset, detach_reset (OTTT setting); "
-                               "SAF-F with SpikeRepresentation; DSR = DSRIFNode(T) defaults",
-                     "saf_backend": "SAFNode's default ('auto'; saf_backends in each cell says what "
-                                    "ran); <variant>@torch forces the unfused torch path",
-                     "memory": ("exact live tensor bytes (benchmarks/memory_account.py), one extra "
-                                "minibatch per variant after the timing: peak minus parameters, "
-                                "buffers and input" if account else "not measured in this run")
-                               + ("; on CUDA also torch.cuda.max_memory_allocated" if cuda else ""),
-                     "skipped_backends": skipped,
-                     "memopt": f"{common.MEMOPT_VARIANT}: memopt.optimize_memory(level={memopt_level}, "
-                               "compress=True) on ResNet-18's BasicBlocks / the VGG's "
-                               "neuron-terminated blocks, probed with the measured input",
-                     "variants": variants},
-        "loadavg": loads,
-        "models": models,
-        "summary": summarize(models),
-    }
-    name = "time_memory" + (f"_{tag}" if tag else "") + ("_cuda" if cuda else "")
+        # A model's own variant list applies unless the variants were named explicitly.
+        chosen = ([v for v in variants if v in cfg["variants"]] if cfg.get("variants") and not only_variants
+                  else variants)
+        group = common.run_in_fresh_process(
+            time_group, arch, chosen, steps, cfg["batch"], cfg["width_divisor"], cfg["image"],
+            device, rounds, memopt_level, account, threads, timeout=1800.0)
+        if "error" in group:
+            group = {"cells": {v: group for v in chosen}}
+        thread_counts[f"{key} T={steps}"] = group.get("torch_threads")
+        loads[f"{key} T={steps}"] = [group.get("loadavg_before"), group.get("loadavg_after_timing")]
+        for variant, cell in group["cells"].items():
+            rows.setdefault(variant, {})[str(steps)] = cell
+        log(f"  time {key} T={steps} (load {group.get('loadavg_before')}): " + ", ".join(
+            f"{v} {c['time_s']:.3f} s" if "error" not in c else f"{v} error"
+            for v, c in group["cells"].items()))
+        write(False)
+    payload = write(True)
+    plot(results_dir, payload, name)
+    return payload
+
+
+def resummarize(results_dir: Path, name: str = "time_memory") -> dict:
+    """Recompute the summary (and the plots) of a committed time run from its raw times."""
+    payload = common.read_json(results_dir, name)
+    for rows in payload["models"].values():
+        for cells in rows.values():
+            for cell in cells.values():
+                if "times_s" in cell and "error" not in cell:
+                    cell.setdefault("paired_rounds", True)
+    payload["summary"] = summarize(payload["models"])
+    payload["settings"]["ratios"] = ("time: median over the rounds of the per-round ratio of two "
+                                     "variants timed in the same rounds (adjacent in each round)")
     common.write_json(results_dir, name, payload)
     plot(results_dir, payload, name)
     return payload
@@ -442,15 +491,13 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
 MEMORY_VARIANTS = ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT, "sltt",
                    "saf-e-acc", "ideal-e", "ideal-f"]
 CPU_MEMORY_GRID = [
-    ("vggws/4 B16", "vggws", 4, 16, [1, 4], MEMORY_VARIANTS),
-    ("vggws/4 B16", "vggws", 4, 16, [32], ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt",
-                                           common.MEMOPT_VARIANT, "ideal-e"]),
-    ("vggws/1 B8", "vggws", 1, 8, [2], ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt",
-                                        common.MEMOPT_VARIANT, "ideal-e", "ideal-f"]),
-    ("vggws/1 B48", "vggws", 1, 48, [2], ["saf-e", "saf-f", "ottt-o", "ottt-a"]),
+    ("vggws/4 B16", "vggws", 4, 16, [4], MEMORY_VARIANTS),
+    ("vggws/4 B16", "vggws", 4, 16, [16], ["saf-e", "ottt-o", "bptt", common.MEMOPT_VARIANT]),
+    ("vggws/1 B8", "vggws", 1, 8, [2], ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", "ideal-e"]),
+    ("vggws/1 B48", "vggws", 1, 48, [2], ["saf-e", "ottt-o"]),
 ]
-#: The resident-set determinism check: these variants of the first grid entry, at its second T.
-DETERMINISM_VARIANTS = ["saf-e", "saf-f", "ottt-o", "bptt"]
+#: The resident-set determinism check: these variants of the first grid entry, at its first T.
+DETERMINISM_VARIANTS = ["saf-e", "ottt-o", "bptt"]
 CUDA_MEMORY_GRID = [
     ("vggws/1 B128", "vggws", 1, 128, STEPS, MEMORY_VARIANTS),
 ]
@@ -475,6 +522,52 @@ def run_memory(results_dir: Path, device: str = "cpu", grid=None, log=print, tag
         grid = [("vggws/16 B2", "vggws", 16, 2, [1, 2], ["saf-e", "saf-f", "ottt-o", "bptt", "ideal-e"])]
     start = time.perf_counter()
     cells = {}
+    name = "time_memory_account" + (f"_{tag}" if tag else "") + ("_cuda" if device.startswith("cuda") else "")
+    check_label, check_arch, check_width, check_batch, check_t, check_v = grid[0]
+    check_steps = check_t[0]
+    check_variants = [v for v in DETERMINISM_VARIANTS if v in check_v]
+
+    def write(done: bool) -> dict:
+        payload = {
+            "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
+                         wall_seconds=round(time.perf_counter() - start, 1)),
+            "settings": {
+                "grid": [{"label": g[0], "arch": g[1], "width_divisor": g[2], "batch": g[3], "T": g[4],
+                          "variants": g[5]} for g in grid],
+                "image": 32 if not quick else 16,
+                "resident_set": "ru_maxrss after one warm-up and one measured minibatch minus ru_maxrss "
+                                "after building model, optimizer and input, in a fresh process forked from "
+                                "a fork server started with " + " ".join(
+                                    f"{k}={v}" for k, v in memory_account.MALLOC_ENVIRONMENT.items()),
+                "exact": "live tensor bytes between operators (benchmarks/memory_account.py), one more "
+                         "minibatch; train_peak_bytes = peak minus parameters, buffers and input; the "
+                         "account at the peak itemises every live storage",
+                "determinism": f"{check_label} T={check_steps}, {', '.join(check_variants)}: the resident set "
+                               f"measured {repeat_cells} more times in new processes "
+                               "(rss_train_peak_bytes_repeats)",
+                "optimizer": "SGD(lr=1e-3, momentum=0.9)", "neuron": "tau=2, V_th=1, soft reset",
+                "saf_backend": "SAFNode's default ('auto')"},
+            "models": cells,
+        }
+        payload["complete"] = done
+        common.write_json(results_dir, name, payload)
+        return payload
+
+    def check_determinism() -> None:
+        """The resident set of a few cells again, each in a new process."""
+        for _ in range(repeat_cells):
+            for variant in check_variants:
+                result = common.run_in_fresh_process(measure, check_arch, variant, check_steps,
+                                                     check_batch, check_width, 32 if not quick else 16,
+                                                     device, 1, 1, False, timeout=1800.0)
+                cell = cells[check_label][variant][str(check_steps)]
+                if "error" not in result and "error" not in cell:
+                    cell.setdefault("rss_train_peak_bytes_repeats", []).append(result["rss_train_peak_bytes"])
+                write(False)
+                log(f"  determinism {check_label} {variant} T={check_steps}: rss "
+                    f"+{result.get('rss_train_peak_bytes', 0) / 2**20:.2f} MiB")
+
+    determinism_done = False
     for label, arch, width, batch, steps_list, variants in grid:
         rows = cells.setdefault(label, {})
         for steps in steps_list:
@@ -484,48 +577,17 @@ def run_memory(results_dir: Path, device: str = "cpu", grid=None, log=print, tag
                 rows.setdefault(variant, {})[str(steps)] = result
                 if "error" in result:
                     log(f"  memory {label} {variant} T={steps}: {result['error']}")
+                    write(False)
                     continue
                 exact = result["exact"]
                 log(f"  memory {label} {variant} T={steps}: rss +{result['rss_train_peak_bytes'] / 2**20:.1f} "
                     f"MiB, exact +{exact['train_peak_bytes'] / 2**20:.1f} MiB "
                     f"(peak {exact['peak_bytes'] / 2**20:.1f})")
-    # Determinism of the resident-set measure: the same cells again, each in a new process.
-    label, arch, width, batch, steps_list, variants = grid[0]
-    check_steps = steps_list[1] if len(steps_list) > 1 else steps_list[0]
-    check_variants = [v for v in DETERMINISM_VARIANTS if v in variants]
-    for _ in range(repeat_cells):
-        for variant in check_variants:
-            result = common.run_in_fresh_process(measure, arch, variant, check_steps, batch, width,
-                                                 32 if not quick else 16, device, 1, 1, False,
-                                                 timeout=1800.0)
-            cell = cells[label][variant][str(check_steps)]
-            if "error" not in result and "error" not in cell:
-                cell.setdefault("rss_train_peak_bytes_repeats", []).append(result["rss_train_peak_bytes"])
-            log(f"  determinism {label} {variant} T={check_steps}: rss "
-                f"+{result.get('rss_train_peak_bytes', 0) / 2**20:.2f} MiB")
-    payload = {
-        "meta": dict(common.metadata(device), loadavg_at_end=os.getloadavg(),
-                     wall_seconds=round(time.perf_counter() - start, 1)),
-        "settings": {
-            "grid": [{"label": g[0], "arch": g[1], "width_divisor": g[2], "batch": g[3], "T": g[4],
-                      "variants": g[5]} for g in grid],
-            "image": 32 if not quick else 16,
-            "resident_set": "ru_maxrss after one warm-up and one measured minibatch minus ru_maxrss "
-                            "after building model, optimizer and input, in a fresh process forked from "
-                            "a fork server started with " + " ".join(
-                                f"{k}={v}" for k, v in memory_account.MALLOC_ENVIRONMENT.items()),
-            "exact": "live tensor bytes between operators (benchmarks/memory_account.py), one more "
-                     "minibatch; train_peak_bytes = peak minus parameters, buffers and input; the "
-                     "account at the peak itemises every live storage",
-            "determinism": f"{label} T={check_steps}, {', '.join(check_variants)}: the resident set "
-                           f"measured {repeat_cells} more times in new processes "
-                           "(rss_train_peak_bytes_repeats)",
-            "optimizer": "SGD(lr=1e-3, momentum=0.9)", "neuron": "tau=2, V_th=1, soft reset",
-            "saf_backend": "SAFNode's default ('auto')"},
-        "models": cells,
-    }
-    name = "time_memory_account" + (f"_{tag}" if tag else "") + ("_cuda" if device.startswith("cuda") else "")
-    common.write_json(results_dir, name, payload)
+                write(False)
+        if label == check_label and not determinism_done:
+            check_determinism()
+            determinism_done = True
+    payload = write(True)
     plot_memory(results_dir, payload, name)
     return payload
 
@@ -540,25 +602,27 @@ def plot_memory(results_dir: Path, payload: dict, name: str) -> None:
                             for s, c in rows.get(variant, {}).items() if "exact" in c)
             if len(points) >= 1:
                 series[variant] = ([p[0] for p in points], [p[1] for p in points])
-        if not series:
-            continue
+        if not any(len(xs) > 1 for xs, _ in series.values()):
+            continue  # one T: a table, not a plot
         meta = payload["meta"]
         note = (f"{meta['device']} ({meta['cpu_model']}), torch {meta['torch']}, spikingjelly "
                 f"{meta['spikingjelly']}, {meta['date_utc']}; exact live tensor bytes")
         safe = label.replace("/", "w").replace(" ", "_")
         common.plot_lines(results_dir / f"{name}_{safe}.png", series, "T (time steps)",
-                          "training peak, live tensors (MiB)", f"{label}: training peak memory vs T",
+                          "training peak, live tensors (MiB)",
+                          f"{label}: training peak vs T (equal values overlap: SAF-E, SAF-F, OTTT_O)",
                           logx=True, note=note, ymin=0)
 
 
-#: The lines of each plot panel (at most six): SAF-E's family, then SAF-F's and BPTT's.
-PLOT_PANELS = {"time_e": ["saf-e", "ideal-e", "ottt-o", "saf-e@torch", "saf-e-acc", "ideal-e-acc"],
-               "time_f": ["saf-f", "ideal-f", "ottt-a", "saf-f@torch", "bptt", common.MEMOPT_VARIANT],
+#: The lines of each plot panel (at most six). Time is plotted as ratios (the median of the per-round
+#: ratios, which a change of load between rounds cannot tilt; absolute times are in the JSON).
+PLOT_PANELS = {"time_ratios": ["saf-e/ideal-e time", "saf-e-acc/ideal-e-acc time", "saf-f/ideal-f time",
+                               "saf-e@torch/ideal-e time", "saf-e/ottt-o time", "saf-f/ottt-a time"],
                "memory": ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT]}
 
 
 def plot(results_dir: Path, payload: dict, name: str) -> None:
-    """Per model: two time panels and, when measured, one memory panel (axis from zero)."""
+    """Per model: the time ratios and, when measured, the training peak (axis from zero)."""
     for key, rows in payload["models"].items():
         cfg = payload["settings"]["config"][key]
         if len(cfg["T"]) < 2:
@@ -567,24 +631,26 @@ def plot(results_dir: Path, payload: dict, name: str) -> None:
         note = (f"{meta['device']} ({meta['cpu_model']}), torch {meta['torch']}, spikingjelly "
                 f"{meta['spikingjelly']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, "
                 f"width/{cfg['width_divisor']}, {meta['date_utc']}")
-        for panel, variants in PLOT_PANELS.items():
-            field = "time_s" if panel.startswith("time") else "train_peak_bytes"
-            scale = 1 if field == "time_s" else 2 ** -20
+        per_t = payload["summary"][key]["per_T"]
+        for panel, lines in PLOT_PANELS.items():
             series = {}
-            for variant in variants:
-                points = sorted((int(s), c[field] * scale) for s, c in rows.get(variant, {}).items()
-                                if "error" not in c and c.get(field) is not None)
+            for line in lines:
+                if panel == "memory":
+                    points = sorted((int(s), c["train_peak_bytes"] * 2 ** -20)
+                                    for s, c in rows.get(line, {}).items()
+                                    if "error" not in c and c.get("train_peak_bytes") is not None)
+                else:
+                    points = sorted((int(s), r[line]) for s, r in per_t.items() if r.get(line) is not None)
                 if points:
-                    series[variant] = ([p[0] for p in points], [p[1] for p in points])
+                    series[line] = ([p[0] for p in points], [p[1] for p in points])
             if not series:
                 continue
-            ylabel = "seconds per minibatch (median)" if field == "time_s" else \
-                "training peak, live tensors (MiB)"
+            ylabel = ("time ratio (median of per-round ratios)" if panel != "memory" else
+                      "training peak, live tensors (MiB)")
             safe = key.replace("/", "_")
             common.plot_lines(results_dir / f"{name}_{safe}_{panel}.png", series, "T (time steps)",
-                              ylabel, f"{key}: {'time' if field == 'time_s' else 'memory'} vs T",
-                              logx=True, logy=field == "time_s", note=note,
-                              ymin=None if field == "time_s" else 0)
+                              ylabel, f"{key}: {'time ratios' if panel != 'memory' else 'memory'} vs T",
+                              logx=True, note=note, ymin=0)
 
 
 def profile(results_dir: Path, arch: str, variants: list[str], steps: int, device: str = "cpu",
@@ -634,7 +700,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--archs", default="vggws,resnet18")
+    parser.add_argument("--archs", default=None,
+                        help="comma-separated configuration keys (default: all; on CPU vggws, resnet18, "
+                             "vggws/full)")
     parser.add_argument("--steps", default=None, help="comma-separated T values")
     parser.add_argument("--variants", default=None,
                         help="comma-separated subset of variants (written to time_memory_<tag>.json)")
@@ -647,6 +715,9 @@ def main(argv=None):
     parser.add_argument("--memory", action="store_true",
                         help="the memory suite instead: resident set with fixed malloc thresholds and "
                              "exact live tensor bytes per cell (time_memory_account[_<tag>].json)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in each timing process (0: torch's default); 1 is the "
+                             "fastest on a machine shared with other jobs")
     parser.add_argument("--no-account", action="store_true",
                         help="time suite: skip the exact live-tensor memory pass after the timing")
     parser.add_argument("--profile", default=None,
@@ -672,13 +743,14 @@ def main(argv=None):
         run_memory(args.results_dir, args.device, tag=args.tag or "", quick=args.quick)
         return
     if args.profile:
-        for arch in args.archs.split(","):
+        for arch in (args.archs or "vggws").split(","):
             print(profile(args.results_dir, arch, args.profile.split(","), (steps or [6])[0],
                           args.device))
         return
-    run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")), steps,
+    run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")) if args.archs else None,
+        steps,
         only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,
-        repeats=args.repeats, account=not args.no_account)
+        repeats=args.repeats, account=not args.no_account, threads=args.threads)
 
 
 if __name__ == "__main__":
