@@ -480,6 +480,8 @@ def resummarize(results_dir: Path, name: str = "time_memory") -> dict:
                 if "times_s" in cell and "error" not in cell:
                     cell.setdefault("paired_rounds", True)
     payload["summary"] = summarize(payload["models"])
+    payload["settings"]["timing"] = payload["settings"]["timing"].replace(
+        "; ratios of medians", "; a time ratio = the median over the rounds of the per-round ratio")
     payload["settings"]["ratios"] = ("time: median over the rounds of the per-round ratio of two "
                                      "variants timed in the same rounds (adjacent in each round)")
     common.write_json(results_dir, name, payload)

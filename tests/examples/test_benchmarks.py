@@ -89,9 +89,14 @@ def test_quick_suite_writes_results_and_the_readme_table(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n{common.TABLE_START}\nold\n{common.TABLE_END}\n")
     results = tmp_path / "results"
+    docs = tmp_path / "benchmarks.md"
+    from benchmarks import tables
+
+    docs.write_text(f"a\n{tables.DOCS_START}\nold\n{tables.DOCS_END}\nb\n")
     subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--results-dir", str(results),
-                    "--readme", str(readme)], cwd=REPO, check=True, timeout=600,
+                    "--readme", str(readme), "--docs", str(docs)], cwd=REPO, check=True, timeout=600,
                    capture_output=True)
+    assert "old" not in docs.read_text() and "seconds per minibatch" in docs.read_text().lower()
     for name in ("ops", "time_memory", "accuracy", "reviewers"):
         assert (results / f"{name}.json").exists(), name
     ops = json.loads((results / "ops.json").read_text())
@@ -99,7 +104,8 @@ def test_quick_suite_writes_results_and_the_readme_table(tmp_path):
     assert 0.5 <= ops["models"]["vggws"]["ratios"]["saf_over_ottt_synaptic_flops"] < 0.52
     timing = json.loads((results / "time_memory.json").read_text())
     assert set(timing["models"]["vggws"]) >= {"saf-e", "saf-f", "ottt-o", "bptt", "ideal-e"}
-    assert (results / "time_memory_vggws_time.png").stat().st_size > 0
+    assert (results / "time_memory_vggws_time_ratios.png").stat().st_size > 0
+    assert all("exact" in cell for cell in timing["models"]["vggws"]["saf-e"].values())
     text = readme.read_text()
     assert "old" not in text and "| Claim |" in text
 
@@ -271,5 +277,91 @@ def test_memopt_table_from_a_tagged_subset(tmp_path):
         bench_time_memory.run(tmp_path, quick=True, only_variants=["nope"], tag="x")
 
 
+# ----------------------------------------------------------------------------------------------
+# exact memory account, generated tables, GPU check
+
+
+def test_live_tensor_account_counts_storages_once_and_frees_them():
+    from benchmarks.memory_account import LiveTensorAccount
+
+    model = torch.nn.Linear(4, 4)
+    account = LiveTensorAccount(model)
+    with account:
+        a = torch.empty(1000)  # 4000 bytes
+        view = a[10:]  # a view: no new storage
+        del a, view
+        b = torch.empty(500)  # 2000 bytes, after the first was freed
+        del b
+    report = account.report()
+    assert report["peak_bytes"] - report["baseline_bytes"] == 4000
+    assert report["live_at_end_bytes"] == report["baseline_bytes"] == 4 * (16 + 4)
+
+
+def test_live_tensor_account_itemises_the_peak():
+    from benchmarks.memory_account import LiveTensorAccount
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, target = torch.rand(3, 8), torch.randint(0, 4, (3,))
+    params = 4 * (8 * 16 + 16 + 16 * 4 + 4)
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), target).backward()
+    optimizer.step()  # momentum buffers
+    optimizer.zero_grad(set_to_none=True)
+    account = LiveTensorAccount(model, optimizer, (x, target))
+    with account:
+        loss = torch.nn.functional.cross_entropy(model(x), target)  # the peak: the whole graph
+    report = account.report()
+    at = report["at_peak"]
+    assert report["baseline_bytes"] == params + 4 * 3 * 8 + 8 * 3
+    assert at["by_category"]["parameters"] == params == at["by_category"]["optimizer state"]
+    # ReLU saves its output [3, 16] (which the second Linear saves again: the same storage).
+    assert at["by_layer"]["1"]["saved for backward"] == 3 * 16 * 4
+    assert report["peak_bytes"] >= at["snapshot_bytes"] >= 0.999 * report["peak_bytes"]
+    del loss
+
+
+def test_time_group_interleaves_and_reports_load():
+    from benchmarks import bench_time_memory
+
+    group = bench_time_memory.time_group("vggws", ["saf-e", "ideal-e"], 2, 2, 16, 16, "cpu", 3,
+                                         account=True)
+    assert len(group["loadavg_before"]) == 3
+    for variant in ("saf-e", "ideal-e"):
+        cell = group["cells"][variant]
+        assert len(cell["times_s"]) == 3 and cell["time_s"] == sorted(cell["times_s"])[1]
+        assert cell["exact"]["train_peak_bytes"] > 0
+    assert group["cells"]["saf-e"]["saf_backends"][0].startswith(("auto", "torch", "cpp"))
+
+
 def _region(text: str, start: str, end: str) -> str:
     return text[text.index(start) + len(start):text.index(end)].strip()
+
+
+def test_docs_and_readme_time_memory_numbers_come_from_the_committed_json():
+    from benchmarks import tables
+
+    results = REPO / "benchmarks" / "results"
+    docs = (REPO / "docs" / "benchmarks.md").read_text()
+    assert _region(docs, tables.DOCS_START, tables.DOCS_END) == tables.time_memory_docs_markdown(results)
+    readme = (REPO / "README.md").read_text()
+    for row in (tables.time_claim_rows(common.read_json(results, "time_memory"))
+                + tables.memory_claim_rows(common.read_json(results, "time_memory_account"))):
+        assert row in readme, row
+
+
+def test_gpu_check_dry_run_plans_every_step(tmp_path):
+    from benchmarks import gpu_check
+
+    steps = gpu_check.plan(tmp_path, cuda=False, gpus=0, data_root=None)
+    assert [s["name"] for s in steps] == list(gpu_check.STEP_NAMES)
+    commands = {s["name"]: [" ".join(c) for c in s["commands"]] for s in steps}
+    assert "-m cuda" in commands["tests"][0]
+    assert any("--steps 1,2,4,6,8,16,32" in c and "--device cuda" in c for c in commands["time"])
+    assert [c.split("--memopt-level ")[1][0] for c in commands["memopt"]] == ["1", "2", "3", "4"]
+    assert "--epochs 1" in commands["fashion_mnist"][0]
+    assert sum(gpu_check.LIMITS.values()) < 600
+    parsed = gpu_check._parse_time_command(steps[2]["commands"][3])
+    assert parsed["memopt_level"] == 4 and parsed["tag"] == "memopt_level4"
+    assert gpu_check.main(["--dry-run", "--only", "fashion_mnist,ddp"]) == 0
