@@ -81,7 +81,7 @@ def converted_csnn():
         for module in lif_model.modules():
             if isinstance(module, nn.Linear):
                 module.weight.mul_(4.0)
-    with pytest.raises(ValueError, match=r"'conv_fc.2' \(IFNode\).*soft_reset=True"):
+    with pytest.raises(ValueError, match=r"4 IFNodes \('conv_fc.2', 'conv_fc.6', 'conv_fc.10' and 1 more\), each:.*soft_reset=True"):
         to_saf(lif_model)
     with pytest.warns(UserWarning, match="soft-reset IFNode network"):
         model = to_saf(lif_model, soft_reset=True)
