@@ -107,6 +107,7 @@ def test_docs_and_readme_table_match_the_committed_json():
     assert (bench.RESULTS_DIR / "sequential_table.md").read_text().strip() == table
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     assert table in docs
+    assert table in (ROOT / "README.md").read_text()
     summary = payload["summary"]
     assert len(payload["runs"]) == len(payload["config"]["seeds"]) * len(payload["config"]["pixels"]) * len(
         payload["config"]["methods"])
