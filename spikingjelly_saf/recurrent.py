@@ -159,7 +159,30 @@ class _DelayedSAF:
         return weight_sum, delay_factor(weight_sum_prev, weight_sum)
 
 
-class SAFLinearRecurrentContainer(_DelayedSAF, layer.LinearRecurrentContainer):
+class _SAFSpikingJellyRecurrence(_DelayedSAF):
+    """The SAF twins of SpikingJelly's two containers: the delayed output, scaled by c[t-1]/c[t] and
+    detached, is combined with the input by the container's own rule (:meth:`_combine`)."""
+
+    def _receiving_module(self) -> nn.Module:
+        return self.sub_module
+
+    def _receiving_name(self) -> str:
+        return "sub_module"
+
+    def materialize_states(self, inputs, states, step_mode):
+        (y,) = super().materialize_states(inputs, states[:1], step_mode)
+        return (y, states[1])
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        x = inputs[0]
+        y_prev, weight_sum_prev = states
+        weight_sum, factor = self._weight_sums(weight_sum_prev)
+        delayed = y_prev.detach().to(x.dtype) * factor
+        y = self.sub_module(self._combine(x, delayed))
+        return (y,), (y.detach(), weight_sum)
+
+
+class SAFLinearRecurrentContainer(_SAFSpikingJellyRecurrence, layer.LinearRecurrentContainer):
     r"""
     **API Language** - :ref:`中文 <SAFLinearRecurrentContainer-cn>` | :ref:`English <SAFLinearRecurrentContainer-en>`
 
@@ -240,29 +263,14 @@ class SAFLinearRecurrentContainer(_DelayedSAF, layer.LinearRecurrentContainer):
         _check_single_step(self, sub_module)
         self.register_memory("weight_sum", 0.0)
 
-    def _receiving_module(self) -> nn.Module:
-        return self.sub_module
-
-    def _receiving_name(self) -> str:
-        return "sub_module"
-
-    def materialize_states(self, inputs, states, step_mode):
-        (y,) = super().materialize_states(inputs, states[:1], step_mode)
-        return (y, states[1])
-
-    def single_step_functional_forward(self, inputs, states, **kwargs):
-        x = inputs[0]
-        y_prev, weight_sum_prev = states
-        weight_sum, factor = self._weight_sums(weight_sum_prev)
-        delayed = y_prev.detach().to(x.dtype) * factor
-        y = self.sub_module(self.rc(torch.cat((x, delayed), dim=-1)))
-        return (y,), (y.detach(), weight_sum)
+    def _combine(self, x: torch.Tensor, delayed: torch.Tensor) -> torch.Tensor:
+        return self.rc(torch.cat((x, delayed), dim=-1))
 
     def extra_repr(self) -> str:
         return f"step_mode={self.step_mode}"
 
 
-class SAFElementWiseRecurrentContainer(_DelayedSAF, layer.ElementWiseRecurrentContainer):
+class SAFElementWiseRecurrentContainer(_SAFSpikingJellyRecurrence, layer.ElementWiseRecurrentContainer):
     r"""
     **API Language** - :ref:`中文 <SAFElementWiseRecurrentContainer-cn>` | :ref:`English <SAFElementWiseRecurrentContainer-en>`
 
@@ -329,23 +337,8 @@ class SAFElementWiseRecurrentContainer(_DelayedSAF, layer.ElementWiseRecurrentCo
         _check_single_step(self, sub_module)
         self.register_memory("weight_sum", 0.0)
 
-    def _receiving_module(self) -> nn.Module:
-        return self.sub_module
-
-    def _receiving_name(self) -> str:
-        return "sub_module"
-
-    def materialize_states(self, inputs, states, step_mode):
-        (y,) = super().materialize_states(inputs, states[:1], step_mode)
-        return (y, states[1])
-
-    def single_step_functional_forward(self, inputs, states, **kwargs):
-        x = inputs[0]
-        y_prev, weight_sum_prev = states
-        weight_sum, factor = self._weight_sums(weight_sum_prev)
-        delayed = y_prev.detach().to(x.dtype) * factor
-        y = self.sub_module(self.element_wise_function(delayed, x))
-        return (y,), (y.detach(), weight_sum)
+    def _combine(self, x: torch.Tensor, delayed: torch.Tensor) -> torch.Tensor:
+        return self.element_wise_function(delayed, x)
 
 
 class FeedbackContainer(base.MemoryModule):
