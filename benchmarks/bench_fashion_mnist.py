@@ -421,8 +421,10 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     meta = payload["meta"]
     curve_note = (f"; points inside an epoch on the first {s['curve_test_subset']} test images"
                   if s.get("curve_test_subset") and s.get("evals_per_epoch", 1) > 1 else "")
+    seeds = sorted({seed for row in summary.values() for seed in row["seeds"]})
     fig.suptitle(f"Fashion-MNIST, CSNN C={s['channels']} ({s['pool']} pool), T={s['T']}, "
-                 f"tau={s['tau']}, mean ± std over seeds {s['seeds']}", fontsize=10)
+                 f"tau={s['tau']}, mean ± std over the finished seeds {seeds} (n per method)",
+                 fontsize=10)
     fig.text(0.01, 0.01, f"{meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores, "
              f"{'shared' if s.get('machine_shared') else 'dedicated'}), batch {s['batch']}, "
              f"{s['optimizer']}, {meta['date_utc']}{curve_note}", fontsize=6)

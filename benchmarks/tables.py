@@ -295,6 +295,8 @@ def accuracy_rows(results_dir: Path) -> list[str]:
 def _pct(cell: Optional[dict]) -> str:
     if not cell:
         return "-"
+    if len(cell.get("values", ())) == 1:  # one seed: no spread to show
+        return f"{cell['mean'] * 100:.2f} % (1 seed)"
     return f"{cell['mean'] * 100:.2f} ± {cell['std'] * 100:.2f} %"
 
 

@@ -260,6 +260,19 @@ def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
     assert any(r.startswith("| saf-e | ottt-o |") for r in rows)
 
 
+def test_fashion_mnist_numbers_in_readme_and_docs_come_from_the_committed_json():
+    from benchmarks import tables
+
+    results = REPO / "benchmarks" / "results"
+    generated = tables.fashion_mnist_docs_markdown(results)
+    assert generated, "the current Fashion-MNIST run is missing from benchmarks/results"
+    docs = (REPO / "docs" / "benchmarks.md").read_text()
+    assert _region(docs, tables.FASHION_DOCS_START, tables.FASHION_DOCS_END) == generated
+    readme = (REPO / "README.md").read_text()
+    for row in tables.fashion_mnist_rows(results, tables.FASHION_MNIST_CURRENT):
+        assert row in readme, row
+
+
 def test_memopt_table_from_a_tagged_subset(tmp_path):
     from benchmarks import bench_time_memory, tables
 
