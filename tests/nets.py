@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from spikingjelly_saf import SAFNode, recording
 
 
@@ -107,3 +109,17 @@ def run_steps(net: nn.Module, x_seq: torch.Tensor, step_mode: str) -> torch.Tens
     if step_mode == "m":
         return net(x_seq)
     return torch.stack([net(x) for x in x_seq])
+
+class OpRecorder(TorchDispatchMode):
+    """Records which operators run, to prove that the fused kernel (not a fallback) ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def count(self, fragment: str) -> int:
+        return sum(fragment in name for name in self.names)

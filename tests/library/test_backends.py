@@ -19,7 +19,7 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import layer, surrogate
-from torch.utils._python_dispatch import TorchDispatchMode
+from nets import OpRecorder
 
 import spikingjelly_saf as saf
 from spikingjelly_saf import backends
@@ -59,20 +59,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 #: intermediate results to the dtype and multiplies by c[t] and 1/c[t]; the kernels do not.
 GRAD_RTOL = {torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
-
-class OpRecorder(TorchDispatchMode):
-    """Records which operators run, to prove that the fused kernel (not a fallback) ran."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, fragment: str) -> int:
-        return sum(fragment in name for name in self.names)
 
 
 def make_inputs(steps, shape, dtype, seed=0):

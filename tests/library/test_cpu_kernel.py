@@ -19,7 +19,7 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional as sj_functional
 from spikingjelly.activation_based import layer, surrogate
-from torch.utils._python_dispatch import TorchDispatchMode
+from nets import OpRecorder
 
 import spikingjelly_saf as saf
 from spikingjelly_saf import backends
@@ -30,18 +30,6 @@ HAS_COMPILER = cpu_build.compiler() is not None
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
 AUTO = backends.REGISTRY.get("auto")
 
-
-class OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, fragment: str) -> int:
-        return sum(fragment in name for name in self.names)
 
 
 def run_node(node, x, step_mode):
