@@ -98,7 +98,7 @@ def _count(value: int) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be a positive integer (1 or more)")
@@ -125,7 +125,7 @@ def _float32_range(text: str, value: float) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = _number(text)
     if not (math.isfinite(value) and value > 0.0):
         raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
@@ -148,7 +148,7 @@ def _momentum(text: str) -> float:
     return value
 
 
-def _tau(text: str) -> float:
+def tau(text: str) -> float:
     value = _number(text)
     # inf is SAF's IF neuron (no leak); the lower bound depends on the method and is checked later.
     if math.isnan(value) or value <= 0.0:
@@ -197,7 +197,7 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-def _seed(text: str) -> int:
+def seed(text: str) -> int:
     value = _number(text, int)
     # NumPy's legacy seeding, which every run uses, takes 0 .. 2**32 - 1.
     if not 0 <= value <= 2**32 - 1:
@@ -327,14 +327,14 @@ def build_parser(datasets: Sequence[str], description: str = "",
     shows = {flag: any(name in users for name in datasets) for flag, users in DATASET_FLAGS.items()}
     parser = _TrainingParser(description=description, epilog=epilog, formatter_class=_HelpFormatter)
     sj = parser.add_argument_group("SpikingJelly example flags")
-    sj.add_argument("-T", type=_positive_int, default=6,
+    sj.add_argument("-T", type=positive_int, default=6,
                     help="time steps (frames per sample for DVS data)")
     sj.add_argument("-device", type=_device, default=None,
                     help="cpu, cuda or cuda:N (default: cuda:0 when PyTorch sees a CUDA device, else "
                          "cpu); under torchrun each process takes cuda:LOCAL_RANK")
-    sj.add_argument("-b", type=_positive_int, default=128,
+    sj.add_argument("-b", type=positive_int, default=128,
                     help="batch size (per process under torchrun)")
-    sj.add_argument("-epochs", type=_positive_int, default=300, help="number of epochs")
+    sj.add_argument("-epochs", type=positive_int, default=300, help="number of epochs")
     sj.add_argument("-j", type=_non_negative_int, default=4, help="data-loading workers")
     sj.add_argument("-data-dir", type=_path, required=True, help="root of the dataset")
     sj.add_argument("-out-dir", type=_path, default=None,
@@ -345,7 +345,7 @@ def build_parser(datasets: Sequence[str], description: str = "",
     sj.add_argument("-amp", action="store_true", help="automatic mixed precision (CUDA only)")
     sj.add_argument("-opt", choices=("sgd", "adam"), default="sgd", help="optimizer")
     sj.add_argument("-momentum", type=_momentum, default=0.9, help="SGD momentum, in [0, 1)")
-    sj.add_argument("-lr", type=_positive_float, default=0.1,
+    sj.add_argument("-lr", type=positive_float, default=0.1,
                     help="learning rate (cosine schedule); saf-e and ottt-o step the optimizer T "
                          "times per minibatch and usually need a smaller one, see docs/examples.md")
 
@@ -357,17 +357,17 @@ def build_parser(datasets: Sequence[str], description: str = "",
                             "DVSGestureNet, CIFAR10DVSNet, CIFAR10Net (default: "
                             + ", ".join(f"{k}: {v}" for k, v in DEFAULT_MODELS.items() if k in datasets)
                             + ")")
-    model.add_argument("-channels", type=_positive_int, default=None,
+    model.add_argument("-channels", type=positive_int, default=None,
                        help="width: channels of the parametric-LIF nets; for ottt_spiking_vggws the "
                             "first layer's width (64 in the zoo), later layers scaled alike")
     model.add_argument("-method", choices=METHOD_NAMES, default="saf-e",
                        help="training method; see docs/examples.md")
-    model.add_argument("-tau", type=_tau, default=2.0,
+    model.add_argument("-tau", type=tau, default=2.0,
                        help="membrane time constant (SAF methods: >= 1, inf for no leak; others > 1)")
-    model.add_argument("-v-threshold", type=_positive_float, default=1.0, help="firing threshold")
+    model.add_argument("-v-threshold", type=positive_float, default=1.0, help="firing threshold")
     model.add_argument("-surrogate", choices=tuple(SURROGATES), default="sigmoid",
                        help="surrogate gradient; 'rep' is SpikeRepresentation (SAF methods only)")
-    model.add_argument("-alpha", type=_positive_float, default=None,
+    model.add_argument("-alpha", type=positive_float, default=None,
                        help="surrogate sharpness (default: 4 for sigmoid, the surrogate's own "
                             "default otherwise)")
     model.add_argument("-backend", choices=BACKENDS, default="torch",
@@ -377,7 +377,7 @@ def build_parser(datasets: Sequence[str], description: str = "",
                        help="also evaluate the trained SAF weights in the LIF network (to_lif)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("-seed", type=_seed, default=2022, help="seed of every random generator")
+    train.add_argument("-seed", type=seed, default=2022, help="seed of every random generator")
     train.add_argument("-weight-decay", type=_non_negative_float, default=0.0, help="weight decay")
     train.add_argument("-loss-lambda", type=_unit_interval, default=0.05,
                        help="weight of the MSE (to the one-hot target) in the per-step loss "
@@ -392,18 +392,18 @@ def build_parser(datasets: Sequence[str], description: str = "",
         where = [name for name in DATASET_FLAGS["download"] if name in datasets]
         train.add_argument("-download", action="store_true",
                            help=f"download {', '.join(where)} when missing (needs a network)")
-    train.add_argument("-stop-after", type=_positive_int, default=None,
+    train.add_argument("-stop-after", type=positive_int, default=None,
                        help="stop after this many epochs in this invocation (for job time limits); "
                             "continue later with -resume")
-    train.add_argument("-max-train-batches", type=_positive_int, default=None,
+    train.add_argument("-max-train-batches", type=positive_int, default=None,
                        help="train on at most this many minibatches per epoch (a short run; "
                             "default: all); recorded in args.json and kept on -resume")
-    train.add_argument("-max-test-batches", type=_positive_int, default=None,
+    train.add_argument("-max-test-batches", type=positive_int, default=None,
                        help="evaluate on at most this many test minibatches (default: all)")
     train.add_argument("-no-progress", action="store_true",
                        help="no tqdm progress bars; print a progress line every -progress-every "
                             "minibatches instead (for logs)")
-    train.add_argument("-progress-every", type=_positive_int, default=50,
+    train.add_argument("-progress-every", type=positive_int, default=50,
                        help="with -no-progress: minibatches between two progress lines (loss, "
                             "accuracy, images/s, ETA)")
     train.add_argument("-count-grad-syncs", action="store_true",

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from . import engine
+from . import cli, engine
 from .measure import max_rss_bytes, warm_up_runtime
 from .methods import ALL_METHOD_NAMES, get_method
 
@@ -172,13 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-method", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                         help=f"methods to train, space- or comma-separated, from "
                              f"{', '.join(ALL_METHOD_NAMES)}; 'all' for every method of the README table")
-    parser.add_argument("-T", type=int, default=4, help="time steps")
-    parser.add_argument("-epochs", type=int, default=5, help="epochs per method")
-    parser.add_argument("-seed", type=int, default=0, help="seed of weights and data order")
-    parser.add_argument("-tau", type=float, default=2.0, help="membrane time constant")
-    parser.add_argument("-lr", type=float, default=2e-2, help="Adam learning rate (cosine schedule)")
-    parser.add_argument("-b", type=int, default=64, help="batch size")
-    parser.add_argument("-threads", type=int, default=1,
+    parser.add_argument("-T", type=cli.positive_int, default=4, help="time steps")
+    parser.add_argument("-epochs", type=cli.positive_int, default=5, help="epochs per method")
+    parser.add_argument("-seed", type=cli.seed, default=0, help="seed of weights and data order")
+    parser.add_argument("-tau", type=cli.tau, default=2.0, help="membrane time constant")
+    parser.add_argument("-lr", type=cli.positive_float, default=2e-2,
+                        help="Adam learning rate (cosine schedule)")
+    parser.add_argument("-b", type=cli.positive_int, default=64, help="batch size")
+    parser.add_argument("-threads", type=cli.positive_int, default=1,
                         help="CPU threads per method; this network is so small that more threads "
                              "mostly wait on each other (many times slower on a busy machine)")
     return parser
@@ -195,14 +196,6 @@ def main(argv=None) -> int:
                          f"{', '.join(ALL_METHOD_NAMES)} or all")
     if not methods:
         parser.error("argument -method: give at least one method")
-    for flag, value in (("-T", args.T), ("-epochs", args.epochs), ("-b", args.b),
-                        ("-threads", args.threads)):
-        if value < 1:
-            parser.error(f"argument {flag}: {value} must be a positive integer")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f"argument -lr: {args.lr} must be a finite number above 0")
-    if not 0 <= args.seed <= 2**32 - 1:
-        parser.error(f"argument -seed: {args.seed} must lie in 0 .. 2**32 - 1")
     for name in methods:
         try:
             get_method(name).check_neuron_arguments(args.tau)
