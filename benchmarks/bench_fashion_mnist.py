@@ -16,7 +16,7 @@ Every test point reads each method's default prediction, the firing rate of its 
 the mean of the recovered output, which the ``to_lif`` twin gives read as ``out_seq.mean(0)``), and
 SAF's Obar[T] (``weighted``) as a second readout; SAF models are deployed with ``to_lif`` and the
 differing predictions counted. Earlier results (``fashion_mnist_1epoch.json``, ``fashion_mnist.json``,
-C=8, T=4, SAF read from Obar[T]) came from this script before issue 18.
+C=8, T=4, SAF read from Obar[T]) came from an earlier version of this script.
 
 The network is the CSNN of SpikingJelly's ``examples/conv_fashion_mnist.py``
 (conv3x3(1->C)-BN-neuron-pool, conv3x3(C->C)-BN-neuron-pool, flatten, linear(C*7*7 -> C*4*4)-neuron,

@@ -304,7 +304,7 @@ def _pct(cell: Optional[dict]) -> str:
 FASHION_MNIST_CURRENT = "fashion_mnist_T6"
 FASHION_DOCS_START = "<!-- FASHION-MNIST-TABLE:START -->"
 FASHION_DOCS_END = "<!-- FASHION-MNIST-TABLE:END -->"
-#: Each SAF method and the baselines it is held to (issue 18: its OTTT twin and BPTT).
+#: Each SAF method and the baselines it is held to (its OTTT twin and BPTT).
 FASHION_TWINS = (("saf-e", ("ottt-o", "bptt")), ("saf-e-acc", ("ottt-a", "bptt")),
                  ("saf-f", ("ottt-a", "bptt")), ("saf-f-rep", ("ottt-a", "bptt")))
 
@@ -316,7 +316,7 @@ def _epoch_curve(row: dict) -> str:
 
 def _fashion_mnist_rate_rows(payload: dict, timing: Optional[dict]) -> list[str]:
     """The table of a run with the firing-rate readout as every method's prediction
-    (``bench_fashion_mnist`` since issue 18)."""
+    (``bench_fashion_mnist`` with the firing-rate readout)."""
     s, meta, summary = payload["settings"], payload["meta"], payload["summary"]
     timed = (timing or {}).get("summary") or summary
     seeds = sorted({seed for row in summary.values() for seed in row["seeds"]})
@@ -368,7 +368,7 @@ def fashion_mnist_rows(results_dir: Path, name: str = "fashion_mnist",
         return []
     if "evals_per_epoch" in payload["settings"]:
         return _fashion_mnist_rate_rows(payload, read_json(results_dir, timing_name or f"{name}_timing"))
-    # Runs before issue 18: each method's own readout (SAF: Obar[T]) and the rate readout.
+    # Earlier runs: each method's own readout (SAF: Obar[T]) and the rate readout.
     # Times from a separate timing run (one run at a time), when there is one: the accuracy run's
     # concurrent runs on a shared machine mostly time the other jobs.
     timing = read_json(results_dir, timing_name or f"{name}_timing")
@@ -567,7 +567,7 @@ def results_markdown(results_dir: Path) -> str:
     for name in ("fashion_mnist_1epoch", "fashion_mnist"):
         fashion = fashion_mnist_rows(results_dir, name, "fashion_mnist_timing")
         if fashion:
-            lines += ["", f"## Fashion-MNIST before issue 18 ({name}.json, SAF's own readout Obar[T])",
+            lines += ["", f"## Fashion-MNIST, earlier runs ({name}.json, SAF's own readout Obar[T])",
                       ""] + fashion
     frozen = fashion_mnist_rows(results_dir, "fashion_mnist_bn_frozen")
     if frozen:

@@ -88,7 +88,7 @@ def test_output_is_spiking_follows_the_module_that_produced_the_output():
 
 
 def test_trained_float32_model_and_its_lif_twin_predict_the_same_class_on_every_sample():
-    """Issue 18's deployment contract, float32 as trained: train a SAF network for a few steps,
+    """The deployment contract, float32 as trained: train a SAF network for a few steps,
     deploy it with to_lif, read the LIF network as ``out_seq.mean(0)``: the argmax equals the SAF
     model's default prediction on every sample, ties between equal spike counts included."""
     torch.manual_seed(7)
