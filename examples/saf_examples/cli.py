@@ -20,7 +20,7 @@ import torch
 
 from spikingjelly_saf import backends
 from .methods import METHOD_NAMES, get_method
-from .models import SURROGATES
+from .models import SURROGATES, takes_width
 from .recipes import recipe_defaults
 from .rundir import add_run_flags
 
@@ -247,12 +247,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _RecipeWidth(int):
+    """A recipe's ``-channels`` default, told apart from a width written on the command line."""
+
+
 class _TrainingParser(argparse.ArgumentParser):
     """Parses into :class:`TrainingArguments` and checks the flags that depend on each other."""
 
     def parse_args(self, args=None, namespace=None):
         namespace = TrainingArguments() if namespace is None else namespace
         parsed = super().parse_args(args, namespace)
+        if isinstance(parsed.channels, _RecipeWidth):
+            # Not written on the command line: the recipe's width is the default model's, and a
+            # zoo network chosen with -model keeps the zoo's widths.
+            model = parsed.model or DEFAULT_MODELS[parsed.dataset]
+            parsed.channels = int(parsed.channels) if takes_width(model) else None
         self._check_combinations(parsed)
         return parsed
 
@@ -352,9 +361,11 @@ def build_parser(datasets: Sequence[str], description: str = "",
     model = parser.add_argument_group("method and model")
     model.add_argument("-dataset", choices=tuple(datasets), default=datasets[0], help="data set")
     model.add_argument("-model", type=_model_name, default=None,
-                       help="SpikingJelly zoo model: ottt_spiking_vggws, ottt_spiking_vgg11(_ws), "
-                            "ottt_spiking_vgg13(_ws), ottt_spiking_vgg16(_ws), ottt_spiking_vgg19(_ws), "
-                            "DVSGestureNet, CIFAR10DVSNet, CIFAR10Net (default: "
+                       help="SpikingJelly zoo model: the OTTT VGGs (ottt_spiking_vggws, "
+                            "ottt_spiking_vgg11 ... vgg19, _ws), the parametric-LIF nets "
+                            "(DVSGestureNet, CIFAR10DVSNet, CIFAR10Net), every spiking_resnet*, "
+                            "spiking_resnext*, spiking_wide_resnet*, sew_resnet*, sew_resnext*, "
+                            "sew_wide_resnet* and spiking_vgg* (docs/examples.md lists all 38; default: "
                             + ", ".join(f"{k}: {v}" for k, v in DEFAULT_MODELS.items() if k in datasets)
                             + ")")
     model.add_argument("-channels", type=positive_int, default=None,
@@ -370,9 +381,10 @@ def build_parser(datasets: Sequence[str], description: str = "",
     model.add_argument("-alpha", type=positive_float, default=None,
                        help="surrogate sharpness (default: 4 for sigmoid, the surrogate's own "
                             "default otherwise)")
-    model.add_argument("-backend", choices=BACKENDS, default="torch",
-                       help="SAFNode backend; cupy and triton are fused multi-step kernels for the "
-                            "SAF methods (the model then runs in multi-step mode)")
+    model.add_argument("-backend", choices=BACKENDS, default="auto",
+                       help="SAFNode backend: auto picks the fused kernel of the device (CUDA: cupy, "
+                            "then triton; CPU: cpp; else torch) in either step mode; a fused "
+                            "backend named explicitly runs the model in multi-step mode")
     model.add_argument("-deploy-lif", action="store_true",
                        help="also evaluate the trained SAF weights in the LIF network (to_lif)")
 
@@ -409,5 +421,8 @@ def build_parser(datasets: Sequence[str], description: str = "",
     train.add_argument("-count-grad-syncs", action="store_true",
                        help="record how many gradient all-reduces DDP runs per minibatch")
     add_run_flags(parser)
-    parser.set_defaults(**recipe_defaults(datasets))  # the paper's recipe (recipes.py)
+    recipe = recipe_defaults(datasets)  # the data sets' recipe (recipes.py)
+    if "channels" in recipe:
+        recipe["channels"] = _RecipeWidth(recipe["channels"])
+    parser.set_defaults(**recipe)
     return parser

@@ -20,7 +20,7 @@ from .methods import Method
 from spikingjelly_saf.neuron import SAFNode
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
-__all__ = ["SURROGATES", "MODEL_NAMES", "make_surrogate", "build_model", "ModelChoiceError"]
+__all__ = ["SURROGATES", "MODEL_NAMES", "make_surrogate", "takes_width", "build_model", "ModelChoiceError"]
 
 SURROGATES = {
     "sigmoid": surrogate.Sigmoid,
@@ -62,6 +62,11 @@ MODEL_NAMES = tuple(_OTTT_VGG_FACTORIES) + tuple(_PARAMETRIC_LIF_NETS) + tuple(_
 
 class ModelChoiceError(ValueError):
     """A model / method / dataset combination that cannot train."""
+
+
+def takes_width(name: str) -> bool:
+    """Whether ``-channels`` sets the width of ``-model name`` (the others keep the zoo's widths)."""
+    return name == "ottt_spiking_vggws" or name in _PARAMETRIC_LIF_NETS
 
 
 def make_surrogate(name: str, alpha=None, method: Method = None):

@@ -1,7 +1,8 @@
 r"""
-The paper's training recipe as data: per data set, the value of every training-script flag that
-reproduces the setup of the SAF paper's experiments, which is OTTT's (Xiao et al., NeurIPS 2022),
-and where in OTTT's public code (``pkuxmq/OTTT-SNN``, commit ``c15d5da``) each value comes from.
+The training recipes as data: per data set, the value of every training-script flag and where it
+comes from. CIFAR-10/100: the setup of the SAF paper's experiments, which is OTTT's (Xiao et al.,
+NeurIPS 2022), with the place in OTTT's public code (``pkuxmq/OTTT-SNN``, commit ``c15d5da``) of
+each value. Fashion-MNIST/MNIST: SpikingJelly's Fashion-MNIST example and this project's measurements.
 
 :func:`recipe_defaults` turns the table into parser defaults; ``cli.build_parser`` applies it in one
 line, so ``python examples/train_cifar.py -data-dir ...`` trains with the paper's setup and any flag
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Sequence
 
-__all__ = ["OTTT_COMMIT", "RecipeEntry", "RECIPES", "recipe_defaults", "recipe_rows"]
+__all__ = ["OTTT_COMMIT", "SJ_FASHION_MNIST", "RecipeEntry", "RECIPES", "recipe_defaults", "recipe_rows"]
 
 #: The commit of ``github.com/pkuxmq/OTTT-SNN`` the sources below were read at.
 OTTT_COMMIT = "c15d5da"
@@ -72,10 +73,41 @@ _CIFAR = (
     RecipeEntry(None, "neuron dropout 0", "train_cifar.py:60", "no dropout"),
 )
 
+#: SpikingJelly's own Fashion-MNIST example, the source of the (Fashion-)MNIST recipe.
+SJ_FASHION_MNIST = "spikingjelly/activation_based/examples/conv_fashion_mnist.py"
+
+# Neither paper trains on Fashion-MNIST: the schedule is SpikingJelly's example (its file and line in
+# SpikingJelly 2.0.0), the rest what learns from the first minibatches here (docs/examples.md,
+# "Fashion-MNIST and MNIST", measured with benchmarks/bench_first_minibatches.py).
+_MNIST = (
+    RecipeEntry("T", 4, f"{SJ_FASHION_MNIST}:83", "time steps"),
+    RecipeEntry("b", 128, f"{SJ_FASHION_MNIST}:85", "batch size"),
+    RecipeEntry("epochs", 64, f"{SJ_FASHION_MNIST}:86-92", "epochs, cosine schedule (:179)"),
+    RecipeEntry("opt", "sgd", f"{SJ_FASHION_MNIST}:111,170-172", "SGD (the example makes -opt a choice)"),
+    RecipeEntry("lr", 0.1, f"{SJ_FASHION_MNIST}:113",
+                "learning rate, for every method: with the per-step loss averaged over T, SAF-E and "
+                "OTTT_O take the same rate as the methods that step once per minibatch (0.1 beat "
+                "0.025 for SAF-E, SAF-E-acc, SAF-F and BPTT after 100 minibatches)"),
+    RecipeEntry("momentum", 0.9, f"{SJ_FASHION_MNIST}:112", "SGD momentum"),
+    RecipeEntry("v_threshold", 0.5, "docs/examples.md:Fashion-MNIST and MNIST",
+                "differs from every zoo default (1): at 1 the last layers of the weight-standardised "
+                "VGG do not fire on one-channel images and the loss sits at chance for most of the "
+                "first epoch; at 0.5 every layer fires from the first minibatch"),
+    RecipeEntry("channels", 16, "docs/examples.md:Fashion-MNIST and MNIST",
+                "the first layer's width (the zoo's VGG: 64, the example's CSNN: 128, :114): an "
+                "epoch in minutes on a CPU; raise it on a GPU"),
+    RecipeEntry(None, "ottt_spiking_vggws, LIF tau 2, soft reset, sigmoid alpha 4, "
+                "0.95 CE + 0.05 MSE per step", f"{SJ_FASHION_MNIST}:17-36,268",
+                "differs: the example trains a CSNN of hard-reset IF neurons with BatchNorm, "
+                "MaxPool and the ATan surrogate on the MSE of the firing rate; the default model "
+                "and loss here are the CIFAR recipe's"),
+)
+
 #: The recipe of each data set (CIFAR-100's README command, README.md:18, trains
 #: online_spiking_vgg11f_ws, a VGG with a feedback connection that ``-model`` does not offer; the
 #: table keeps the VGG-11-WS of CIFAR-10).
-RECIPES: dict[str, tuple[RecipeEntry, ...]] = {"cifar10": _CIFAR, "cifar100": _CIFAR}
+RECIPES: dict[str, tuple[RecipeEntry, ...]] = {"cifar10": _CIFAR, "cifar100": _CIFAR,
+                                               "fashion_mnist": _MNIST, "mnist": _MNIST}
 
 
 def recipe_rows(dataset: str) -> tuple[RecipeEntry, ...]:

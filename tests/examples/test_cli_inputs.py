@@ -159,7 +159,7 @@ def test_each_script_shows_its_own_data_set_flags(datasets, shown, hidden):
 def test_help_shows_defaults():
     text = build_parser(CIFAR).format_help()
     for fragment in ("(default: 0.1)", "(default: 6)", "(default: saf-e)", "(default: 2022)",
-                     "(default: torch)", "(default: 16)", "cuda:0 when PyTorch sees"):
+                     "(default: auto)", "(default: 16)", "cuda:0 when PyTorch sees"):
         assert fragment in " ".join(text.split()), fragment
 
 
