@@ -7,6 +7,12 @@
     python -m benchmarks.bench_time_memory --memory   # the memory suite (exact + resident set)
     python -m benchmarks.gpu_check           # everything that needs a GPU (--dry-run: anywhere)
     python -m benchmarks --device cuda       # time/memory on a GPU (paper setting, batch 128)
+
+``--quick`` results are not meaningful: without ``--results-dir`` they go to a fresh temporary
+folder (printed), and the README and docs tables are regenerated only from the committed results
+(``benchmarks/results``) or for a page named with ``--readme``/``--docs`` (``''``: no page).
+Every destination, and every results file the tables read, is checked before anything is measured;
+files are replaced whole, so an interrupted run leaves the previous ones.
 """
 
 from __future__ import annotations
@@ -16,34 +22,60 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from . import common, tables
 
 SUITES = ("ops", "time", "accuracy", "reviewers")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings for a smoke run (results are not meaningful)")
     parser.add_argument("--only", default=",".join(SUITES),
                         help=f"comma-separated subset of {','.join(SUITES)} ('tables': none, rebuild tables)")
-    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:i]' (time/memory and ops)")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--readme", type=Path, default=common.README_PATH,
-                        help="README whose BENCHMARK-TABLE region is regenerated")
-    parser.add_argument("--docs", type=Path, default=common.DOCS_PATH,
-                        help="docs page whose TIME-MEMORY-TABLES region is regenerated")
+    parser.add_argument("--device", type=common.device_name, default="cpu",
+                        help="'cpu' or 'cuda[:i]' (time/memory and ops)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help=f"default: {common.RESULTS_DIR} (with --quick: a fresh temporary folder)")
+    parser.add_argument("--readme", default=None,
+                        help="README whose BENCHMARK-TABLE region is regenerated ('' for none)")
+    parser.add_argument("--docs", default=None,
+                        help="docs page whose TIME-MEMORY-TABLES region is regenerated ('' for none)")
+    return parser
+
+
+def written_by(suites: list[str], device: str) -> list[str]:
+    """The results files (names without .json) the suites replace."""
+    names = {"ops": "ops", "time": "time_memory" + ("_cuda" if device.startswith("cuda") else ""),
+             "accuracy": "accuracy", "reviewers": "reviewers"}
+    return [names[suite] for suite in suites]
+
+
+def render_tables(results_dir: Path) -> tuple[str, str, str]:
+    """RESULTS.md, the README region and the docs region, from the results in ``results_dir``."""
+    return (tables.results_markdown(results_dir), tables.readme_markdown(results_dir),
+            tables.time_memory_docs_markdown(results_dir))
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     # "--only tables" measures nothing and rebuilds the tables from the committed JSON.
-    selected = [s.strip() for s in args.only.split(",") if s.strip() and s.strip() != "tables"]
-    unknown = sorted(set(selected) - set(SUITES))
-    if unknown:
-        parser.error(f"--only: unknown suite(s) {unknown}; choose from {','.join(SUITES)}.")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here; use --device cpu.")
+    names = common.choose(parser, "--only", args.only, SUITES + ("tables",),
+                           " ('tables': measure nothing, rebuild the tables)")
+    selected = [name for name in names if name != "tables"]
+    committed = common.uses_committed_results(args.results_dir, args.quick)
+    readme = common.page_arg(parser, "--readme", args.readme, common.README_PATH, committed,
+                             common.TABLE_START, common.TABLE_END)
+    docs = common.page_arg(parser, "--docs", args.docs, common.DOCS_PATH, committed,
+                           tables.DOCS_START, tables.DOCS_END)
+    results_dir = common.results_dir_arg(parser, args.results_dir, args.quick)
+    try:  # the results the tables read besides the ones this run replaces
+        with common.results_without(*written_by(selected, args.device)):
+            render_tables(results_dir)
+    except common.ResultsFileError as error:
+        parser.error(str(error))
 
     start = time.perf_counter()
 
@@ -54,33 +86,35 @@ def main(argv=None) -> int:
         from . import bench_ops
 
         log("forward operations")
-        result = bench_ops.run(args.results_dir, args.quick, args.device)
+        result = bench_ops.run(results_dir, args.quick, args.device)
         for arch, entry in result["models"].items():
             log(f"  ops {arch}: {entry['ratios']}")
     if "time" in selected:
         from . import bench_time_memory
 
         log("time and peak memory")
-        bench_time_memory.run(args.results_dir, args.quick, args.device, log=log)
+        bench_time_memory.run(results_dir, args.quick, args.device, log=log)
     if "accuracy" in selected:
         from . import bench_accuracy
 
         log("accuracy on digits")
-        bench_accuracy.run(args.results_dir, args.quick, log=log)
+        bench_accuracy.run(results_dir, args.quick, log=log)
     if "reviewers" in selected:
         from . import bench_reviewers
 
         log("reviewers' questions")
-        bench_reviewers.run(args.results_dir, args.quick, log=log)
+        bench_reviewers.run(results_dir, args.quick, log=log)
 
-    markdown = tables.results_markdown(args.results_dir)
-    (args.results_dir / "RESULTS.md").write_text(markdown)
-    if common.update_readme_table(tables.readme_markdown(args.results_dir), args.readme):
-        log(f"README table regenerated in {args.readme}")
-    if args.docs and common.update_region(tables.time_memory_docs_markdown(args.results_dir), args.docs,
-                                          tables.DOCS_START, tables.DOCS_END):
-        log(f"time/memory tables regenerated in {args.docs}")
-    log(f"done; results in {args.results_dir}")
+    try:
+        results_md, readme_md, docs_md = render_tables(results_dir)
+    except common.ResultsFileError as error:
+        parser.error(str(error))
+    common.write_text(results_dir / "RESULTS.md", results_md)
+    if readme and common.update_readme_table(readme_md, readme):
+        log(f"README table regenerated in {readme}")
+    if docs and common.update_region(docs_md, docs, tables.DOCS_START, tables.DOCS_END):
+        log(f"time/memory tables regenerated in {docs}")
+    log(f"done; results in {results_dir}")
     return 0
 
 

@@ -81,8 +81,8 @@ def run(results_dir: Path, quick: bool = False, log=print) -> dict:
     return payload
 
 
-def main(argv=None):
-    common.suite_main(run, __doc__, argv)
+def main(argv=None) -> int:
+    return common.suite_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

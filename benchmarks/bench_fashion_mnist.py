@@ -429,11 +429,7 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
              f"{'shared' if s.get('machine_shared') else 'dedicated'}), batch {s['batch']}, "
              f"{s['optimizer']}, {meta['date_utc']}{curve_note}", fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    path = results_dir / f"{tag}_accuracy.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, results_dir / f"{tag}_accuracy.png", dpi=110)
 
 
 def check_exactness_of_pools(channels: int = 4, tau: float = 2.0) -> dict:
@@ -461,93 +457,82 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
                         + ", ".join(METHODS))
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of training")
-    parser.add_argument("--batches-per-epoch", type=int, default=0,
+    parser.add_argument("--seeds", type=common.seed_list, default="0,1,2", help="comma-separated integers")
+    parser.add_argument("--epochs", type=common.positive_int, default=3, help="epochs of training")
+    parser.add_argument("--batches-per-epoch", type=common.non_negative_int, default=0,
                         help="train only the first N minibatches of each epoch's shuffle of the whole "
                              "training set (0: all of them, a full epoch)")
-    parser.add_argument("--evals", type=int, default=1,
+    parser.add_argument("--evals", type=common.positive_int, default=1,
                         help="test points per epoch (the last at the epoch's end, on the whole test set)")
-    parser.add_argument("--curve-test-subset", type=int, default=2000,
+    parser.add_argument("--curve-test-subset", type=common.non_negative_int, default=2000,
                         help="test images for the points inside an epoch (0: all); the end of "
                              "every epoch always uses the whole test split")
-    parser.add_argument("--channels", type=int, default=16, help="C of the CSNN (the example's default: 128)")
-    parser.add_argument("-T", "--steps", type=int, default=6, dest="T")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--channels", type=common.positive_int, default=16,
+                        help="C of the CSNN (the example's default: 128)")
+    parser.add_argument("-T", "--steps", type=common.positive_int, default=6, dest="T")
+    parser.add_argument("--batch", type=common.positive_int, default=128)
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="adam")
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=common.positive_float, default=1e-2)
     parser.add_argument("--momentum", type=float, default=0.9, help="for SGD")
     parser.add_argument("--tau", type=float, default=2.0)
     parser.add_argument("--pool", choices=("avg", "max"), default="avg")
     parser.add_argument("--batchnorm", choices=("train", "frozen"), default="train",
                         help="'train': batch statistics while training (the example's); 'frozen': "
                              "BatchNorm in eval mode throughout (a learned affine map, exact for SAF)")
-    parser.add_argument("--memopt-level", type=int, default=1,
+    parser.add_argument("--memopt-level", type=common.memopt_level, default=1,
                         help="optimize_memory level for bptt+memopt (2-4 need CUDA)")
-    parser.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all 60000)")
-    parser.add_argument("--test-subset", type=int, default=0, help="first N test images (0: all 10000)")
+    parser.add_argument("--train-subset", type=common.non_negative_int, default=0,
+                        help="first N training images (0: all 60000)")
+    parser.add_argument("--test-subset", type=common.non_negative_int, default=0,
+                        help="first N test images (0: all 10000)")
     parser.add_argument("--data-root", default=None,
                         help="folder with the idx files (also searched: its FashionMNIST/raw, "
                              "/usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--device", type=common.device_name, default="cpu")
+    parser.add_argument("--threads", type=common.non_negative_int, default=1,
                         help="torch threads per run (0: torch's default); one thread is the fastest "
                              "for this small network on a loaded machine")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=common.positive_int, default=1,
                         help="runs trained at the same time (each in its own process)")
     parser.add_argument("--shared-machine", action="store_true",
                         help="record that other jobs shared the machine during the run")
-    parser.add_argument("--tag", default="fashion_mnist", help="results file name stem")
+    parser.add_argument("--tag", type=common.file_stem, default="fashion_mnist",
+                        help="results file name stem")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
-    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
+    parser.add_argument("--timeout", type=common.positive_float, default=4 * 3600, help="seconds per run")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="do not regenerate the README table (a tag starting with fashion_mnist "
+                             "regenerates it, and the docs table, from the committed results only)")
     parser.add_argument("--replot", action="store_true",
                         help="train nothing: rebuild the summary, plot and tables from <tag>.json")
     return parser
 
 
-def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown or not args.methods:
-        parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}.")
-    if not args.seeds:
-        parser.error("--seeds: give at least one seed.")
-    if args.epochs <= 0:
-        parser.error(f"--epochs: must be > 0, got {args.epochs}.")
-    if args.batches_per_epoch < 0:
-        parser.error(f"--batches-per-epoch: must be >= 0, got {args.batches_per_epoch}.")
-    if args.curve_test_subset < 0:
-        parser.error(f"--curve-test-subset: must be >= 0, got {args.curve_test_subset}.")
-    for flag in ("channels", "T", "batch", "workers", "evals"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}.")
-    if args.lr <= 0:
-        parser.error(f"--lr: must be > 0, got {args.lr}.")
-    if args.tau <= 1:
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """The checks that span flags; ``--replot`` trains nothing and needs no data."""
+    args.methods = common.choose(parser, "--methods", args.methods, METHODS)
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum: must lie in [0, 1), got {args.momentum}.")
+    if not args.tau > 1:
         parser.error(f"--tau: LIF needs tau > 1, got {args.tau}.")
-    if not 0 <= args.memopt_level <= 4:
-        parser.error(f"--memopt-level: 0..4, got {args.memopt_level}.")
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is available here; use --device cpu.")
-    elif args.device != "cpu":
-        parser.error(f"--device: 'cpu' or 'cuda[:i]', got {args.device!r}.")
-    elif args.memopt_level > 1 and "bptt+memopt" in args.methods:
+    if (args.memopt_level > 1 and not args.device.startswith("cuda")
+            and "bptt+memopt" in args.methods):
         parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; "
                      "use --memopt-level 1 on the CPU or --device cuda.")
+    if args.replot:
+        return
     from saf_examples.idx import IdxDataMissing, IdxFormatError
 
     try:
         load_data(args.data_root, 1, 1)
     except (IdxDataMissing, IdxFormatError) as error:
         parser.error(str(error))
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     return args
 
 
@@ -629,6 +614,10 @@ def replot(results_dir: Path, tag: str) -> dict:
     payload = common.read_json(results_dir, tag)
     if payload is None:
         raise FileNotFoundError(f"{results_dir / (tag + '.json')} does not exist; run the benchmark first.")
+    return resummarize(results_dir, tag, payload)
+
+
+def resummarize(results_dir: Path, tag: str, payload: dict) -> dict:
     methods = list(dict.fromkeys(r["method"] for r in payload["runs"]))
     payload["summary"] = summarize(payload["runs"], methods)
     common.write_json(results_dir, tag, payload)
@@ -636,28 +625,66 @@ def replot(results_dir: Path, tag: str) -> dict:
     return payload
 
 
-def _update_tables(results_dir: Path) -> None:
+def table_pages(parser: argparse.ArgumentParser, args) -> Optional[tuple]:
+    """``(readme, docs)`` to regenerate after the run, checked now; None when the tables are not
+    rebuilt (``--no-readme``, or a tag that is not a Fashion-MNIST run of the tables)."""
+    if args.no_readme or not args.tag.startswith("fashion_mnist"):
+        return None
     from . import tables
 
-    (results_dir / "RESULTS.md").write_text(tables.results_markdown(results_dir))
-    common.update_readme_table(tables.readme_markdown(results_dir))
-    common.update_region(tables.fashion_mnist_docs_markdown(results_dir), common.DOCS_PATH,
-                         tables.FASHION_DOCS_START, tables.FASHION_DOCS_END)
+    committed = common.uses_committed_results(args.results_dir)
+    remedy = "restore its {region} region, or pass --no-readme to leave the tables alone"
+    readme = common.page_arg(parser, "README", None, common.README_PATH, committed,
+                             common.TABLE_START, common.TABLE_END, remedy)
+    docs = common.page_arg(parser, "docs page", None, common.DOCS_PATH, committed,
+                           tables.FASHION_DOCS_START, tables.FASHION_DOCS_END, remedy)
+    try:  # the other results the tables read
+        with common.results_without(args.tag):
+            _render_tables(args.results_dir)
+    except common.ResultsFileError as error:
+        parser.error(str(error))
+    return readme, docs
+
+
+def _render_tables(results_dir: Path) -> tuple[str, str, str]:
+    from . import tables
+
+    return (tables.results_markdown(results_dir), tables.readme_markdown(results_dir),
+            tables.fashion_mnist_docs_markdown(results_dir))
+
+
+def _update_tables(results_dir: Path, readme: Optional[Path], docs: Optional[Path]) -> None:
+    from . import tables
+
+    results_md, readme_md, docs_md = _render_tables(results_dir)
+    common.write_text(results_dir / "RESULTS.md", results_md)
+    if readme:
+        common.update_readme_table(readme_md, readme)
+    if docs:
+        common.update_region(docs_md, docs, tables.FASHION_DOCS_START, tables.FASHION_DOCS_END)
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if "--replot" in argv:
-        args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    pages = table_pages(parser, args)
+    args.results_dir = common.results_dir_arg(parser, args.results_dir)
+    if args.replot:
+        common.build_from(parser, args.results_dir, args.tag,
+                          lambda payload: resummarize(args.results_dir, args.tag, payload))
+    else:
+        train_all(args)
+    if pages:
         try:
-            replot(args.results_dir, args.tag)
-        except FileNotFoundError as error:
-            build_parser().error(str(error))
-        if not args.no_readme and args.tag.startswith("fashion_mnist"):
-            _update_tables(args.results_dir)
-        return 0
-    args = parse_args(argv)
+            _update_tables(args.results_dir, *pages)
+        except common.ResultsFileError as error:
+            parser.error(str(error))
+    return 0
+
+
+def train_all(args) -> None:
+    """Every (method, seed) of ``args``, the JSON rewritten after each run, then the plot."""
     cfg = {"device": args.device, "T": args.T, "batch": args.batch, "epochs": args.epochs,
            "channels": args.channels, "tau": args.tau, "pool": args.pool, "optimizer": args.optimizer,
            "lr": args.lr, "momentum": args.momentum, "memopt_level": args.memopt_level,
@@ -697,9 +724,8 @@ def main(argv=None) -> int:
             future.result()
     if payload["summary"]:
         plot(args.results_dir, args.tag, payload)
-    if not args.no_readme and args.tag.startswith("fashion_mnist"):
-        _update_tables(args.results_dir)
-    return 0
+
+
 
 
 if __name__ == "__main__":

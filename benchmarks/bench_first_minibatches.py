@@ -10,7 +10,9 @@ trains SAF-E with the zoo's firing threshold of 1 instead of the recipe's 0.5, t
 recipe fixes. The curves are the trainer's own progress lines (running mean loss and accuracy of
 the epoch so far); the test accuracy is the run's ``history.json``. Writes
 ``fashion_mnist_first_minibatches.json`` and ``.png`` to the results folder and regenerates the
-table between the FIRST-MINIBATCHES markers of ``docs/examples.md``.
+table between the FIRST-MINIBATCHES markers of ``docs/examples.md``. ``--quick`` without
+``--results-dir`` writes to a fresh temporary folder (printed); the page is regenerated from the
+committed results only, or where ``--docs`` names one (``''``: none).
 """
 
 from __future__ import annotations
@@ -127,10 +129,7 @@ def plot(payload: dict, path: Path) -> Path:
     fig.suptitle(f"Fashion-MNIST, the train_mnist.py recipe: first {payload['batches']} minibatches "
                  f"({meta['date_utc'][:10]}, {meta['cpu_model']})", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path, dpi=100)
 
 
 def docs_markdown(payload: dict) -> str:
@@ -154,38 +153,45 @@ def docs_markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_first_minibatches",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="SAF-E on the recipe and at threshold 1 only")
+    parser.add_argument("--quick", action="store_true",
+                        help="SAF-E on the recipe and at threshold 1 only (results go to a fresh "
+                             "temporary folder unless --results-dir names one)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="Fashion-MNIST idx folder (default: the trainer's, Debian's package)")
-    parser.add_argument("--batches", type=int,
+    parser.add_argument("--batches", type=common.positive_int,
                         default=100, help="training minibatches of epoch 0")
-    parser.add_argument("--test-batches", type=int, default=20, help="test minibatches")
-    parser.add_argument("--every", type=int, default=10, help="minibatches between two curve points")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
-    parser.add_argument("--docs", type=Path, default=DOCS_PATH,
-                        help="page whose FIRST-MINIBATCHES region is regenerated ('' for none)")
+    parser.add_argument("--test-batches", type=common.positive_int, default=20, help="test minibatches")
+    parser.add_argument("--every", type=common.positive_int, default=10,
+                        help="minibatches between two curve points")
+    parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {common.RESULTS_DIR}")
+    parser.add_argument("--docs", default=None,
+                        help=f"page whose FIRST-MINIBATCHES region is regenerated ('' for none; default: "
+                             f"{DOCS_PATH} when the results are the committed ones)")
     parser.add_argument("--tables-only", action="store_true",
                         help="measure nothing: regenerate the docs table from the results JSON")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("batches", "test_batches", "every"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}.")
-    docs = Path(args.docs) if str(args.docs) else None
-    if docs is not None and DOCS_START not in (docs.read_text() if docs.is_file() else ""):
-        parser.error(f"--docs {docs}: not a page with a {DOCS_START} ... {DOCS_END} region; name one, "
-                     "or pass --docs '' to leave every page alone.")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        parser.error(f"--data-dir {args.data_dir}: not a folder; name the folder of the Fashion-MNIST "
+                     "idx files, or drop the flag for the trainer's default.")
+    committed = common.uses_committed_results(args.results_dir, args.quick and not args.tables_only)
+    docs = common.page_arg(parser, "--docs", args.docs, DOCS_PATH, committed, DOCS_START, DOCS_END)
     if args.tables_only:
-        payload = common.read_json(args.results_dir, NAME)
-        if payload is None:
-            parser.error(f"--tables-only: {args.results_dir / (NAME + '.json')} does not exist; run the "
-                         "benchmark first.")
+        results_dir = common.RESULTS_DIR if args.results_dir is None else args.results_dir
+        markdown = common.build_from(parser, results_dir, NAME, docs_markdown)
     else:
-        payload = run(args.results_dir, args.quick, args.data_dir, args.batches, args.test_batches, args.every)
+        results_dir = common.results_dir_arg(parser, args.results_dir, args.quick)
+        payload = run(results_dir, args.quick, args.data_dir, args.batches, args.test_batches, args.every)
+        markdown = docs_markdown(payload)
     if docs is not None:
-        common.update_region(docs_markdown(payload), docs, DOCS_START, DOCS_END)
+        common.update_region(markdown, docs, DOCS_START, DOCS_END)
         print(f"table regenerated in {docs}")
     return 0
 

@@ -112,20 +112,36 @@ def minimum_bytes(steps: int, neurons: int, element: int, saved_element: int) ->
     }
 
 
-def main(argv=None) -> int:
+#: Neurons per call: 2**log2n; 2**30 float32 neurons at T=8 already take 32 GiB per tensor.
+MAX_LOG2N = 30
+BACKEND_NAMES = ("torch", "cupy", "triton", "spikingjelly-lif")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_neuron_kernel",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--min-log2n", type=int, default=20)
-    parser.add_argument("--max-log2n", type=int, default=24)
-    parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--backends", default="torch,cupy,triton,spikingjelly-lif",
-                        help="subset of torch,cupy,triton,spikingjelly-lif")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--steps", type=common.positive_int, default=8)
+    parser.add_argument("--min-log2n", type=common.non_negative_int, default=20)
+    parser.add_argument("--max-log2n", type=common.non_negative_int, default=24)
+    parser.add_argument("--dtypes", default="float32", help=f"subset of {','.join(DTYPES)}")
+    parser.add_argument("--backends", default=",".join(BACKEND_NAMES),
+                        help=f"subset of {','.join(BACKEND_NAMES)}")
+    parser.add_argument("--warmup", type=common.non_negative_int, default=5)
+    parser.add_argument("--reps", type=common.positive_int, default=20)
+    parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {common.RESULTS_DIR}")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.dtypes = common.choose(parser, "--dtypes", args.dtypes, tuple(DTYPES))
+    args.backends = common.choose(parser, "--backends", args.backends, BACKEND_NAMES)
+    if not args.min_log2n <= args.max_log2n <= MAX_LOG2N:
+        parser.error(f"--min-log2n {args.min_log2n}, --max-log2n {args.max_log2n}: need "
+                     f"min <= max <= {MAX_LOG2N} (2**{MAX_LOG2N} neurons per call at most).")
+    args.results_dir = common.results_dir_arg(parser, args.results_dir)
     if not torch.cuda.is_available():
         print("bench_neuron_kernel needs a CUDA device (none is available to PyTorch here); "
               "the kernels' correctness on CPU is covered by tests/library/test_backends.py.", file=sys.stderr)
@@ -134,7 +150,7 @@ def main(argv=None) -> int:
     sg = surrogate.Sigmoid(alpha=4.0)
     runners = {}
     skipped = {}
-    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+    for name in args.backends:
         if name == "spikingjelly-lif":
             runners[name] = (lif_runner(sg), torch.float32)
             continue
@@ -149,7 +165,7 @@ def main(argv=None) -> int:
     bandwidth = copy_bandwidth(device, args.warmup, args.reps)
     print(f"{torch.cuda.get_device_name(device)}: copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     rows = []
-    for dtype_name in [d.strip() for d in args.dtypes.split(",")]:
+    for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         element = torch.empty((), dtype=dtype).element_size()
         for log2n in range(args.min_log2n, args.max_log2n + 1):

@@ -139,14 +139,18 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu") -> dict:
     return payload
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (not meaningful; results go to a fresh temporary folder "
+                             "unless --results-dir names one)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help=f"default: {common.RESULTS_DIR}")
     args = parser.parse_args(argv)
-    result = run(args.results_dir, args.quick)
+    result = run(common.results_dir_arg(parser, args.results_dir, args.quick), args.quick)
     for arch, entry in result["models"].items():
         print(arch, entry["ratios"])
+    return 0
 
 
 if __name__ == "__main__":

@@ -190,8 +190,8 @@ def plot(results_dir: Path, payload: dict) -> None:
                            + ", ".join(f"{d:.3f}" for d in part_c["relative_weight_distance_per_epoch"]))
 
 
-def main(argv=None):
-    common.suite_main(run, __doc__, argv)
+def main(argv=None) -> int:
+    return common.suite_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 if __package__ in (None, ""):  # run as a script: make the benchmarks package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benchmarks  # noqa: F401  (puts examples/ on sys.path)
-from saf_examples.idx import load_mnist_family
+from benchmarks import common
+from saf_examples.idx import IdxDataMissing, IdxFormatError, load_mnist_family
 
 from spikingjelly_saf import InputAverage, saf_online_training, to_lif, to_saf
 from spikingjelly_saf import functional as saf_functional
@@ -452,10 +453,7 @@ def plot(payload: dict, path: Path) -> Path:
                  f"{len(config['seeds'])} seeds, full test set (bptt and bptt+memopt: identical "
                  "accuracy)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path, dpi=110)
 
 
 def metadata(command: str) -> dict:
@@ -496,51 +494,72 @@ def run_all(config: dict, results_dir: Path, name: str = NAME, command: str = ""
                         f"minibatches 2..{config['timed'] + 1} of each run."),
                "runs": runs}
     payload["summary"] = summarise(runs)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    plot(payload, results_dir / f"{name}.png")
-    (results_dir / f"{name}_table.md").write_text(table(payload) + "\n")
+    common.write_text(results_dir / f"{name}.json", json.dumps(payload, indent=1) + "\n")
+    replot(payload, results_dir, name)
     return payload
 
 
-def main(argv=None) -> None:
+def pixels_per_step(text: str) -> int:
+    value = common.positive_int(text)
+    if 28 % value:
+        raise argparse.ArgumentTypeError(f"{value} does not divide 28 (a row of 28 pixels per step, "
+                                         "or a part of one: 28, 14, 7, 4, 2, 1)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plot and the table from the existing JSON, without running")
     parser.add_argument("--root", default=None, help="folder of the Fashion-MNIST idx files")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--name", default=NAME)
+    parser.add_argument("--name", type=common.file_stem, default=NAME, help="results file name stem")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--pixels", nargs="+", type=int, default=list(DEFAULTS["pixels"]),
+    parser.add_argument("--pixels", nargs="+", type=pixels_per_step, default=list(DEFAULTS["pixels"]),
                         help="pixels per step (28: T=28, 14: T=56)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULTS["seeds"]))
-    parser.add_argument("--train-subset", type=int, default=DEFAULTS["train_subset"])
-    parser.add_argument("--test-subset", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch"])
-    parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--timed", type=int, default=DEFAULTS["timed"],
+    parser.add_argument("--seeds", nargs="+", type=common.seed, default=list(DEFAULTS["seeds"]))
+    parser.add_argument("--train-subset", type=common.positive_int, default=DEFAULTS["train_subset"])
+    parser.add_argument("--test-subset", type=common.positive_int, default=None)
+    parser.add_argument("--batch", type=common.positive_int, default=DEFAULTS["batch"])
+    parser.add_argument("--hidden", type=common.positive_int, default=DEFAULTS["hidden"])
+    parser.add_argument("--lr", type=common.positive_float, default=DEFAULTS["lr"])
+    parser.add_argument("--epochs", type=common.positive_int, default=DEFAULTS["epochs"])
+    parser.add_argument("--timed", type=common.positive_int, default=DEFAULTS["timed"],
                         help="minibatches measured for time and memory (after one warm-up)")
+    return parser
+
+
+def replot(payload: dict, results_dir: Path, name: str) -> None:
+    plot(payload, results_dir / f"{name}.png")
+    common.write_text(results_dir / f"{name}_table.md", table(payload) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(run_one(json.loads(args.child))))
-        return
+        return 0
+    results_dir = common.results_dir_arg(parser, args.results_dir)
     if args.replot:
-        payload = json.loads((args.results_dir / f"{args.name}.json").read_text())
-        plot(payload, args.results_dir / f"{args.name}.png")
-        (args.results_dir / f"{args.name}_table.md").write_text(table(payload) + "\n")
-        return
-    for pixels in args.pixels:
-        if 28 % pixels:
-            parser.error(f"--pixels must divide 28, got {pixels}.")
+        common.build_from(parser, results_dir, args.name,
+                          lambda payload: replot(payload, results_dir, args.name))
+        return 0
+    if args.train_subset < args.batch:
+        parser.error(f"--train-subset {args.train_subset} is smaller than --batch {args.batch}: not one "
+                     "full minibatch to train on.")
+    try:
+        load_mnist_family("fashion_mnist", args.root, train=False)
+    except (IdxDataMissing, IdxFormatError) as error:
+        parser.error(f"--root: {error}")
     config = {"methods": args.methods, "pixels": args.pixels, "seeds": args.seeds,
               "train_subset": args.train_subset, "test_subset": args.test_subset,
               "batch": args.batch, "hidden": args.hidden, "lr": args.lr, "epochs": args.epochs,
               "timed": args.timed, "root": args.root}
     command = "python -m benchmarks.bench_sequential " + " ".join(argv if argv is not None else sys.argv[1:])
-    run_all(config, args.results_dir, args.name, command.strip())
+    run_all(config, results_dir, args.name, command.strip())
+    return 0
 
 
 if __name__ == "__main__":

@@ -692,67 +692,72 @@ def profile(results_dir: Path, arch: str, variants: list[str], steps: int, devic
         sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         sections.append(f"== {arch} {variant} T={steps} batch={cfg['batch']} ==\n"
                         + prof.key_averages().table(sort_by=sort, row_limit=row_limit))
-    path = results_dir / f"profile_{arch}_T{steps}.txt"
-    path.write_text("\n\n".join(sections) + "\n")
-    return path
+    return common.write_text(results_dir / f"profile_{arch}_T{steps}.txt", "\n\n".join(sections) + "\n")
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (not meaningful; results go to a fresh temporary folder "
+                             "unless --results-dir names one)")
+    parser.add_argument("--device", type=common.device_name,
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {common.RESULTS_DIR}")
     parser.add_argument("--archs", default=None,
                         help="comma-separated configuration keys (default: all; on CPU vggws, resnet18, "
                              "vggws/full)")
-    parser.add_argument("--steps", default=None, help="comma-separated T values")
+    parser.add_argument("--steps", type=common.positive_int_list, default=None,
+                        help="comma-separated T values")
     parser.add_argument("--variants", default=None,
                         help="comma-separated subset of variants (written to time_memory_<tag>.json)")
-    parser.add_argument("--tag", default=None, help="results file suffix; required with --variants")
-    parser.add_argument("--memopt-level", type=int, default=1,
+    parser.add_argument("--tag", type=common.file_stem, default=None,
+                        help="results file suffix; required with --variants")
+    parser.add_argument("--memopt-level", type=common.memopt_level, default=1,
                         help=f"optimize_memory level for {common.MEMOPT_VARIANT} (2-4 need CUDA)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds, one minibatch of every variant each (default 5); median")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--rounds", type=common.positive_int, default=None, help="interleaved timing rounds, one minibatch of every variant each (default 5); median")
+    parser.add_argument("--repeats", type=common.positive_int, default=None,
                         help="alias of --rounds (kept for old command lines)")
     parser.add_argument("--memory", action="store_true",
                         help="the memory suite instead: resident set with fixed malloc thresholds and "
                              "exact live tensor bytes per cell (time_memory_account[_<tag>].json)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=common.non_negative_int, default=0,
                         help="torch threads in each timing process (0: torch's default); 1 is the "
                              "fastest on a machine shared with other jobs")
     parser.add_argument("--no-account", action="store_true",
                         help="time suite: skip the exact live-tensor memory pass after the timing")
     parser.add_argument("--profile", default=None,
                         help="comma-separated variants to profile (one minibatch each) instead of timing")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-    except ValueError:
-        parser.error(f"--steps: expected comma-separated integers, got {args.steps!r}.")
-    only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    known, _ = variants_for(args.device)
+    only = None if args.variants is None else common.choose(parser, "--variants", args.variants, known)
     if only and not args.tag:
         parser.error("--variants writes a separate file: give --tag NAME (time_memory_NAME.json), "
                      "so that ratios are never taken between runs.")
-    if only:
-        known, _ = variants_for(args.device)
-        unknown = sorted(set(only) - set(known))
-        if unknown:
-            parser.error(f"--variants: unknown {unknown}; choose from {', '.join(known)}.")
+    profiled = None if args.profile is None else common.choose(parser, "--profile", args.profile, known)
+    config = CUDA_CONFIG if args.device.startswith("cuda") else CPU_CONFIG
+    # A profile builds one model by name; the time suite takes every configuration key.
+    keys = [k for k in config if k in common.ARCHS] if profiled else list(config)
+    archs = None if args.archs is None else common.choose(parser, "--archs", args.archs, keys)
     if args.memopt_level > 1 and not args.device.startswith("cuda"):
         parser.error(f"--memopt-level {args.memopt_level}: levels 2-4 measure CUDA memory; use 1 "
                      "on the CPU or --device cuda.")
+    results_dir = common.results_dir_arg(parser, args.results_dir, args.quick)
     if args.memory:
-        run_memory(args.results_dir, args.device, tag=args.tag or "", quick=args.quick)
-        return
-    if args.profile:
-        for arch in (args.archs or "vggws").split(","):
-            print(profile(args.results_dir, arch, args.profile.split(","), (steps or [6])[0],
-                          args.device))
-        return
-    run(args.results_dir, args.quick, args.device, tuple(args.archs.split(",")) if args.archs else None,
-        steps,
+        run_memory(results_dir, args.device, tag=args.tag or "", quick=args.quick)
+        return 0
+    if profiled:
+        for arch in archs or ["vggws"]:
+            print(profile(results_dir, arch, profiled, (args.steps or [6])[0], args.device))
+        return 0
+    run(results_dir, args.quick, args.device, tuple(archs) if archs else None, args.steps,
         only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,
         repeats=args.repeats, account=not args.no_account, threads=args.threads)
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import common
+
 REPO = Path(__file__).resolve().parent.parent
 GPU_RESULTS = Path(__file__).resolve().parent / "results" / "gpu"
 STEP_NAMES = ("tests", "time", "memopt", "fashion_mnist", "ddp")
@@ -131,14 +133,11 @@ def _slug(text: str) -> str:
 def run_check(args) -> dict:
     info = device_info()
     cuda = info["cuda_available"]
-    if not cuda and not args.dry_run:
-        raise SystemExit("gpu_check: no CUDA device here. `python -m benchmarks.gpu_check --dry-run` "
-                         "plans every step and runs the CPU parts on tiny sizes.")
     stamp = info["date_utc"][:10]
     name = (_slug(info["devices"][0]) if cuda else "dry-run-cpu") + f"_{stamp}"
     out = Path(args.results_dir) / name if not args.dry_run else Path(tempfile.mkdtemp(prefix="gpu_check_"))
     out.mkdir(parents=True, exist_ok=True)
-    selected = [s for s in STEP_NAMES if s in args.only.split(",")]
+    selected = [s for s in STEP_NAMES if s in args.only]
     steps = [s for s in plan(out, cuda, info["gpus"], args.data_root) if s["name"] in selected]
     env = _environment()
     report = {"device": info, "results_dir": str(out), "dry_run": args.dry_run,
@@ -167,7 +166,7 @@ def run_check(args) -> dict:
         print(f"[{time.perf_counter() - start:6.1f} s] {entry['name']}: {entry['status']}", flush=True)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if not args.dry_run:
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+        common.write_text(out / "gpu_check.json", json.dumps(report, indent=1) + "\n")
         print(f"results: {out}")
     return report
 
@@ -227,12 +226,14 @@ def _parse_time_command(command: list[str]) -> dict:
     from . import bench_time_memory
 
     captured = {}
-    original = bench_time_memory.run
+    original_run, original_device = bench_time_memory.run, common.device_name
     bench_time_memory.run = lambda *args, **kwargs: captured.update(kwargs)
+    # The command is for a CUDA machine: its --device is taken as written, not checked here.
+    common.device_name = str
     try:
         bench_time_memory.main(command[3:])
     finally:
-        bench_time_memory.run = original
+        bench_time_memory.run, common.device_name = original_run, original_device
     return {k: captured.get(k) for k in ("only_variants", "tag", "rounds", "memopt_level")}
 
 
@@ -320,7 +321,7 @@ def ddp_check(path: Path) -> int:
         saf_online_training(net, opt, x, target, nn.functional.cross_entropy, method)
         worst = max(float((state[k] - v.cpu()).abs().max()) for k, v in net.state_dict().items())
         results[method] = {"max_abs_difference": worst, "passed": worst < 1e-5}
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    common.write_text(path, json.dumps(results, indent=1) + "\n")
     print(json.dumps(results))
     return 0 if all(r["passed"] for r in results.values()) else 1
 
@@ -332,18 +333,26 @@ def main(argv=None) -> int:
                         help="no CUDA needed: plan every step, run the CPU-runnable parts on tiny sizes")
     parser.add_argument("--only", default=",".join(STEP_NAMES),
                         help=f"comma-separated subset of {','.join(STEP_NAMES)}")
-    parser.add_argument("--budget", type=float, default=570.0,
+    parser.add_argument("--budget", type=common.positive_float, default=570.0,
                         help="seconds for all steps together (default 570: under 10 minutes)")
-    parser.add_argument("--results-dir", default=str(GPU_RESULTS))
+    parser.add_argument("--results-dir", type=Path, default=GPU_RESULTS)
     parser.add_argument("--data-root", default=None,
                         help="Fashion-MNIST idx files (default: the benchmark's own search)")
     parser.add_argument("--ddp-check", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ddp_check:
         return ddp_check(Path(args.ddp_check))
-    unknown = sorted(set(args.only.split(",")) - set(STEP_NAMES))
-    if unknown:
-        parser.error(f"--only: unknown step(s) {unknown}; choose from {','.join(STEP_NAMES)}.")
+    args.only = common.choose(parser, "--only", args.only, STEP_NAMES)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        parser.error(f"--data-root {args.data_root!r}: not a folder; name the folder of the "
+                     "Fashion-MNIST idx files, or drop the flag for the benchmark's own search.")
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device here; --dry-run plans every step and runs the CPU parts on "
+                         "tiny sizes.")
+        args.results_dir = common.results_dir_arg(parser, args.results_dir)
     report = run_check(args)
     failed = [s["name"] for s in report["steps"] if s["status"].startswith(("failed", "timed out"))]
     if args.dry_run:
