@@ -85,6 +85,7 @@ def test_fresh_process_reports_errors_as_results():
     assert "ValueError" in result["error"]
 
 
+@pytest.mark.slow
 def test_quick_suite_writes_results_and_the_readme_table(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n{common.TABLE_START}\nold\n{common.TABLE_END}\n")
@@ -226,6 +227,7 @@ def test_fashion_mnist_cli_rejects_bad_input(tmp_path, monkeypatch, capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fashion_mnist_benchmark_runs_on_tiny_data(tmp_path):
     data = _fabricate_fashion_mnist(tmp_path / "data")
     results = tmp_path / "results"

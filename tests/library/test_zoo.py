@@ -95,12 +95,20 @@ def build(name, how, **overrides):
     return model
 
 
+# The VGGs take most of this file's time; the fast subset (-m "not slow") keeps the others.
+SLOW_ZOO = {"spiking_vgg11", "spiking_vgg11_bn"}
+
+
+def zoo_params(names) -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_ZOO else name for name in names]
+
+
 # Each method in both step modes, and each build path in both step modes.
 TRAINING_PLAN = [("SAFNode", "s", "saf-e"), ("SAFNode", "m", "saf-f"),
                  ("to_saf", "s", "saf-f"), ("to_saf", "m", "saf-e")]
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", zoo_params(ZOO))
 def test_zoo_model_trains_with_saf_e_and_saf_f(name):
     torch.manual_seed(0)
     _, shape, step_modes, batch = ZOO[name]
@@ -176,7 +184,7 @@ def test_report_names_the_right_modules(name):
 EXACT_AFTER_SWAP = [name for name, kinds in EXPECTED_FINDINGS.items() if kinds <= {"max-pool"}]
 
 
-@pytest.mark.parametrize("name", EXACT_AFTER_SWAP)
+@pytest.mark.parametrize("name", zoo_params(EXACT_AFTER_SWAP))
 def test_lif_twin_of_exact_zoo_model_reproduces_spikes_and_outputs(name, float64):
     torch.manual_seed(0)
     _, shape, step_modes, _ = ZOO[name]
