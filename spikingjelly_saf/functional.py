@@ -249,6 +249,21 @@ def running_average(x: torch.Tensor, average_prev: Optional[torch.Tensor], weigh
     return average_update(x, average_prev, k)
 
 
+def _check_decay(decay, caller: str) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
+        raise ValueError(f"{caller}: decay={decay!r} must be a number in [0, 1] (lambda = 1 - 1/tau; "
+                         "0 for tau=1, 1 for tau=inf).")
+    return float(decay)
+
+
+def _check_time_dim(seq, dim, caller: str) -> None:
+    if not isinstance(seq, torch.Tensor):
+        raise TypeError(f"{caller}: the sequence must be a tensor, got {type(seq).__name__}.")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -seq.dim() <= dim < max(seq.dim(), 1):
+        raise ValueError(f"{caller}: dim={dim!r} is not a dimension of a tensor of shape "
+                         f"{tuple(seq.shape)}.")
+
+
 def weighted_average(seq: torch.Tensor, decay: float, dim: int = 0) -> torch.Tensor:
     r"""The weighted average of a whole sequence, :math:`\bar x[T] = \sum_t \lambda^{T-t} x[t] / c[T]`.
 
@@ -256,6 +271,8 @@ def weighted_average(seq: torch.Tensor, decay: float, dim: int = 0) -> torch.Ten
     * **English**: the SAF readout of a LIF network's outputs: the weighted average over ``dim``
       (time), which equals the SAF network's last output :math:`\bar O[T]`. Uses :func:`running_average`.
     """
+    _check_time_dim(seq, dim, "weighted_average")
+    decay = _check_decay(decay, "weighted_average")
     average, weight_sum = None, 0.0
     for x in seq.unbind(dim):
         weight_sum_next = next_weight_sum(weight_sum, decay)
@@ -293,6 +310,8 @@ def rate_readout(average_seq: torch.Tensor, decay: float, dim: int = 0, spikes: 
     :param spikes: the outputs are a neuron's weighted firing rates (round the spike counts)
     :return: the scores, ``average_seq`` without ``dim``
     """
+    _check_time_dim(average_seq, dim, "rate_readout")
+    decay = _check_decay(decay, "rate_readout")
     steps = average_seq.shape[dim]
     if steps == 0:
         raise ValueError(f"the sequence has no steps along dim={dim} (shape {tuple(average_seq.shape)}).")

@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch.nn as nn
 
+from ._validation import require_module
 from .recording import SpikeRecorder
 
 __all__ = ["FiringHealth", "FiringHealthWarning", "ChanceLossWatch"]
@@ -69,6 +70,7 @@ class FiringHealth:
 
     def __init__(self, model: nn.Module, silent_below: float = 1e-4, saturated_above: float = 0.95,
                  method: Union[str, object, None] = None, steps: Optional[int] = None):
+        require_module(model, "FiringHealth")
         if not 0.0 <= silent_below < saturated_above <= 1.0:
             raise ValueError(
                 f"need 0 <= silent_below < saturated_above <= 1, got silent_below={silent_below}, "

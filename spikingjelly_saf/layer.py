@@ -177,4 +177,10 @@ def predict(scores: torch.Tensor) -> torch.Tensor:
       ``out_seq.mean(0)`` predicts the same class. :math:`\bar O[T]`
       (``saf_inference(..., readout='weighted')``, SAF-F's training target) is accepted too.
     """
+    if not isinstance(scores, torch.Tensor) or scores.dim() == 0:
+        raise TypeError(f"predict: scores must be a tensor [..., C] with the classes last, got "
+                        f"{type(scores).__name__} of shape {tuple(getattr(scores, 'shape', ()))}.")
+    # argmax takes NaN for the largest score, so a NaN would pass for a prediction.
+    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
+        raise ValueError("predict: the scores hold NaN; the network or its input is not finite.")
     return scores.argmax(dim=-1)

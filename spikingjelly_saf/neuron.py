@@ -5,6 +5,7 @@ r"""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Callable, Optional
 
@@ -40,7 +41,12 @@ class SpikeTap(nn.Identity):
 class SAFPrecisionWarning(UserWarning):
     """A ``SAFNode`` below float64 reached a weight sum :math:`c[t]` at which its spikes may differ
     from the LIF network's more than an LIF network's own rounding would
-    (:func:`spikingjelly_saf.functional.exceeds_precision_limit`)."""
+    (:func:`spikingjelly_saf.functional.exceeds_precision_limit`), or was given a threshold that
+    float32 cannot hold."""
+
+
+_FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 #: Why a SAF neuron's numbers cannot be tensors, said the same way everywhere.
@@ -229,6 +235,15 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         value = _float_argument("v_threshold", value)
         if not value > 0.0 or math.isinf(value):
             raise ValueError(f"v_threshold must be positive and finite, got {value}.")
+        if value < sys.float_info.min:
+            raise ValueError(f"v_threshold={value} is below the smallest normal float64 "
+                             f"({sys.float_info.min:.4g}); every tensor type rounds it towards 0, so the "
+                             "neuron would fire at any positive input.")
+        if not _FLOAT32_TINY <= value <= _FLOAT32_MAX:
+            warnings.warn(f"v_threshold={value} lies outside float32's normal range "
+                          f"({_FLOAT32_TINY:.4g} .. {_FLOAT32_MAX:.4g}): in a float32 network it becomes "
+                          "0 or inf (fires at every step or never). Use float64 or a threshold in range.",
+                          SAFPrecisionWarning, stacklevel=3)
         return value
 
     @staticmethod

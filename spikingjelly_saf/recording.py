@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import neuron
 
+from ._validation import require_module
 from .neuron import SAFNode
 
 __all__ = ["SpikeRecorder", "spiking_layers", "unwrapped_name"]
@@ -62,6 +63,7 @@ class SpikeRecorder:
     """
 
     def __init__(self, model: nn.Module, keep: str = "rates"):
+        require_module(model, "SpikeRecorder")
         if keep not in ("rates", "spikes"):
             raise ValueError(f"keep must be 'rates' or 'spikes', got {keep!r}.")
         self.keep = keep

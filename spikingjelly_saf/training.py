@@ -94,6 +94,15 @@ def _nan_or_inf(tensor: torch.Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
+def _check_finite_input(x_seq: torch.Tensor, caller: str) -> None:
+    # A NaN input fires no spike, so the scores would look like those of a valid input.
+    if x_seq.is_floating_point() and not bool(torch.isfinite(x_seq).all()):
+        bad = int((~torch.isfinite(x_seq)).sum())
+        raise ValueError(f"{caller}: x_seq holds {bad} NaN or infinite value(s) ({_nan_or_inf(x_seq)}); "
+                         "a neuron fires no spike for them, so the scores would look valid. Check the "
+                         "data (or pass check_finite=False).")
+
+
 def saf_nodes(model: nn.Module) -> list[SAFNode]:
     """Every :class:`SAFNode` of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, SAFNode)]
@@ -412,7 +421,8 @@ def output_is_spiking(model: nn.Module, x_seq: torch.Tensor) -> bool:
     return bool(source.spiking)
 
 
-def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") -> torch.Tensor:
+def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate",
+                  check_finite: bool = True) -> torch.Tensor:
     r"""
     **API Language** - :ref:`中文 <saf_inference-cn>` | :ref:`English <saf_inference-en>`
 
@@ -469,6 +479,7 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") 
     :param model: a network of :class:`SAFNode`, possibly wrapped in ``DistributedDataParallel``
     :param x_seq: input of shape ``[B, T, *]`` with ``T >= 1``
     :param readout: ``'rate'`` (default) or ``'weighted'`` (:data:`READOUTS`)
+    :param check_finite: refuse an input holding NaN or infinity (``ValueError``)
     :return: the scores, shape ``[B, C]``
 
     Shape:
@@ -487,6 +498,8 @@ def saf_inference(model: nn.Module, x_seq: torch.Tensor, readout: str = "rate") 
     require_module(model, "saf_inference")
     _check_x_seq(x_seq, "saf_inference")
     _check_readout(readout)
+    if check_finite:
+        _check_finite_input(x_seq, "saf_inference")
     step_mode = model_step_mode(model)
     sj_functional.reset_net(model)
     try:
