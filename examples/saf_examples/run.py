@@ -21,34 +21,67 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
+#: The scripts that import this module to run it.
+_SCRIPTS = ("train_cifar.py", "train_mnist.py", "train_dvs.py")
 
-from spikingjelly_saf.training import NonFiniteTrainingError
 
-from .methods import get_method
-from . import checkpoint as ckpt
-from .checkpoint import CheckpointError
-from .cli import DEFAULT_MODELS, build_parser
-from .data import DataMissingError, build_datasets, data_fingerprint, default_data_dir
-from .distributed import Distributed
-from .guard import (FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite,
+def _stop_while_starting(number, _frame) -> None:
+    print(f"interrupted ({signal.Signals(number).name}) while starting; nothing was written.",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + number)
+
+
+def _check_temporary_folder() -> None:
+    # PyTorch's import asks for a temporary folder and fails with a traceback without one (a full
+    # disk, a file-size limit, TMPDIR pointing nowhere).
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as error:
+        print(f"error: OSError: {error.strerror or error}; PyTorch needs a writable temporary folder "
+              "with free space to start: free some space or set TMPDIR to such a folder.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+if Path(sys.argv[0] if sys.argv else "").name in _SCRIPTS:
+    # A signal while PyTorch loads (seconds) ends the script with one line, not a traceback;
+    # main() takes the signals over once it runs.
+    signal.signal(signal.SIGINT, _stop_while_starting)
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    _check_temporary_folder()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+from torch.utils.data.distributed import DistributedSampler  # noqa: E402
+
+from spikingjelly_saf.training import NonFiniteTrainingError  # noqa: E402
+
+from .methods import get_method  # noqa: E402
+from . import checkpoint as ckpt  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
+from .cli import DEFAULT_MODELS, build_parser  # noqa: E402
+from .data import DataMissingError, build_datasets, data_fingerprint, default_data_dir  # noqa: E402
+from .distributed import Distributed  # noqa: E402
+from .guard import (FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite,  # noqa: E402
                     first_nonfinite)
-from .engine import (FiringRateRecorder, NonFiniteLossError, ce_mse_loss, deploy_to_lif, evaluate,
+from .engine import (FiringRateRecorder, NonFiniteLossError, ce_mse_loss, deploy_to_lif, evaluate,  # noqa: E402
                      train_one_epoch)
-from .models import ModelChoiceError, build_model
-from .report import (minibatch_logger, peak_memory_mib, plot_history, progress_printer,
+from .models import ModelChoiceError, build_model  # noqa: E402
+from .report import (minibatch_logger, peak_memory_mib, plot_history, progress_printer,  # noqa: E402
                      reset_peak_memory, summary_line, write_history)
-from .resume import (ResumeError, apply_changes, explicit_flags, flag, merge_arguments,
+from .resume import (ResumeError, apply_changes, explicit_flags, flag, merge_arguments,  # noqa: E402
                      reconcile_folder, value_checker)
-from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir
+from .rundir import RunDirectory, RunDirectoryError, add_run_flags, check_name, default_out_dir  # noqa: E402
 
 __all__ = ["main", "run", "EXIT_OK", "EXIT_USAGE", "EXIT_NONFINITE"]
 
@@ -56,8 +89,34 @@ __all__ = ["main", "run", "EXIT_OK", "EXIT_USAGE", "EXIT_NONFINITE"]
 #: infinity in the loss, a gradient, a weight or the input.
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
 EXIT_DATA = EXIT_USAGE
-#: Ctrl-C: the shell's convention for a process ended by SIGINT (128 + 2).
+#: Ctrl-C: the shell's convention for a process ended by SIGINT (128 + 2); SIGTERM (128 + 15).
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's or ``kill``'s stop), handled like Ctrl-C: the ``finally`` blocks
+    release the folder's lock and the last checkpoint stays the last whole one."""
+
+
+def _raise_terminated(_number, _frame) -> None:
+    raise _Terminated()
+
+
+@contextmanager
+def _signals_as_interrupts():
+    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`_Terminated` while the run lasts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 #: The image side of each data set, for the models that need images of a least size.
 _IMAGE_SIDES = {"cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "mnist": 28,
                 "dvs128_gesture": 128, "cifar10_dvs": 128}
@@ -844,15 +903,15 @@ def _is_file(path) -> bool:
         return False
 
 
-def _interrupted_message(args) -> str:
+def _interrupted_message(args, how: str = "Ctrl-C") -> str:
     out_dir = getattr(args, "out_dir", None)
     if getattr(args, "test_only", False):
-        return "interrupted (Ctrl-C) during the evaluation; nothing of it was written."
+        return f"interrupted ({how}) during the evaluation; nothing of it was written."
     if out_dir and _is_file(Path(out_dir) / LAST):
         world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "1") != "1" else None
-        return (f"interrupted (Ctrl-C); the run resumes after its last saved epoch with: "
+        return (f"interrupted ({how}); the run resumes after its last saved epoch with: "
                 f"{_resume_command(args, out_dir, world)}")
-    return ("interrupted (Ctrl-C) before the first epoch was saved; there is nothing to resume, "
+    return (f"interrupted ({how}) before the first epoch was saved; there is nothing to resume, "
             "start the run again.")
 
 
@@ -912,7 +971,8 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
                   "-data-dir)", flush=True)
     given = explicit_flags(_parser(datasets, description), argv)
     try:
-        run(args, given=given, datasets=datasets, check_value=value_checker(parser))
+        with _signals_as_interrupts():
+            run(args, given=given, datasets=datasets, check_value=value_checker(parser))
     except _USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -924,9 +984,11 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
         # one naming the epoch and minibatch.
         print(_stopped_message(error, args.out_dir), file=sys.stderr)
         return EXIT_NONFINITE
-    except KeyboardInterrupt:
-        print(_interrupted_message(args), file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, _Terminated)
+        print(_interrupted_message(args, "SIGTERM" if terminated else "Ctrl-C"), file=sys.stderr,
+              flush=True)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except OSError as error:
         print(_os_error_message(error, args.out_dir), file=sys.stderr)
         return EXIT_USAGE
