@@ -103,10 +103,22 @@ class RunDirectory:
         ``-overwrite`` was given; writes nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirectoryError(f"-out-dir {self.path} is a file, not a folder.")
+        self._check_encoding()
         owner = self._busy()
         if owner is not None:
             raise self._busy_error(owner)
         self._check_contents()
+
+    def _check_encoding(self) -> None:
+        # TensorBoard's writer encodes its file names as UTF-8 and fails on any other bytes.
+        try:
+            str(self.path.absolute()).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(str(self.path.absolute()))
+            raise RunDirectoryError(
+                f"-out-dir {shown!r}: the folder's path is not valid UTF-8, and the TensorBoard log "
+                "writer can only name its files in UTF-8. Choose an -out-dir whose path is UTF-8 "
+                "(rename the folder).") from None
 
     def _check_contents(self) -> None:
         contents = [name for name in self.contents() if not name.endswith(".tmp")]
