@@ -254,7 +254,7 @@ def _cifar_datasets(name: str, args: argparse.Namespace):
 
 def _check_cifar_content(name: str, split: str, dataset, folder: Path) -> None:
     """Refuse what torchvision reads without complaint but cannot train: images that are not
-    bytes, labels that are not class indices."""
+    bytes, labels that are not class indices or not one per image."""
     files = ", ".join(entry[0] for entry in (dataset.train_list if split == "training"
                                              else dataset.test_list))
     howto = (f"  to fix it: delete {folder} and rerun with -download, or extract the archive from "
@@ -264,6 +264,10 @@ def _check_cifar_content(name: str, split: str, dataset, folder: Path) -> None:
         raise DataMissingError(
             f"{folder}: {files} hold {data.dtype.name} pixels; the python version of {name} stores "
             f"every pixel as one byte (uint8, 0..255).\n{howto}")
+    if len(dataset.targets) != len(data):
+        raise DataMissingError(
+            f"{folder}: {files} hold {len(data)} images but {len(dataset.targets)} labels; every "
+            f"image needs one label.\n{howto}")
     classes = DATASETS[name].num_classes
     for index, label in enumerate(dataset.targets):
         if isinstance(label, bool) or not isinstance(label, numbers.Integral):
@@ -407,6 +411,10 @@ def check_event_file(path, height: int = 128, width: int = 128) -> "str | None":
     shapes = {key: array.shape for key, array in arrays.items()}
     if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
         return f"has arrays of shapes {shapes}; t, x, y and p must be 1-D of one length"
+    times = arrays["t"]
+    if times.dtype.kind not in "biuf" or (times.dtype.kind == "f" and not np.isfinite(times).all()):
+        return (f"has t values of type {times.dtype} that are not all finite numbers; timestamps must "
+                "be finite (SpikingJelly orders and splits events by them)")
     for key, limit in (("x", width), ("y", height), ("p", 2)):
         values = arrays[key]
         if values.dtype.kind not in "biuf":
