@@ -251,7 +251,19 @@ class _RecipeWidth(int):
     """A recipe's ``-channels`` default, told apart from a width written on the command line."""
 
 
-class _TrainingParser(argparse.ArgumentParser):
+class _DefaultSplit(float):
+    """``-train-split``'s default, told apart from a fraction written on the command line."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the flag (and where to look), not the
+    usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n  (every flag and its default: {self.prog} -h)\n")
+
+
+class _TrainingParser(OneLineErrorParser):
     """Parses into :class:`TrainingArguments` and checks the flags that depend on each other."""
 
     def parse_args(self, args=None, namespace=None):
@@ -262,12 +274,19 @@ class _TrainingParser(argparse.ArgumentParser):
             # zoo network chosen with -model keeps the zoo's widths.
             model = parsed.model or DEFAULT_MODELS[parsed.dataset]
             parsed.channels = int(parsed.channels) if takes_width(model) else None
+        self._check_train_split(parsed)
         self._check_combinations(parsed)
         return parsed
 
-    def error(self, message: str):
-        # One line that names the flag, and where to look, instead of the full usage block.
-        self.exit(2, f"{self.prog}: error: {message}\n  (every flag and its default: {self.prog} -h)\n")
+    def _check_train_split(self, args) -> None:
+        if "train_split" not in vars(args):
+            return
+        users = DATASET_FLAGS["train_split"]
+        # On -resume the data set comes from the checkpoint, which the resume checks compare.
+        if not isinstance(args.train_split, _DefaultSplit) and args.dataset not in users and not args.resume:
+            self.error(f"argument -train-split: applies to {', '.join(users)} only; -dataset "
+                       f"{args.dataset} has an official test set (drop the flag).")
+        args.train_split = float(args.train_split)
 
     def _check_combinations(self, args) -> None:
         method = get_method(args.method)
@@ -398,7 +417,7 @@ def build_parser(datasets: Sequence[str], description: str = "",
         train.add_argument("-cutout", type=_non_negative_int, default=16,
                            help="cutout hole length for CIFAR augmentation (0 turns cutout off)")
     if shows["train_split"]:
-        train.add_argument("-train-split", type=_fraction, default=0.9,
+        train.add_argument("-train-split", type=_fraction, default=_DefaultSplit(0.9),
                            help="CIFAR10-DVS: fraction of each class used for training (seeded split)")
     if shows["download"]:
         where = [name for name in DATASET_FLAGS["download"] if name in datasets]

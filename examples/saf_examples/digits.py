@@ -164,7 +164,7 @@ def _method_list(values) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The main job's flags, in the examples' single-dash style."""
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineErrorParser(
         prog="python examples/digits.py", description=__doc__.strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="The README's digits table uses these settings with seeds 0-4 "
