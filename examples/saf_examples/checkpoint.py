@@ -249,6 +249,11 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_accuracy(value) -> bool:
+    # NaN would pass a type check and then lose every comparison with a new accuracy.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def _structure_problem(state: dict) -> Optional[str]:
     """What is wrong with the shape of a checkpoint's entries, or ``None``."""
     for key in ("net", "optimizer", "lr_scheduler", "best", "args"):
@@ -259,9 +264,10 @@ def _structure_problem(state: dict) -> Optional[str]:
     if "epoch" in state and not (_is_int(state["epoch"]) and state["epoch"] >= 0):
         return f"its epoch is {state['epoch']!r}, not a number of epochs"
     best = state.get("best")
-    if best is not None and not (_is_int(best.get("epoch")) and
-                                 isinstance(best.get("test_acc"), (int, float))):
-        return "its 'best' entry lacks an epoch and a test accuracy"
+    if best is not None and not (_is_int(best.get("epoch")) and _is_accuracy(best.get("test_acc"))):
+        return "its 'best' entry lacks an epoch and a test accuracy (a number in [0, 1])"
+    if "max_test_acc" in state and not _is_accuracy(state["max_test_acc"]):
+        return f"its max_test_acc is {state['max_test_acc']!r}, not an accuracy in [0, 1]"
     history = state.get("history")
     if history is not None and not (isinstance(history, list) and
                                     all(isinstance(row, dict) for row in history)):

@@ -85,6 +85,9 @@ def value_checker(parser: argparse.ArgumentParser):
             else:
                 if action.choices is not None and converted not in action.choices:
                     problem = f"not one of {', '.join(map(str, action.choices))}"
+                elif isinstance(value, str) and not isinstance(converted, str):
+                    # The trainer stores numbers as numbers; the text would reach the run as text.
+                    problem = "text where the flag takes a number"
         if problem:
             raise ResumeError(f"the checkpoint's arguments hold {flag(dest)} {value!r}: {problem}; "
                               "it was not written by this trainer or is damaged.")

@@ -130,6 +130,14 @@ class NonFiniteCheckpointError(RuntimeError):
     """The checkpoint to resume or evaluate holds a NaN or infinite weight (exit 3)."""
 
 
+def _optimizer_tensors(optimizer) -> list:
+    """``(name, tensor)`` of the per-parameter state (momentum buffers, Adam's averages)."""
+    per_parameter = optimizer.get("state", {}) if isinstance(optimizer, dict) else {}
+    return [(f"parameter {index}: {key}", value) for index, values in per_parameter.items()
+            if isinstance(values, dict) for key, value in values.items()
+            if isinstance(value, torch.Tensor)]
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -215,6 +223,24 @@ def _optimizer_problem(saved: dict, parameters: list) -> Optional[str]:
     return None
 
 
+def _schedule_problem(saved: dict) -> Optional[str]:
+    """What is wrong with a saved cosine schedule, or ``None``: a positive length, a step count
+    of 0 or more and finite learning rates (PyTorch divides by the length without a check)."""
+    length, step = saved.get("T_max"), saved.get("last_epoch")
+    if not (_is_count(length) and length >= 1):
+        return f"holds the schedule length T_max {length!r} (it must be a whole number of epochs, 1 or more)"
+    if not (_is_count(step) and step >= 0):
+        return f"holds the schedule step last_epoch {step!r} (it must be a whole number, 0 or more)"
+    rates = [saved.get("eta_min"), *(saved.get("base_lrs") or [None])]
+    if not all(_number(rate) and rate >= 0.0 for rate in rates):
+        return f"holds the schedule's learning rates {rates!r} (they must be finite numbers, 0 or more)"
+    return None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class _SyncCounter:
     """Counts DDP's gradient all-reduces (one per bucket per synchronisation)."""
 
@@ -296,6 +322,13 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]],
                 f"-resume {args.resume}: the checkpoint's weight {damaged[0]} holds {damaged[1]}, so "
                 "the network is damaged; nothing was evaluated, trained or written. Use an earlier "
                 "checkpoint of the run (checkpoint_best.pth) or start again.")
+        damaged = first_nonfinite(_optimizer_tensors(state["optimizer"]))
+        if damaged is not None and not getattr(args, "test_only", False):
+            raise NonFiniteCheckpointError(
+                f"-resume {args.resume}: the checkpoint's optimizer state ({damaged[0]}) holds "
+                f"{damaged[1]}, so the first step would write it into the weights; nothing was "
+                "trained or written. Use an earlier checkpoint of the run (checkpoint_best.pth) or "
+                "start again.")
     args.model = args.model or DEFAULT_MODELS[args.dataset]
     check_name("-model", args.model)
     if not args.data_dir:
@@ -306,7 +339,14 @@ def _prepare(args, given: Optional[set], datasets: Optional[Sequence[str]],
         method = get_method(args.method)
     except ValueError as error:
         raise ModelChoiceError(f"-method {args.method}: {error}") from None
-    _check_arguments(args, method)
+    try:
+        _check_arguments(args, method)
+    except ModelChoiceError as error:
+        if state is None:
+            raise
+        # The value may come from the checkpoint rather than from the command line.
+        raise ModelChoiceError(f"{error} (-resume {args.resume}: the run's flags are the "
+                               "checkpoint's, with those given on the command line)") from None
     test_only = bool(getattr(args, "test_only", False))
     if test_only and state is None:
         raise ModelChoiceError("-test-only evaluates a checkpoint: give it with -resume PATH.")
@@ -427,10 +467,11 @@ class _Trainer:
         if not groups or not all(isinstance(g, dict) and mark in g for g in groups):
             raise CheckpointError(f"-resume {path}: its optimizer state is not that of -opt "
                                   f"{self.args.opt} (no '{mark}' in its parameter groups).")
-        problem = _optimizer_problem(saved, list(self.module.parameters()))
-        if problem:
-            raise CheckpointError(f"-resume {path}: its optimizer state {problem}; it was not "
-                                  "written by this trainer or is damaged.")
+        for part, problem in (("optimizer", _optimizer_problem(saved, list(self.module.parameters()))),
+                              ("schedule", _schedule_problem(state["lr_scheduler"]))):
+            if problem:
+                raise CheckpointError(f"-resume {path}: its {part} state {problem}; it was not "
+                                      "written by this trainer or is damaged.")
         try:
             self.optimizer.load_state_dict(saved)
             self.scheduler.load_state_dict(state["lr_scheduler"])

@@ -176,3 +176,93 @@ def test_no_room_for_a_temporary_file_at_start_is_one_line(tmp_path):
     assert process.returncode == 2, err
     line = _one_error(err)
     assert "temporary folder" in line and "TMPDIR" in line
+
+
+def test_resume_from_a_nan_momentum_buffer_stops_before_writing(tmp_path, capsys):
+    import torch
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "2", "-stop-after", "1"]) == 0
+    last = out / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    buffers = [v for v in state["optimizer"]["state"].values() if v.get("momentum_buffer") is not None]
+    buffers[0]["momentum_buffer"] = buffers[0]["momentum_buffer"] * float("nan")
+    ckpt.save_checkpoint(state, last)
+    before = _digest(out)
+    capsys.readouterr()
+    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 3
+    line = _one_error(capsys.readouterr().err)
+    assert "optimizer state (parameter" in line and "momentum_buffer) holds nan" in line
+    assert _digest(out) == before
+    # Evaluating needs no optimizer: -test-only still runs.
+    assert _exit(["-resume", last, "-j", "0", "-no-progress", "-test-only"]) == 0
+
+
+@pytest.mark.parametrize("entries, words", [
+    ({"T": "2"}, "the checkpoint's arguments hold -T '2': text where the flag takes a number"),
+    ({"lr": "0.05"}, "the checkpoint's arguments hold -lr '0.05': text where the flag takes a number"),
+    ({"tau": 0.5}, "tau must be >= 1"),
+])
+def test_resume_names_the_checkpoint_for_its_bad_arguments(tmp_path, capsys, entries, words):
+    import torch
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "2", "-stop-after", "1"]) == 0
+    last = out / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    state["args"].update(entries)
+    ckpt.save_checkpoint(state, last)
+    before = _digest(out)
+    capsys.readouterr()
+    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert words in line and f"-resume {last}" in line
+    assert _digest(out) == before
+
+
+@pytest.mark.parametrize("entries, words", [
+    ({"T_max": 0}, "its schedule state holds the schedule length T_max 0"),
+    ({"last_epoch": float("nan")}, "its schedule state holds the schedule step last_epoch nan"),
+    ({"base_lrs": [float("inf")]}, "its schedule state holds the schedule's learning rates"),
+])
+def test_resume_refuses_a_damaged_schedule_before_writing(tmp_path, capsys, entries, words):
+    import torch
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "3", "-stop-after", "1"]) == 0
+    last = out / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    state["lr_scheduler"].update(entries)
+    ckpt.save_checkpoint(state, last)
+    before = _digest(out)
+    capsys.readouterr()
+    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert words in line and str(last) in line
+    assert _digest(out) == before
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda s: s["best"].__setitem__("test_acc", float("nan")), "its 'best' entry lacks an epoch and a test accuracy"),
+    (lambda s: s.__setitem__("max_test_acc", float("nan")), "its max_test_acc is nan, not an accuracy"),
+    (lambda s: s["best"].__setitem__("test_acc", 7.0), "its 'best' entry lacks an epoch and a test accuracy"),
+])
+def test_resume_refuses_an_accuracy_that_is_not_one(tmp_path, capsys, change, words):
+    import torch
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "3", "-stop-after", "1"]) == 0
+    last = out / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    change(state)
+    ckpt.save_checkpoint(state, last)
+    before = _digest(out)
+    capsys.readouterr()
+    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert words in line and str(last) in line
+    assert _digest(out) == before
