@@ -952,6 +952,12 @@ def _interrupted_message(args, how: str = "Ctrl-C") -> str:
         world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "1") != "1" else None
         return (f"interrupted ({how}); the run resumes after its last saved epoch with: "
                 f"{_resume_command(args, out_dir, world)}")
+    begun = out_dir and RunDirectory(out_dir, resume=False, overwrite=False).contents()
+    if begun:
+        # Without -overwrite the new start would refuse the folder this run began to fill.
+        return (f"interrupted ({how}) before the first epoch was saved; there is nothing to resume: "
+                f"start the run again with the same flags and -overwrite, which replaces what it "
+                f"began to write in {out_dir}.")
     return (f"interrupted ({how}) before the first epoch was saved; there is nothing to resume, "
             "start the run again.")
 

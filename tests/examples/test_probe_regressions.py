@@ -266,3 +266,26 @@ def test_resume_refuses_an_accuracy_that_is_not_one(tmp_path, capsys, change, wo
     line = _one_error(capsys.readouterr().err)
     assert words in line and str(last) in line
     assert _digest(out) == before
+
+
+def test_ctrl_c_before_the_first_save_names_a_restart_that_works(tmp_path, capsys, monkeypatch):
+    from saf_examples import run as run_module
+
+    real = run_module._Trainer.train_epoch
+
+    def interrupted(self, epoch, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["-data-dir", data, "-out-dir", out, *TINY]
+    monkeypatch.setattr(run_module._Trainer, "train_epoch", interrupted)
+    assert _exit(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"start the run again with the same flags and -overwrite, which replaces what it began " \
+           f"to write in {out}" in err
+    monkeypatch.setattr(run_module._Trainer, "train_epoch", real)
+    assert _exit(argv) == 2  # what the message warns about
+    assert _exit([*argv, "-overwrite"]) == 0
+    assert ckpt_epoch(out) == 0
