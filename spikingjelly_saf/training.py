@@ -694,7 +694,8 @@ def saf_online_training(
     调用前请 ``functional.reset_net(model)``；若网络仍保留上一个序列的状态，本函数会重置它并发出
     ``StateCarriedOverWarning``。网络的调用方式：单步模式下每步 ``[B, *]``；多步模式下 saf-e 每步
     ``[1, B, *]``，saf-e-acc 一次 ``[T, B, *]``，saf-f 先 ``[T-1, B, *]`` 再 ``[1, B, *]``。网络本身不得
-    扩展或平均时间维。
+    扩展或平均时间维。返回的 ``y_seq`` 为 :math:`\bar O[1..T]`；预测分数是其发放率
+    ``functional.rate_readout(y_seq, decay, dim=1)``（与 :func:`saf_inference` 相同）。
 
     Shape:
         - ``x_seq``: ``[B, T, *]``；``target``: ``[B, *]``，或 ``target_is_sequence`` 时 ``[B, T, *]``
@@ -757,7 +758,9 @@ def saf_online_training(
         earlier time steps of the minibatch stay applied. Each check waits for the device once per
         optimizer step; ``False`` turns them off.
     :return: ``(loss, y_seq)``: the summed loss (detached) and the weighted-average outputs
-        ``[B, T, *]``; predict from ``y_seq[:, -1]``.
+        :math:`\bar O[1..T]` ``[B, T, *]``. The prediction scores are their firing rate,
+        ``functional.rate_readout(y_seq, decay, dim=1)`` (what :func:`saf_inference` returns and
+        what the ``to_lif`` twin's ``out_seq.mean(0)`` equals); ``y_seq[:, -1]`` is :math:`\bar O[T]`.
 
     SAF-E takes T optimizer steps per minibatch (like OTTT_O): its learning rate is usually about
     T times smaller than a once-per-minibatch method's.
