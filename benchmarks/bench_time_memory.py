@@ -471,24 +471,6 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
     return payload
 
 
-def resummarize(results_dir: Path, name: str = "time_memory") -> dict:
-    """Recompute the summary (and the plots) of a committed time run from its raw times."""
-    payload = common.read_json(results_dir, name)
-    for rows in payload["models"].values():
-        for cells in rows.values():
-            for cell in cells.values():
-                if "times_s" in cell and "error" not in cell:
-                    cell.setdefault("paired_rounds", True)
-    payload["summary"] = summarize(payload["models"])
-    payload["settings"]["timing"] = payload["settings"]["timing"].replace(
-        "; ratios of medians", "; a time ratio = the median over the rounds of the per-round ratio")
-    payload["settings"]["ratios"] = ("time: median over the rounds of the per-round ratio of two "
-                                     "variants timed in the same rounds (adjacent in each round)")
-    common.write_json(results_dir, name, payload)
-    plot(results_dir, payload, name)
-    return payload
-
-
 #: The memory suite's grid on CPU: (label, arch, width divisor, batch, T list, variants).
 MEMORY_VARIANTS = ["saf-e", "saf-f", "ottt-o", "ottt-a", "bptt", common.MEMOPT_VARIANT, "sltt",
                    "saf-e-acc", "ideal-e", "ideal-f"]

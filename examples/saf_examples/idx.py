@@ -148,7 +148,8 @@ def _missing_message(name: str, stem: str, folders: List[Path]) -> str:
     if name == "fashion_mnist":
         how.append(f"install Debian's package (`apt-get install dataset-fashion-mnist`, files in "
                    f"{DEBIAN_FASHION_MNIST}, the folder read when no data folder is given)")
-    how.append("rerun with -download to let torchvision fetch them into the data folder (needs a network)")
+    how.append("let torchvision fetch them into the data folder (train_mnist.py with -download; needs a "
+               "network)")
     how.append(f"or put the four idx files (gzipped or not) into the data folder or its "
                f"{MNIST_FAMILY[name]['torchvision']}/raw subfolder")
     return (f"{title} file {stem}[.gz] not found; searched: {searched}. To get it, " + "; ".join(how) + ".")
