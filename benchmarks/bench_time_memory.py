@@ -1,7 +1,10 @@
 """Time and peak memory of one training minibatch for every method, as a function of T.
 
-Every (model, method, T) runs in its own freshly forked process: one warm-up minibatch, then
-``repeats`` timed minibatches (the minimum is reported, the machines are shared and noisy).
+Time (:func:`time_group`): one fresh process per (model, T) builds every variant, warms each up
+with one minibatch, then runs ``rounds`` rounds that time one minibatch of every variant in turn
+(the order reversed every other round); a variant's time is the median over the rounds, and a ratio
+of two variants the median of the per-round ratios, so a change of load between rounds cannot tilt
+it. Memory (:func:`measure`, the ``--memory`` suite): one fresh process per (model, method, T).
 Peak memory:
 
 * CPU: the child's maximum resident set (``ru_maxrss``) after training, and the same quantity
@@ -368,7 +371,7 @@ CUDA_TIME_VARIANTS = None
 
 def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         archs: Optional[tuple[str, ...]] = None, steps_list=None, log=print,
-        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None, repeats=None,
+        only_variants=None, tag: str = "", memopt_level: int = 1, rounds=None,
         config=None, account: bool = True, threads: int = 0) -> dict:
     """Time (and exact live-tensor memory) of every variant; writes ``time_memory[_<tag>][_cuda].json``.
 
@@ -401,7 +404,7 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
         variants = list(known) if cuda else list(CPU_TIME_VARIANTS)
         if quick:
             variants = ["saf-e", "ideal-e", "ottt-o", "saf-f", "ideal-f", "ottt-a", "bptt"]
-    rounds = rounds or repeats or (2 if quick else 5)
+    rounds = rounds or (2 if quick else 5)
     models, loads, thread_counts = {}, {}, {}
     start = time.perf_counter()
     name = "time_memory" + (f"_{tag}" if tag else "") + ("_cuda" if cuda else "")
@@ -697,8 +700,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memopt-level", type=common.memopt_level, default=1,
                         help=f"optimize_memory level for {common.MEMOPT_VARIANT} (2-4 need CUDA)")
     parser.add_argument("--rounds", type=common.positive_int, default=None, help="interleaved timing rounds, one minibatch of every variant each (default 5); median")
-    parser.add_argument("--repeats", type=common.positive_int, default=None,
-                        help="alias of --rounds (kept for old command lines)")
     parser.add_argument("--memory", action="store_true",
                         help="the memory suite instead: resident set with fixed malloc thresholds and "
                              "exact live tensor bytes per cell (time_memory_account[_<tag>].json)")
@@ -738,7 +739,7 @@ def main(argv=None) -> int:
         return 0
     run(results_dir, args.quick, args.device, tuple(archs) if archs else None, args.steps,
         only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,
-        repeats=args.repeats, account=not args.no_account, threads=args.threads)
+        account=not args.no_account, threads=args.threads)
     return 0
 
 

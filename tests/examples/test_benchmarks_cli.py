@@ -423,7 +423,7 @@ def test_fashion_mnist_checks_the_other_results_before_training(tmp_path, result
 TIME_BAD = [
     (["--steps", "0"], "--steps"), (["--steps", ""], "--steps"), (["--steps", "1,,2"], "--steps"),
     (["--steps", "2,2"], "--steps"), (["--steps", BIG], "--steps"), (["--rounds", "0"], "--rounds"),
-    (["--repeats", "-2"], "--repeats"), (["--threads", "-1"], "--threads"), (["--tag", "a/b"], "--tag"),
+    (["--threads", "-1"], "--threads"), (["--tag", "a/b"], "--tag"),
     (["--variants", ""], "--variants"), (["--variants", "nope"], "--variants"),
     (["--variants", "bptt"], "--tag"), (["--archs", "nope"], "--archs"), (["--archs", ","], "--archs"),
     (["--profile", ""], "--profile"), (["--profile", "saf-e", "--archs", "vggws/full"], "--archs"),
