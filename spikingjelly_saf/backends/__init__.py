@@ -240,7 +240,8 @@ class FusedBackend(Backend):
 
     def single_step(self, input_current, state, params, surrogate_function):
         abar_seq, state = self.multi_step(input_current.unsqueeze(0), state, params, surrogate_function)
-        return abar_seq[0], state
+        # squeeze, not [0]: indexing's backward fills a zero tensor and copies the gradient into it.
+        return abar_seq.squeeze(0), state
 
     def multi_step(self, input_seq, state, params, surrogate_function):
         from .custom_ops import COEFFICIENT_TABLES

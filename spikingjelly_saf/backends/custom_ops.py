@@ -160,9 +160,15 @@ def define_backend_ops(name: str, forward_impl: Callable, backward_impl: Callabl
     def setup_context(ctx, inputs, output):
         _, _, _, _, input_scale, gain, code_id = inputs
         ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+        # The saved buffer never receives a gradient: without this, autograd would fill a zero
+        # tensor of its size for every layer and step.
+        ctx.set_materialize_grads(False)
         ctx.input_scale, ctx.gain, ctx.code_id = input_scale, gain, code_id
 
     def backward_formula(ctx, grad_abar_seq, grad_saved):
+        if grad_abar_seq is None:
+            return None, None, None, None, None, None, None
         (saved,) = ctx.saved_tensors
         grad_input = backward(grad_abar_seq.contiguous(), saved, ctx.input_scale, ctx.gain,
                               ctx.code_id)
