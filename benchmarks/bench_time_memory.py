@@ -187,14 +187,11 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
     """Runs in a fresh process: build, record the baseline, warm up, run ``repeats`` minibatches.
 
     The resident-set peak is deterministic only with glibc's thresholds fixed in this process
-    (:data:`memory_account.MALLOC_ENVIRONMENT`, set by :func:`common.run_in_fresh_process` before
-    the fork server starts); ``malloc_thresholds_fixed`` says whether they were. ``account``: one
-    more minibatch under the exact live-tensor account (after the resident set was read).
+    (:func:`memory_account.fix_malloc_thresholds`, before anything is built);
+    ``malloc_thresholds_fixed`` says whether they were. ``account``: one more minibatch under the
+    exact live-tensor account (after the resident set was read).
     """
-    import os
-
-    from .memory_account import MALLOC_ENVIRONMENT
-
+    thresholds_fixed = memory_account.fix_malloc_thresholds()
     runner, model, optimizer, x_seq, target, dev = _setup(arch, variant, steps, batch, width_divisor,
                                                           image, device, memopt_level)
     warm_up_runtime(dev)
@@ -212,8 +209,7 @@ def measure(arch: str, variant: str, steps: int, batch: int, width_divisor: int,
         times.append(time.perf_counter() - start)
     result = {"time_s": min(times), "times_s": times,
               "peak_rss_bytes": max_rss_bytes(), "baseline_rss_bytes": baseline_rss,
-              "malloc_thresholds_fixed": all(os.environ.get(k) == v
-                                             for k, v in MALLOC_ENVIRONMENT.items()),
+              "malloc_thresholds_fixed": thresholds_fixed,
               "saf_backends": saf_backends_in(model)}
     result["rss_train_peak_bytes"] = result["peak_rss_bytes"] - baseline_rss
     result["train_peak_bytes"] = result["rss_train_peak_bytes"]
@@ -424,7 +420,9 @@ def run(results_dir: Path, quick: bool = False, device: str = "cpu",
                          "optimizer": "SGD(lr=1e-3, momentum=0.9)", "loss": "cross_entropy",
                          "input": "direct encoding: one random image repeated over T",
                          "neuron": "tau=2, V_th=1, soft reset, detach_reset (OTTT setting); "
-                                   "SAF-F with SpikeRepresentation; DSR = DSRIFNode(T) defaults",
+                                   "SAF-F with its default Sigmoid(alpha=4); DSR = DSRIFNode(T) defaults",
+                         "malloc": "glibc's defaults in the timing processes (fixed thresholds, as the "
+                                   "memory suite uses, make every fresh buffer page-fault)",
                          "saf_backend": "SAFNode's default ('auto'; saf_backends in each cell says what "
                                         "ran); <variant>@torch forces the unfused torch path",
                          "memory": ("exact live tensor bytes (benchmarks/memory_account.py), one extra "
@@ -496,7 +494,7 @@ def run_memory(results_dir: Path, device: str = "cpu", grid=None, log=print, tag
     ``time_memory_account[_<tag>].json``.
 
     * resident set (CPU): ``ru_maxrss`` growth with glibc's malloc thresholds fixed in the child
-      (:data:`memory_account.MALLOC_ENVIRONMENT`); the T=6 (else first) column of the first grid
+      (:func:`memory_account.fix_malloc_thresholds`); the T=6 (else first) column of the first grid
       entry is measured ``repeat_cells`` more times in new processes to show it is deterministic;
     * exact: live tensor bytes (:class:`memory_account.LiveTensorAccount`), with what is alive at
       the peak by category and by layer. On CUDA ``max_memory_allocated`` is recorded as well.
@@ -523,8 +521,8 @@ def run_memory(results_dir: Path, device: str = "cpu", grid=None, log=print, tag
                           "variants": g[5]} for g in grid],
                 "image": 32 if not quick else 16,
                 "resident_set": "ru_maxrss after one warm-up and one measured minibatch minus ru_maxrss "
-                                "after building model, optimizer and input, in a fresh process forked from "
-                                "a fork server started with " + " ".join(
+                                "after building model, optimizer and input, in a fresh process that fixed "
+                                "glibc's malloc thresholds first (mallopt): " + " ".join(
                                     f"{k}={v}" for k, v in memory_account.MALLOC_ENVIRONMENT.items()),
                 "exact": "live tensor bytes between operators (benchmarks/memory_account.py), one more "
                          "minibatch; train_peak_bytes = peak minus parameters, buffers and input; the "

@@ -410,21 +410,16 @@ _FORKSERVER_READY = False
 def run_in_fresh_process(function: Callable, *args, timeout: float = 900.0):
     """Run ``function(*args)`` (a module-level function) in a fresh child; its result or ``{'error'}``.
 
-    Children come from a fork server (started with glibc's malloc thresholds fixed,
-    :data:`benchmarks.memory_account.MALLOC_ENVIRONMENT`) that imported torch, SpikingJelly and the benchmarks but never
+    Children come from a fork server that imported torch, SpikingJelly and the benchmarks but never
     ran an operator: each configuration starts from the same small heap without paying the imports
-    again, and the peak resident set measured in the child belongs to that configuration alone.
+    again, and the peak resident set measured in the child belongs to that configuration alone. The
+    children keep glibc's malloc defaults, as a user's process does; a memory measure fixes the
+    thresholds in its own child (:func:`benchmarks.memory_account.fix_malloc_thresholds`).
     (Forking the main process instead would deadlock once it has used OpenMP threads.)
     """
     global _FORKSERVER_READY
     context = multiprocessing.get_context("forkserver")
     if not _FORKSERVER_READY:
-        # glibc reads its malloc thresholds when a process starts: set them for the fork server,
-        # whose children inherit them (the resident-set peak is then deterministic).
-        from .memory_account import MALLOC_ENVIRONMENT
-
-        for key, value in MALLOC_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
         context.set_forkserver_preload(["torch", "spikingjelly.activation_based.model.spiking_resnet",
                                         "spikingjelly_saf", __name__, function.__module__])
         _FORKSERVER_READY = True

@@ -32,6 +32,8 @@ Usage (``run_minibatch`` trains one minibatch)::
 
 from __future__ import annotations
 
+import ctypes
+
 import weakref
 from collections import defaultdict
 from typing import Iterable, Optional
@@ -40,15 +42,37 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["LiveTensorAccount", "CATEGORIES", "MALLOC_ENVIRONMENT", "summarize_account"]
+__all__ = ["LiveTensorAccount", "CATEGORIES", "MALLOC_ENVIRONMENT", "fix_malloc_thresholds",
+           "summarize_account"]
 
 CATEGORIES = ("parameters", "gradients", "optimizer state", "input", "carried state",
               "saved for backward", "transient")
 
 #: glibc's malloc thresholds fixed, for the resident-set measure: without them glibc raises its
 #: mmap threshold (and with it the trim threshold) at run time whenever a large block is freed, so
-#: the same training step leaves a different resident set from one run to the next.
+#: the same training step leaves a different resident set from one run to the next. The names are
+#: glibc's environment variables; :func:`fix_malloc_thresholds` sets the same values with ``mallopt``.
 MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+_MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # glibc's M_* numbers
+
+
+def fix_malloc_thresholds() -> bool:
+    """Fix glibc's thresholds (:data:`MALLOC_ENVIRONMENT`) in this process with ``mallopt``; whether
+    it worked (``False`` without glibc).
+
+    Only the memory measure calls it, in its own child: every block above the mmap threshold is then
+    mapped and unmapped, so each fresh buffer costs page faults. That makes the resident set
+    deterministic and time unrepresentative (a minibatch took 1.6x as long), so timing processes
+    keep glibc's defaults.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(_MALLOPT_PARAMETERS[name], int(value)) == 1
+               for name, value in MALLOC_ENVIRONMENT.items())
 
 
 def _storage(tensor: torch.Tensor):

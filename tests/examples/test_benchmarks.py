@@ -380,3 +380,30 @@ def test_gpu_check_dry_run_plans_every_step(tmp_path):
     parsed = gpu_check._parse_time_command(steps[2]["commands"][3])
     assert parsed["memopt_level"] == 4 and parsed["tag"] == "memopt_level4"
     assert gpu_check.main(["--dry-run", "--only", "fashion_mnist,ddp"]) == 0
+
+
+
+MALLOC_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks import memory_account
+print(memory_account.fix_malloc_thresholds())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_memory_processes_fix_malloc_thresholds_and_timing_processes_keep_the_defaults():
+    from benchmarks import memory_account
+
+    header = Path("/usr/include/malloc.h")
+    if header.is_file():  # mallopt's parameter numbers are glibc's
+        defines = dict(line.split()[1:3] for line in header.read_text().splitlines()
+                       if line.startswith("# define M_") or line.startswith("#define M_"))
+        assert defines["M_TRIM_THRESHOLD"] == str(memory_account._MALLOPT_PARAMETERS["MALLOC_TRIM_THRESHOLD_"])
+        assert defines["M_MMAP_THRESHOLD"] == str(memory_account._MALLOPT_PARAMETERS["MALLOC_MMAP_THRESHOLD_"])
+    result = subprocess.run([sys.executable, "-c", MALLOC_CHILD, str(REPO)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True"
+    # The fork server, and so every timing child, keeps glibc's defaults.
+    assert "MALLOC_" not in (REPO / "benchmarks" / "common.py").read_text()
