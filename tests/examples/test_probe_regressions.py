@@ -199,27 +199,35 @@ def test_resume_from_a_nan_momentum_buffer_stops_before_writing(tmp_path, capsys
     assert _exit(["-resume", last, "-j", "0", "-no-progress", "-test-only"]) == 0
 
 
+def _resume_of_damaged_checkpoint_is_refused(tmp_path, capsys, damage, epochs: int) -> tuple[str, Path]:
+    """Train one epoch of ``epochs``, apply ``damage`` to checkpoint_last.pth, resume: exit 2, one
+    line, the run's files unchanged. Returns the line and the checkpoint."""
+    import torch
+
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", str(epochs), "-stop-after", "1"]) == 0
+    last = out / "checkpoint_last.pth"
+    state = torch.load(last, weights_only=True)
+    damage(state)
+    ckpt.save_checkpoint(state, last)
+    before = _digest(out)
+    capsys.readouterr()
+    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert _digest(out) == before
+    return line, last
+
+
 @pytest.mark.parametrize("entries, words", [
     ({"T": "2"}, "the checkpoint's arguments hold -T '2': text where the flag takes a number"),
     ({"lr": "0.05"}, "the checkpoint's arguments hold -lr '0.05': text where the flag takes a number"),
     ({"tau": 0.5}, "tau must be >= 1"),
 ])
 def test_resume_names_the_checkpoint_for_its_bad_arguments(tmp_path, capsys, entries, words):
-    import torch
-
-    data = fabricate.make_cifar10(tmp_path / "data")
-    out = tmp_path / "run"
-    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "2", "-stop-after", "1"]) == 0
-    last = out / "checkpoint_last.pth"
-    state = torch.load(last, weights_only=True)
-    state["args"].update(entries)
-    ckpt.save_checkpoint(state, last)
-    before = _digest(out)
-    capsys.readouterr()
-    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
-    line = _one_error(capsys.readouterr().err)
+    line, last = _resume_of_damaged_checkpoint_is_refused(
+        tmp_path, capsys, lambda state: state["args"].update(entries), epochs=2)
     assert words in line and f"-resume {last}" in line
-    assert _digest(out) == before
 
 
 @pytest.mark.parametrize("entries, words", [
@@ -228,21 +236,9 @@ def test_resume_names_the_checkpoint_for_its_bad_arguments(tmp_path, capsys, ent
     ({"base_lrs": [float("inf")]}, "its schedule state holds the schedule's learning rates"),
 ])
 def test_resume_refuses_a_damaged_schedule_before_writing(tmp_path, capsys, entries, words):
-    import torch
-
-    data = fabricate.make_cifar10(tmp_path / "data")
-    out = tmp_path / "run"
-    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "3", "-stop-after", "1"]) == 0
-    last = out / "checkpoint_last.pth"
-    state = torch.load(last, weights_only=True)
-    state["lr_scheduler"].update(entries)
-    ckpt.save_checkpoint(state, last)
-    before = _digest(out)
-    capsys.readouterr()
-    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
-    line = _one_error(capsys.readouterr().err)
+    line, last = _resume_of_damaged_checkpoint_is_refused(
+        tmp_path, capsys, lambda state: state["lr_scheduler"].update(entries), epochs=3)
     assert words in line and str(last) in line
-    assert _digest(out) == before
 
 
 @pytest.mark.parametrize("change, words", [
@@ -251,21 +247,8 @@ def test_resume_refuses_a_damaged_schedule_before_writing(tmp_path, capsys, entr
     (lambda s: s["best"].__setitem__("test_acc", 7.0), "its 'best' entry lacks an epoch and a test accuracy"),
 ])
 def test_resume_refuses_an_accuracy_that_is_not_one(tmp_path, capsys, change, words):
-    import torch
-
-    data = fabricate.make_cifar10(tmp_path / "data")
-    out = tmp_path / "run"
-    assert _exit(["-data-dir", data, "-out-dir", out, *TINY, "-epochs", "3", "-stop-after", "1"]) == 0
-    last = out / "checkpoint_last.pth"
-    state = torch.load(last, weights_only=True)
-    change(state)
-    ckpt.save_checkpoint(state, last)
-    before = _digest(out)
-    capsys.readouterr()
-    assert _exit(["-resume", last, "-j", "0", "-no-progress"]) == 2
-    line = _one_error(capsys.readouterr().err)
+    line, last = _resume_of_damaged_checkpoint_is_refused(tmp_path, capsys, change, epochs=3)
     assert words in line and str(last) in line
-    assert _digest(out) == before
 
 
 def test_ctrl_c_before_the_first_save_names_a_restart_that_works(tmp_path, capsys, monkeypatch):
