@@ -12,8 +12,10 @@ CIFAR10-DVS, ``-download`` only where something can be downloaded).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -253,6 +255,17 @@ class _RecipeWidth(int):
 
 class _DefaultSplit(float):
     """``-train-split``'s default, told apart from a fraction written on the command line."""
+
+
+def escape_unencodable_output() -> None:
+    """Print what the output's encoding cannot show (a run folder named in Unicode under
+    ``PYTHONIOENCODING=ascii`` or a C locale) as backslash escapes, rather than end the run with a
+    ``UnicodeEncodeError`` at the first line that names it."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the main job; returns the exit status (2 for bad flags, 1 when a method failed)."""
+    cli.escape_unencodable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     methods = _method_list(args.method)

@@ -69,7 +69,7 @@ from spikingjelly_saf.training import NonFiniteTrainingError  # noqa: E402
 from .methods import get_method  # noqa: E402
 from . import checkpoint as ckpt  # noqa: E402
 from .checkpoint import CheckpointError  # noqa: E402
-from .cli import DEFAULT_MODELS, build_parser  # noqa: E402
+from .cli import DEFAULT_MODELS, build_parser, escape_unencodable_output  # noqa: E402
 from .data import DataMissingError, build_datasets, data_fingerprint, default_data_dir  # noqa: E402
 from .distributed import Distributed  # noqa: E402
 from .guard import (FiniteBatches, NonFiniteStateError, StepGuard, check_model_finite,  # noqa: E402
@@ -1005,6 +1005,7 @@ def main(argv: Optional[Sequence[str]] = None, datasets: Sequence[str] = ("cifar
     :param datasets: the ``-dataset`` choices, the first being the default
     :param description: the ``-h`` description
     """
+    escape_unencodable_output()
     parser = _parser(datasets, description)
     args = parser.parse_args(argv)
     if args.data_dir is None and not args.resume:

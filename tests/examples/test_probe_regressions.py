@@ -166,6 +166,20 @@ def test_signal_while_starting_is_one_line(tmp_path, number):
     assert not (tmp_path / "run").exists()
 
 
+def test_unicode_out_dir_under_an_ascii_terminal_trains_and_escapes_the_name(tmp_path):
+    data = fabricate.make_cifar10(tmp_path / "data")
+    out = tmp_path / "sortie \u2603"
+    process = subprocess.Popen([sys.executable, str(ROOT / "examples" / "train_cifar.py"), "-data-dir",
+                                str(data), "-out-dir", str(out), *TINY], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**CHILD_ENV, "PYTHONIOENCODING": "ascii"},
+                               cwd=str(ROOT))
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode("ascii", "replace")
+    assert b"Traceback" not in stderr
+    assert b"sortie \\u2603" in stdout  # printed as an escape, not as a crash
+    assert (out / "checkpoint_last.pth").is_file()
+
+
 def test_no_room_for_a_temporary_file_at_start_is_one_line(tmp_path):
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
