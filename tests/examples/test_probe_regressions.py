@@ -286,3 +286,15 @@ def test_ctrl_c_before_the_first_save_names_a_restart_that_works(tmp_path, capsy
     assert _exit(argv) == 2  # what the message warns about
     assert _exit([*argv, "-overwrite"]) == 0
     assert ckpt_epoch(out) == 0
+
+
+def test_docs_quote_the_committed_probe_tally():
+    import json
+
+    tally = json.loads((ROOT / "tests" / "probe" / "reliability_probe.json").read_text())
+    assert not tally["quick"] and tally["only"] is None  # a full run
+    assert tally["not_ok"] == [] and set(tally["totals"]["by_outcome"]) >= {"ok"}
+    assert sum(tally["totals"]["by_outcome"].values()) == tally["totals"]["by_outcome"]["ok"]
+    docs = " ".join((ROOT / "docs" / "examples.md").read_text().split())
+    bad, faults = tally["totals"]["bad_inputs"], tally["totals"]["faults"]
+    assert f"{bad:,} bad inputs and {faults:,} faults, every one ending as promised" in docs
