@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,9 @@ from benchmarks import (bench_fashion_mnist, bench_first_minibatches, bench_neur
 from fabricate import make_mnist_family
 
 REPO = Path(__file__).resolve().parents[2]
+#: A folder that does not exist (unlike a fixed name such as /nonexistent, which any process may
+#: have created).
+MISSING = str(Path(tempfile.gettempdir()) / f"saf-missing-{uuid.uuid4().hex}")
 COMMITTED = (REPO / "README.md", REPO / "docs" / "benchmarks.md", REPO / "docs" / "examples.md",
              common.RESULTS_DIR)
 
@@ -447,7 +452,7 @@ SEQUENTIAL_BAD = [
     (["--batch", "0"], "--batch"), (["--train-subset", "0"], "--train-subset"),
     (["--train-subset", "4", "--batch", "8"], "--train-subset"), (["--lr", "inf"], "--lr"),
     (["--epochs", BIG], "--epochs"), (["--timed", "0"], "--timed"), (["--hidden", "0"], "--hidden"),
-    (["--name", "../x"], "--name"), (["--methods"], "--methods"), (["--root", "/nonexistent"], "--root"),
+    (["--name", "../x"], "--name"), (["--methods"], "--methods"), (["--root", MISSING], "--root"),
     (["--results-dir", "/proc/nope"], "--results-dir"),
 ]
 
@@ -471,7 +476,7 @@ def test_sequential_replot_names_a_missing_or_broken_file(tmp_path, capsys):
 
 FIRST_BAD = [
     (["--batches", "0"], "--batches"), (["--every", BIG], "--every"), (["--test-batches", "-1"], "--test-batches"),
-    (["--data-dir", "/nonexistent"], "--data-dir"), (["--docs", "/nonexistent.md"], "--docs"),
+    (["--data-dir", MISSING], "--data-dir"), (["--docs", MISSING + ".md"], "--docs"),
     (["--results-dir", "/proc/nope", "--docs", ""], "--results-dir"),
 ]
 
@@ -527,7 +532,7 @@ def test_suites_refuse_an_unusable_results_folder(tmp_path, capsys, monkeypatch,
 GPU_BAD = [
     (["--dry-run", "--only", ""], "--only"), (["--dry-run", "--only", "tests,nope"], "--only"),
     (["--dry-run", "--budget", "0"], "--budget"), (["--dry-run", "--budget", "nan"], "--budget"),
-    (["--dry-run", "--budget", "-5"], "--budget"), (["--dry-run", "--data-root", "/nonexistent"], "--data-root"),
+    (["--dry-run", "--budget", "-5"], "--budget"), (["--dry-run", "--data-root", MISSING], "--data-root"),
     ([], "--dry-run"),
 ]
 

@@ -1059,8 +1059,10 @@ class Faults:
 
         return [
             ("HOME unset", plain(unset=("HOME",))),
-            ("HOME nonexistent", plain(env={"HOME": "/nonexistent/home"})),
-            ("TMPDIR missing", plain(env={"TMPDIR": "/nonexistent/tmp"})),
+            # Missing folders inside the workspace: as root, a run would create them, and nothing
+            # may be written outside the probe's temporary folder.
+            ("HOME nonexistent", plain(env={"HOME": str(ws.root / "missing" / "home")})),
+            ("TMPDIR missing", plain(env={"TMPDIR": str(ws.root / "missing" / "tmp")})),
             ("TMPDIR is a file", plain(env={"TMPDIR": str(ws.file)})),
             ("MPLCONFIGDIR unwritable", plain(env={"MPLCONFIGDIR": "/proc/self/mpl"})),
             ("XDG_CACHE_HOME is a file", plain(env={"XDG_CACHE_HOME": str(ws.file)})),
