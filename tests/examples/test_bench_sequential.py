@@ -37,6 +37,7 @@ def test_rows_become_time_steps():
     assert halves.shape == (2, 56, 14) and torch.equal(halves[0, 11], images[0, 5, 14:])
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_writes_its_outputs(data_root, tmp_path):
     config = {**TINY, "root": data_root}
     payload = bench.run_all(config, tmp_path, command="test", runner=bench.run_one)
@@ -63,6 +64,7 @@ def test_benchmark_runs_and_writes_its_outputs(data_root, tmp_path):
     assert (tmp_path / "sequential_table.md").read_text().strip() == bench.table(written)
 
 
+@pytest.mark.slow
 def test_a_run_in_a_fresh_process(data_root):
     run = bench.run_in_child({**TINY, "root": data_root, "method": "saf-f", "pixels": 28, "seed": 0})
     assert "error" not in run, run

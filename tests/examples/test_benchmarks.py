@@ -80,6 +80,7 @@ def test_representation_error_vanishes_only_for_if_neurons():
     assert leaky[64] > 0.05  # lam < 1: |V[T]| / (V_th c[T]) with c[T] -> 2 does not vanish
 
 
+@pytest.mark.slow
 def test_fresh_process_reports_errors_as_results():
     result = common.run_in_fresh_process(math.sqrt, -1.0)
     assert "ValueError" in result["error"]

@@ -277,6 +277,7 @@ def test_suites_quick_runs_go_to_a_fresh_temporary_folder(monkeypatch):
     assert seen[-1] == (common.RESULTS_DIR, False)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_no_traceback():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--device", "bogus"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

@@ -135,6 +135,7 @@ def test_dvs_split_out_of_range_and_mnist_script_refuses_cifar_flags(tmp_path, c
     assert "unrecognized arguments: -cutout 8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_flag_from_the_script_has_no_traceback(tmp_path):
     """The same through a real process, as a user meets it."""
     result = subprocess.run(

@@ -167,6 +167,7 @@ def test_lif_rate_readout_equals_saf_scores(method, sequence):
     torch.testing.assert_close(readout.prediction_scores(lif_outputs), saf_scores, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["saf-e", "bptt"])
 def test_resume_reproduces_uninterrupted_run_bitwise(data, tmp_path, method):
     flags = ["-method", method, "-epochs", "2", "-channels", "4"]
@@ -188,6 +189,7 @@ def test_resume_reproduces_uninterrupted_run_bitwise(data, tmp_path, method):
             == [{k: v for k, v in r.items() if k not in strip} for r in b["history"]])
 
 
+@pytest.mark.slow
 def test_resume_without_restored_rng_would_differ(data, tmp_path):
     """The exact-resume test can fail: a second epoch from a fresh seed trains other weights."""
     flags = ["-method", "saf-e", "-epochs", "2", "-channels", "4"]
@@ -219,6 +221,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, cap
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_missing_cifar_gives_one_message_and_exit_code(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "train_cifar.py"), "-data-dir", str(tmp_path),

@@ -62,6 +62,7 @@ def test_digits_trains_every_table_method(method):
     assert 0.0 <= result["accuracy"] <= 1.0 and "to_lif_accuracy" not in result
 
 
+@pytest.mark.slow
 def test_readme_swap_example_runs():
     code = re.search(r"## Swap LIFNode for SAFNode\n\n```python\n(.*?)```", README.read_text(), re.S)
     assert code, "README lost its swap example"

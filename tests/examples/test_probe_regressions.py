@@ -125,6 +125,7 @@ def _script(*argv, **kwargs) -> subprocess.Popen:
                             cwd=str(ROOT), **kwargs)
 
 
+@pytest.mark.slow
 def test_sigterm_during_training_names_the_resume_command(tmp_path):
     data = fabricate.make_cifar10(tmp_path / "data")
     out = tmp_path / "run"
@@ -166,6 +167,7 @@ def test_signal_while_starting_is_one_line(tmp_path, number):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_unicode_out_dir_under_an_ascii_terminal_trains_and_escapes_the_name(tmp_path):
     data = fabricate.make_cifar10(tmp_path / "data")
     out = tmp_path / "sortie \u2603"

@@ -62,6 +62,7 @@ def test_every_offered_model_builds_trains_a_step_and_converts(name):
         assert len(check_exactness(model)) == 0, str(check_exactness(model))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_a_zoo_resnet_trains_through_the_trainer_with_the_exactness_report(tmp_path, capsys):
     data = fabricate.make_cifar10(tmp_path / "data", per_batch=2, test_count=2)

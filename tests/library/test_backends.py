@@ -107,6 +107,7 @@ def compare_with_torch(backend, surrogate_function, dtype, tau, decay_input, ste
 
 
 # ---- import and selection (no kernel needed) -------------------------------------------------------
+@pytest.mark.slow
 def test_import_never_imports_cupy_or_triton():
     """The package imports no kernel module; a CPU node never loads the CuPy or Triton backends, and
     with backend='torch' not even Triton (with 'cpp', PyTorch's custom operators import
@@ -385,6 +386,7 @@ def test_register_surrogate_code_validates_and_registers():
         surrogate_codes.unregister_surrogate_code(MySurrogate)
 
 
+@pytest.mark.slow
 def test_triton_interpreter_suite():
     """Run this module's interpreter tests in a child process with TRITON_INTERPRET=1."""
     if not HAS_TRITON:

@@ -192,6 +192,7 @@ def test_a_registry_without_the_fused_backends_chooses_torch():
     assert automatic.choose(torch.device("cpu")) == "torch"
 
 
+@pytest.mark.slow
 @needs_compiler
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the process's memory map (Linux)")
 def test_one_openmp_runtime_is_shared_with_pytorch():

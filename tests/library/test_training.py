@@ -158,6 +158,7 @@ def test_target_sequence_and_errors():
     assert METHODS == ("saf-e", "saf-e-acc", "saf-f")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, step_mode", [("saf-e-acc", "s"), ("saf-e-acc", "m"), ("saf-f", "s")])
 def test_distributed_data_parallel_matches_full_batch(tmp_path, method, step_mode):
     """Two gloo processes, each with half the batch, update like one process with the whole batch."""

@@ -51,6 +51,7 @@ def test_series_is_generated_from_the_current_package(tmp_path):
             "run python upstream/generate.py and commit upstream/saf-series")
 
 
+@pytest.mark.slow
 def test_generator_refuses_what_it_cannot_place(tmp_path, monkeypatch):
     generate = _load("generate")
     monkeypatch.setattr(generate, "SERIES", generate.SERIES[:-1])  # no patch takes docs/
@@ -166,6 +167,7 @@ def test_helpers_directive_brings_what_the_helpers_need():
     assert "lambda: neuron.SAFNode(" in text and "import SAFNode" not in text
 
 
+@pytest.mark.slow
 def test_series_applies_to_spikingjelly_and_its_tests_pass():
     command = [sys.executable, str(UPSTREAM / "check_series.py"), "--quick"]
     # SpikingJelly's own tests are not in the wheel; point SPIKINGJELLY_TESTS at a checkout's
