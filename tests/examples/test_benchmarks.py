@@ -276,6 +276,7 @@ def test_fashion_mnist_numbers_in_readme_and_docs_come_from_the_committed_json()
         assert row in readme, row
 
 
+@pytest.mark.slow
 def test_memopt_table_from_a_tagged_subset(tmp_path):
     from benchmarks import bench_time_memory, tables
 
@@ -392,6 +393,7 @@ print(memory_account.fix_malloc_thresholds())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_memory_processes_fix_malloc_thresholds_and_timing_processes_keep_the_defaults():
     from benchmarks import memory_account

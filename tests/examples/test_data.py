@@ -87,6 +87,7 @@ def test_fashion_mnist_reads_only_the_folder_given(tmp_path, monkeypatch, capsys
     assert json.loads((out / "args.json").read_text())["data_dir"] == str(debian)
 
 
+@pytest.mark.slow
 def test_relative_data_dir_is_stored_absolute_and_a_resume_with_other_data_is_refused(
         tmp_path, monkeypatch, capsys, no_debian_package):
     first = fabricate.make_mnist_family(tmp_path / "data", train_count=8, test_count=4, seed=0)

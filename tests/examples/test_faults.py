@@ -152,6 +152,7 @@ def test_a_run_writes_nothing_outside_its_output_folder(data, tmp_path, monkeypa
 
 
 # ---- nothing is lost ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_non_empty_folder_needs_resume_or_overwrite(data, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()  # an empty folder is fine

@@ -217,6 +217,7 @@ def test_ctrl_c_before_the_first_epoch_says_there_is_nothing_to_resume(data, tmp
 
 
 # ---- runs a resume must not touch ------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_into_another_runs_folder_is_refused_before_anything_is_written(short_run, data,
                                                                                 tmp_path, capsys):
     a = _copy(short_run, tmp_path / "a")

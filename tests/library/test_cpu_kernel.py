@@ -101,6 +101,7 @@ def test_float64_and_surrogates_without_code_run_on_torch_silently():
         assert torch.equal(y, saf.SAFNode(step_mode="m", surrogate_function=sg, backend="torch")(x))
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_cpp_custom_ops_pass_opcheck_and_compile():
     ops = backends.REGISTRY.select("cpp", "m").ops

@@ -107,6 +107,7 @@ def test_to_functional_forward_is_pure():
     torch.testing.assert_close(net[3].v, 1.875 * (last_input - new_states[3]))
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch._dynamo.reset()
     net = nn.Sequential(layer.Linear(5, 6), SAFNode(), layer.Linear(6, 2))

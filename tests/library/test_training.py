@@ -196,6 +196,7 @@ def test_distributed_data_parallel_matches_full_batch(tmp_path, method, step_mod
 OPTIONAL = ("sklearn", "tensorboard", "matplotlib", "tqdm", "torchvision")
 
 
+@pytest.mark.slow
 def test_core_import_needs_none_of_the_example_dependencies():
     """``import spikingjelly_saf`` works with the examples' packages unavailable and loads none."""
     import subprocess

@@ -63,6 +63,7 @@ def test_generator_refuses_what_it_cannot_place(tmp_path, monkeypatch):
 THEOREMS = "test/activation_based/test_saf_theorems.py"
 
 
+@pytest.mark.slow
 def test_series_tests_carry_the_project_test_helpers_as_they_are(tmp_path):
     generate = _load("generate")
     generate.generate_tree(generate.spikingjelly_dir().parent, tmp_path)
@@ -86,6 +87,7 @@ def test_series_tests_carry_the_project_test_helpers_as_they_are(tmp_path):
     assert "spikingjelly_saf" not in generated and "generate.py:" not in generated
 
 
+@pytest.mark.slow
 def test_what_stays_in_the_plugin_is_dropped_and_examples_import_spikingjelly(tmp_path):
     generate = _load("generate")
     generate.generate_tree(generate.spikingjelly_dir().parent, tmp_path)
