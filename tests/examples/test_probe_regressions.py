@@ -295,7 +295,7 @@ def test_docs_quote_the_committed_probe_tally():
 
     tally = json.loads((ROOT / "tests" / "probe" / "reliability_probe.json").read_text())
     assert not tally["quick"] and tally["only"] is None  # a full run
-    assert tally["not_ok"] == [] and set(tally["totals"]["by_outcome"]) >= {"ok"}
+    assert tally["not_ok"] == []
     assert sum(tally["totals"]["by_outcome"].values()) == tally["totals"]["by_outcome"]["ok"]
     docs = " ".join((ROOT / "docs" / "examples.md").read_text().split())
     bad, faults = tally["totals"]["bad_inputs"], tally["totals"]["faults"]

@@ -16,7 +16,7 @@ Outcomes of a case:
   file, several error lines, or a run that cannot be resumed).
 
 Bad CLI values run in-process through each script's ``main(argv)``; faults run in subprocesses
-with timeouts. The tally goes to ``tests/probe/reliability_probe.json`` (written atomically).
+with timeouts. The tally goes to ``tests/probe/reliability_probe.json`` (written atomically, as the trainer writes).
 """
 
 from __future__ import annotations
@@ -1313,22 +1313,6 @@ def _dist_version(name: str) -> Optional[str]:
         return None
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=1, ensure_ascii=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def summary_table(counts: dict) -> str:
     columns = ("cases",) + OUTCOMES
     rows = [f"{'category':<28}" + "".join(f"{c:>15}" for c in columns)]
@@ -1386,7 +1370,10 @@ def main(argv=None) -> int:
         "totals": totals(tally), "categories": counts,
         "not_ok": [asdict(c) for c in tally.cases if c.outcome != "ok"],
     }
-    write_json_atomically(options.out, report)
+    from saf_examples.checkpoint import atomic_write_text
+
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(options.out, json.dumps(report, indent=1, ensure_ascii=False))
     print(summary_table(counts))
     print(f"bad inputs: {report['totals']['bad_inputs']}, faults: {report['totals']['faults']}, "
           f"not ok: {len(report['not_ok'])}, {report['seconds']} s; tally: {options.out}")
