@@ -3,12 +3,9 @@
 ``memopt.optimize_memory`` and SLTT, all on one network with the same settings, trained, evaluated
 and deployed to LIF through the examples' engine (``saf_examples.engine``).
 
-    # the issue-18 grid: every method, 3 seeds, 3 full epochs, T=6, C=16 (about 27 CPU-hours at
-    # 1 thread per run; the defaults)
-    python -m benchmarks.bench_fashion_mnist --workers 8 --tag fashion_mnist_T6
-    # what this repository's fashion_mnist_T6.json ran on a shared 2-core machine: 3 short epochs
-    python -m benchmarks.bench_fashion_mnist --batches-per-epoch 120 --workers 2 --shared-machine \
-        --tag fashion_mnist_T6
+    # every method, 3 seeds, 3 full epochs, T=6, C=16 (the defaults): this repository's
+    # fashion_mnist_T6.json, about 2 hours on 2 cores (one thread per run)
+    python -m benchmarks.bench_fashion_mnist --workers 2 --tag fashion_mnist_T6
     python -m benchmarks.bench_fashion_mnist --replot --tag fashion_mnist_T6   # summary, plot, tables
     python -m benchmarks.bench_fashion_mnist --device cuda --channels 128 --epochs 64 --threads 0
 

@@ -113,7 +113,7 @@ def claims_rows(results_dir: Path) -> list[str]:
     return rows
 
 
-#: The issue's time targets: each SAF method within 1.05 x its ReLU ideal (median over T), and at
+#: The time targets: each SAF method within 1.05 x its ReLU ideal (median over T), and at
 #: T=6 SAF-E / OTTT_O <= 0.75 and SAF-F / OTTT_A <= 0.35.
 IDEAL_PAIRS = (("saf-e", "ideal-e"), ("saf-e-acc", "ideal-e-acc"), ("saf-f", "ideal-f"))
 OTTT_TARGETS = (("saf-e/ottt-o time", 0.75), ("saf-f/ottt-a time", 0.35))
