@@ -16,7 +16,8 @@ Outcomes of a case:
   file, several error lines, or a run that cannot be resumed).
 
 Bad CLI values run in-process through each script's ``main(argv)``; faults run in subprocesses
-with timeouts. The tally goes to ``tests/probe/reliability_probe.json`` (written atomically, as the trainer writes).
+with timeouts. The tally goes to ``tests/probe/reliability_probe.json``, written atomically with the
+trainer's own writer.
 """
 
 from __future__ import annotations
