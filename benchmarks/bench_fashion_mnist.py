@@ -58,6 +58,9 @@ from saf_examples.methods import get_method, saf_weighted_readout, weighted_aver
 from . import common
 
 METHODS = ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "bptt+memopt", "sltt")
+#: Exact gradients (BPTT) of SAF-F's objective and of OTTT's: with SAF-F, OTTT_A and BPTT they
+#: separate what an objective costs from what an online gradient costs (run by name only).
+DIAGNOSTIC_METHODS = ("bptt-final", "bptt-every-step")
 #: The variant built on top of a method of :mod:`saf_examples.methods`.
 MEMOPT_SUFFIX = "+memopt"
 NUM_CLASSES = 10
@@ -362,7 +365,9 @@ def summarize(runs: list, methods) -> dict:
 #: The accuracy panels: each SAF method with its OTTT twin and BPTT, at most six lines per panel.
 PANELS = (("per-step updates: SAF-E vs OTTT_O", ("saf-e", "ottt-o", "sltt", "bptt")),
           ("one update per minibatch: SAF-E-acc, SAF-F vs OTTT_A",
-           ("saf-e-acc", "saf-f", "saf-f-rep", "ottt-a", "bptt", "bptt+memopt")))
+           ("saf-e-acc", "saf-f", "saf-f-rep", "ottt-a", "bptt", "bptt+memopt")),
+          ("each objective with an online and an exact gradient",
+           ("saf-f", "bptt-final", "ottt-a", "bptt-every-step", "bptt")))
 
 
 def plot(results_dir: Path, tag: str, payload: dict) -> Path:
@@ -379,7 +384,12 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     timing = (common.read_json(results_dir, f"{tag}_timing") or {}).get("summary", {})
     panels = [(title, [m for m in names if m in summary]) for title, names in PANELS]
     leftover = [m for m in summary if not any(m in names for _, names in PANELS)]
-    panels = [(title, names) for title, names in panels if names]
+    shown, kept = set(), []
+    for title, names in panels:  # a panel adds at least one method (the main grid skips the diagnostics')
+        if set(names) - shown:
+            kept.append((title, names))
+            shown.update(names)
+    panels = kept
     for start in range(0, len(leftover), 6):
         panels.append(("other methods", leftover[start:start + 6]))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.5), squeeze=False)
@@ -453,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
-                        + ", ".join(METHODS))
+                        + ", ".join(METHODS + DIAGNOSTIC_METHODS))
     parser.add_argument("--seeds", type=common.seed_list, default="0,1,2", help="comma-separated integers")
     parser.add_argument("--epochs", type=common.positive_int, default=3, help="epochs of training")
     parser.add_argument("--batches-per-epoch", type=common.non_negative_int, default=0,
@@ -507,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args) -> None:
     """The checks that span flags; ``--replot`` trains nothing and needs no data."""
-    args.methods = common.choose(parser, "--methods", args.methods, METHODS)
+    args.methods = common.choose(parser, "--methods", args.methods, METHODS + DIAGNOSTIC_METHODS)
     if not 0 <= args.momentum < 1:
         parser.error(f"--momentum: must lie in [0, 1), got {args.momentum}.")
     if not args.tau > 1:
@@ -562,8 +572,8 @@ def settings_of(args) -> dict:
         "optimizer": (f"SGD(lr={args.lr}, momentum={args.momentum})" if args.optimizer == "sgd"
                       else f"Adam(lr={args.lr})") + ", cosine schedule stepped every minibatch to 0",
         "loss": "MSE(readout, one-hot): per step on the step's output spikes for SAF-E, SAF-E-acc, "
-                "OTTT_O, OTTT_A, SLTT (averaged over t, as in OTTT); on the firing rate for BPTT; on "
-                "Obar[T] for SAF-F and SAF-F-rep",
+                "OTTT_O, OTTT_A, SLTT and bptt-every-step (averaged over t, as in OTTT); on the firing "
+                "rate for BPTT; on Obar[T] for SAF-F, SAF-F-rep and bptt-final",
         "readout": "default for every method: the firing rate of the output spikes (SAF: the mean of "
                    "the recovered output, spike counts rounded; LIF/OTTT: out_seq.mean over T); "
                    "'weighted' (Obar[T], the lam^(T-t)-weighted average) is reported too",

@@ -1,6 +1,7 @@
 r"""
 Training methods side by side: SAF-E, SAF-E-acc and SAF-F next to SpikingJelly's own OTTT_O,
-OTTT_A, BPTT, SLTT and DSR, plus the ReLU "ideal" that benchmarks compare against.
+OTTT_A, BPTT, SLTT and DSR, plus the ReLU "ideal" that benchmarks compare against and BPTT trained
+on SAF-F's and on OTTT's objective (diagnostics: exact gradients of the online methods' objectives).
 
 Each :class:`Method` is an object that carries everything a script needs: which neuron a model is
 built with and with which keyword arguments, the step mode it runs in (and the one a fused backend
@@ -116,12 +117,35 @@ def _train_ottt(method: "Method", model, optimizer, x_seq, target, f_loss, grad_
         online=method.name == "ottt-o")
 
 
+def _readout_objective(method: "Method", model, y_seq, target, f_loss):
+    """One loss on the method's readout (BPTT on the firing rate)."""
+    return f_loss(method.readout(y_seq), target)
+
+
+def _final_average_objective(method: "Method", model, y_seq, target, f_loss):
+    r"""SAF-F's objective: one loss on the weighted average :math:`\bar O[T]` of the outputs, with
+    the leak of the network's last neuron."""
+    return f_loss(weighted_average_readout(_last_neuron_decay(model))(y_seq), target)
+
+
+def _every_step_objective(method: "Method", model, y_seq, target, f_loss):
+    """OTTT's objective: a loss on every step's output (``f_loss`` arrives divided by T)."""
+    return sum(f_loss(y, target) for y in y_seq.unbind(1))
+
+
+def _last_neuron_decay(model: nn.Module) -> float:
+    taus = [m.tau for m in model.modules() if isinstance(m, neuron.BaseNode) and hasattr(m, "tau")]
+    if not taus:
+        raise ValueError(f"{type(model).__name__} has no LIF neuron whose leak weights the average.")
+    return saf_functional.decay_factor(float(taus[-1]))
+
+
 def _train_whole_sequence(method: "Method", model, optimizer, x_seq, target, f_loss,
                           grad_scaler=None):
-    """BPTT-style: the whole sequence in one graph, one loss on the method's readout."""
+    """BPTT-style: the whole sequence in one graph, one backward of the method's objective."""
     optimizer.zero_grad()
     y_seq = run_sequence(model, x_seq, method.step_mode)
-    loss = f_loss(method.readout(y_seq), target)
+    loss = method.objective(method, model, y_seq, target, f_loss)
     (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
     if grad_scaler is not None:
         grad_scaler.step(optimizer)
@@ -214,6 +238,9 @@ class Method:
         ``Sigmoid(alpha=4)``; ``SpikeRepresentation`` for ``saf-f-rep``)
     :ivar needs_steps: the neuron is built for a fixed number of steps (``neuron_kwargs(steps=T)``)
     :ivar updates_every_step: steps the optimizer at every time step (T updates per minibatch)
+    :ivar objective: what a whole-sequence (BPTT) method backpropagates:
+        ``objective(method, model, y_seq, target, f_loss)``; the loss on its readout unless a
+        diagnostic entry trains BPTT on another method's objective
     :ivar loss_every_step: puts ``f_loss`` on every step's output; :meth:`train_step` divides each
         step's loss by T, so the minibatch's loss is the average over T, as in OTTT
     """
@@ -222,6 +249,7 @@ class Method:
     neuron_type: type
     step_mode: str
     train: Callable = field(repr=False, default=_train_whole_sequence)
+    objective: Callable = field(repr=False, default=_readout_objective)
     readout: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, default=mean_readout)
     description: str = ""
     #: Keyword arguments that make the neuron the OTTT setting's soft-reset LIF.
@@ -382,6 +410,13 @@ _METHODS = {
               loss_every_step=True),
         Method("bptt", neuron.LIFNode, "m",
                description="backpropagation through time, SpikingJelly LIFNode multi-step"),
+        # Diagnostics: exact gradients (BPTT) of SAF-F's and of OTTT's objective, which separate
+        # what an objective costs from what an online gradient costs.
+        Method("bptt-final", neuron.LIFNode, "m", objective=_final_average_objective,
+               description="BPTT on SAF-F's objective: one loss on the final weighted average"),
+        Method("bptt-every-step", neuron.LIFNode, "m", objective=_every_step_objective,
+               loss_every_step=True,
+               description="BPTT on OTTT's objective: a loss on every step, averaged over T"),
         Method("sltt", neuron.SLTTLIFNode, "s", train=_train_ottt, supports_amp=False,
                loss_every_step=True,
                description="SpikingJelly SLTT: per-step backward, no temporal gradient"),
@@ -394,8 +429,9 @@ _METHODS = {
 }
 
 #: The methods a training script accepts.
-METHOD_NAMES = tuple(name for name in _METHODS if name not in ("ideal", "dsr"))
-#: Every entry of the table, DSR and the ReLU ideal included.
+METHOD_NAMES = tuple(name for name in _METHODS
+                     if name not in ("ideal", "dsr", "bptt-final", "bptt-every-step"))
+#: Every entry of the table: DSR, the ReLU ideal and the BPTT diagnostics included.
 ALL_METHOD_NAMES = tuple(_METHODS)
 
 

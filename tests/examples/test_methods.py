@@ -16,7 +16,7 @@ SAF = ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep")
 
 def test_method_names_and_table():
     assert METHOD_NAMES == ("saf-e", "saf-e-acc", "saf-f", "saf-f-rep", "ottt-o", "ottt-a", "bptt", "sltt")
-    assert set(ALL_METHOD_NAMES) == set(METHOD_NAMES) | {"dsr", "ideal"}
+    assert set(ALL_METHOD_NAMES) == set(METHOD_NAMES) | {"dsr", "ideal", "bptt-final", "bptt-every-step"}
     with pytest.raises(ValueError, match="valid methods: .*dsr"):
         get_method("nope")
     assert all(isinstance(get_method(n), Method) for n in ALL_METHOD_NAMES)
@@ -31,7 +31,8 @@ def test_capabilities_replace_name_tests():
         assert m.needs_ottt_sequential is (name in ("ottt-o", "ottt-a"))
         assert m.supports_amp is (name not in ("ottt-o", "ottt-a", "sltt"))
         assert m.representation_level is (name == "saf-f-rep")
-        assert m.loss_every_step is (name in ("saf-e", "saf-e-acc", "ottt-o", "ottt-a", "sltt"))
+        assert m.loss_every_step is (name in ("saf-e", "saf-e-acc", "ottt-o", "ottt-a", "sltt",
+                                              "bptt-every-step"))
         assert m.needs_steps is (name == "dsr")
         assert m.updates_every_step is (name in ("saf-e", "ottt-o"))
     assert get_method("dsr").neuron_type is neuron.DSRIFNode
@@ -124,6 +125,44 @@ def test_every_method_trains_one_minibatch(name):
     else:
         scores, expected = m.prediction_scores(y_seq), y_seq.mean(1)
     torch.testing.assert_close(scores, expected)
+
+
+def test_bptt_diagnostics_backpropagate_the_online_methods_objectives():
+    """bptt-final's gradient is that of SAF-F's loss on Obar[T] of the LIF outputs; bptt-every-step's
+    that of OTTT's loss on every step averaged over T; both differ from BPTT's loss on the rate."""
+    x = torch.rand(4, 5, 6, dtype=torch.float64) * 3
+    target = torch.randint(0, 3, (4,))
+    f_loss = nn.functional.cross_entropy
+
+    def gradient(name, objective=None):
+        torch.manual_seed(0)
+        net, m = _mlp(name, steps=5)
+        net.double()
+        functional.reset_net(net)
+        if objective is None:
+            loss, _ = m.train_step(net, torch.optim.SGD(net.parameters(), lr=0.0), x, target, f_loss)
+        else:
+            loss = objective(run_sequence(net, x, "m"))
+            loss.backward()
+        return loss.detach(), net[0].weight.grad.clone()
+
+    decay = 0.5  # tau=2
+    by_hand = {
+        "bptt-final": lambda y: f_loss(saf_functional.weighted_average(y, decay, dim=1), target),
+        "bptt-every-step": lambda y: sum(f_loss(y[:, t], target) for t in range(5)) / 5,
+        "bptt": lambda y: f_loss(y.mean(1), target)}
+    results = {}
+    for name, objective in by_hand.items():
+        loss, grad = gradient(name)
+        expected_loss, expected_grad = gradient("bptt", objective)
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-15)
+        results[name] = grad
+    assert (results["bptt-final"] - results["bptt"]).abs().max() > 1e-6
+    assert (results["bptt-every-step"] - results["bptt"]).abs().max() > 1e-6
+    # The prediction stays the firing rate.
+    y = torch.rand(2, 5, 3)
+    torch.testing.assert_close(get_method("bptt-final").prediction_scores(y), y.mean(1))
 
 
 def test_amp_refused_where_unsupported():
