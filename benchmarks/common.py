@@ -121,6 +121,8 @@ WRITERS = (
     ("accuracy", "python -m benchmarks --only accuracy"),
     ("reviewers", "python -m benchmarks --only reviewers"),
     ("fashion_mnist_first_minibatches", "python -m benchmarks.bench_first_minibatches"),
+    ("fashion_mnist_T6_objectives", "python -m benchmarks.bench_fashion_mnist "
+                                    "--methods bptt-final,bptt-every-step --workers 2 --tag {name}"),
     ("fashion_mnist", "python -m benchmarks.bench_fashion_mnist --tag {name}"),
     ("sequential", "python -m benchmarks.bench_sequential"),
     ("neuron_kernel_results", "python -m benchmarks.bench_neuron_kernel"),

@@ -615,6 +615,10 @@ def results_markdown(results_dir: Path) -> str:
     fashion = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
     if fashion:
         lines += ["", f"## Fashion-MNIST ({FASHION_MNIST_CURRENT}.json)", ""] + fashion
+    objectives = fashion_mnist_objective_rows(results_dir)
+    if objectives:
+        lines += ["", f"### SAF-F's objective against its gradient ({FASHION_MNIST_OBJECTIVES}.json)",
+                  ""] + objectives
     for name in ("fashion_mnist_1epoch", "fashion_mnist"):
         fashion = fashion_mnist_rows(results_dir, name, "fashion_mnist_timing")
         if fashion:
@@ -651,7 +655,74 @@ def results_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: BPTT on the online methods' objectives, with the settings of :data:`FASHION_MNIST_CURRENT`.
+FASHION_MNIST_OBJECTIVES = "fashion_mnist_T6_objectives"
+#: (objective, the online method trained on it, BPTT trained on it).
+OBJECTIVE_PAIRS = (("one loss on Obar[T] (SAF-F's)", "saf-f", "bptt-final"),
+                   ("a loss on every step, averaged over T (OTTT's)", "ottt-a", "bptt-every-step"),
+                   ("one loss on the firing rate (BPTT's)", None, "bptt"))
+#: Settings that must agree for runs of two files to be compared.
+_COMPARABLE_SETTINGS = ("data", "network", "T", "tau", "epochs", "batches_per_epoch", "batch",
+                        "optimizer", "batchnorm", "neuron", "encoding", "augmentation", "readout")
+
+
+def _by_seed(row: dict) -> dict:
+    return dict(zip(row["seeds"], row["accuracy"]["values"]))
+
+
+def _paired(a: dict, b: dict) -> str:
+    """Mean ± std over the seeds both rows ran of ``a - b`` in points (same seed: same initial
+    weights and data order)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "-"
+    diffs = [100 * (a[seed] - b[seed]) for seed in seeds]
+    spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else " (1 seed)"
+    return f"{statistics.mean(diffs):+.2f}{spread}"
+
+
+@names_a_broken_file
+def fashion_mnist_objective_rows(results_dir: Path, grid: str = FASHION_MNIST_CURRENT,
+                                 diagnostic: str = FASHION_MNIST_OBJECTIVES) -> list[str]:
+    """Each objective trained with an online gradient and with BPTT's exact one: the online methods
+    from ``grid``, BPTT on their objectives from ``diagnostic``; differences paired by seed."""
+    main, extra = read_json(results_dir, grid), read_json(results_dir, diagnostic)
+    if not main or not extra or not extra.get("summary"):
+        return []
+    differing = [key for key in _COMPARABLE_SETTINGS
+                 if main["settings"].get(key) != extra["settings"].get(key)]
+    if differing:
+        raise results_file_error(Path(results_dir) / f"{diagnostic}.json",
+                                 f"was run with settings other than {grid}.json's "
+                                 f"({', '.join(differing)}): it cannot be compared with that run")
+    summary = {**main["summary"], **extra["summary"]}
+    if "bptt" not in summary:
+        return []
+    rate = _by_seed(summary["bptt"])
+    lines = [f"Each objective trained with an online gradient and with BPTT's exact gradient: the "
+             f"online methods and BPTT from `{grid}.json`, BPTT on the online methods' objectives from "
+             f"`{diagnostic}.json` ({extra['meta']['date_utc']}, the same settings and seeds: the "
+             f"same initial weights and data order per seed). Differences are paired by seed, in "
+             f"points, mean ± std over seeds.", "",
+             "| objective | online gradient | exact gradient (BPTT) | online minus exact | exact minus "
+             "BPTT on the firing rate |", "|---|---|---|---|---|"]
+    for objective, online, exact in OBJECTIVE_PAIRS:
+        if exact not in summary:
+            continue
+        exact_row = summary[exact]
+        online_row = summary.get(online) if online else None
+        online_cell = f"{online}: {_pct(online_row['accuracy'])}" if online_row else "-"
+        gap = _paired(_by_seed(online_row), _by_seed(exact_row)) if online_row else "-"
+        cost = _paired(_by_seed(exact_row), rate) if exact != "bptt" else "-"
+        lines.append(f"| {objective} | {online_cell} | {exact}: {_pct(exact_row['accuracy'])} | "
+                     f"{gap} | {cost} |")
+    return lines
+
+
 @names_a_broken_file
 def fashion_mnist_docs_markdown(results_dir: Path) -> str:
-    """The generated region of docs/benchmarks.md, section 5: the current run's table."""
-    return "\n".join(fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT))
+    """The generated region of docs/benchmarks.md, section 5: the current run's table and the
+    objective diagnostic."""
+    lines = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
+    objectives = fashion_mnist_objective_rows(results_dir)
+    return "\n".join(lines + ([""] + objectives if objectives else []))

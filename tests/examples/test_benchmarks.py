@@ -276,6 +276,39 @@ def test_fashion_mnist_numbers_in_readme_and_docs_come_from_the_committed_json()
         assert row in readme, row
 
 
+def _fashion_payload(accuracies: dict, **settings) -> dict:
+    """A results file of bench_fashion_mnist reduced to what the objective table reads."""
+    base = {"T": 6, "tau": 2.0, "epochs": 3, "batch": 128}
+    summary = {name: {"seeds": sorted(by_seed),
+                      "accuracy": {"mean": sum(by_seed.values()) / len(by_seed), "std": 0.01,
+                                   "values": [by_seed[s] for s in sorted(by_seed)]}}
+               for name, by_seed in accuracies.items()}
+    return {"meta": {"date_utc": "2026-12-05"}, "settings": {**base, **settings}, "summary": summary}
+
+
+def test_objective_table_pairs_each_online_method_with_bptt_on_its_objective(tmp_path):
+    from benchmarks import tables
+
+    (tmp_path / "grid.json").write_text(json.dumps(_fashion_payload({
+        "saf-f": {0: 0.88, 1: 0.87, 2: 0.89}, "ottt-a": {0: 0.90, 1: 0.89, 2: 0.90},
+        "bptt": {0: 0.91, 1: 0.90, 2: 0.90}, "saf-e": {0: 0.5, 1: 0.5, 2: 0.5}})))
+    (tmp_path / "diag.json").write_text(json.dumps(_fashion_payload({
+        "bptt-final": {0: 0.885, 1: 0.86, 2: 0.90}, "bptt-every-step": {1: 0.895, 2: 0.91}})))
+    rows = tables.fashion_mnist_objective_rows(tmp_path, "grid", "diag")
+    final = next(r for r in rows if "bptt-final" in r)
+    # saf-f - bptt-final per seed: -0.5, +1, -1 points; bptt-final - bptt: -2.5, -4, 0.
+    assert "saf-f: 88.00" in final and "| -0.17 ± 1.04 | -2.17 ± 2.02 |" in final
+    every = next(r for r in rows if "bptt-every-step:" in r)
+    assert "| -0.75 ± 0.35 | +0.25 ± 1.06 |" in every  # only the seeds both ran (1 and 2)
+    assert next(r for r in rows if "firing rate (BPTT's)" in r).endswith("| - | - |")
+    (tmp_path / "diag.json").write_text(json.dumps(_fashion_payload({"bptt-final": {0: 0.8}}, T=4)))
+    with pytest.raises(common.ResultsFileError, match=r"diag.json was run with settings other than "
+                                                      r"grid.json's \(T\)"):
+        tables.fashion_mnist_objective_rows(tmp_path, "grid", "diag")
+    (tmp_path / "diag.json").unlink()
+    assert tables.fashion_mnist_objective_rows(tmp_path, "grid", "diag") == []
+
+
 @pytest.mark.slow
 def test_memopt_table_from_a_tagged_subset(tmp_path):
     from benchmarks import bench_time_memory, tables
