@@ -121,6 +121,7 @@ WRITERS = (
     ("accuracy", "python -m benchmarks --only accuracy"),
     ("reviewers", "python -m benchmarks --only reviewers"),
     ("fashion_mnist_first_minibatches", "python -m benchmarks.bench_first_minibatches"),
+    ("gradient_alignment", "python -m benchmarks.bench_gradient_alignment --tag {name}"),
     ("fashion_mnist_T6_objectives", "python -m benchmarks.bench_fashion_mnist "
                                     "--methods bptt-final,bptt-every-step --workers 2 --tag {name}"),
     ("fashion_mnist", "python -m benchmarks.bench_fashion_mnist --tag {name}"),
@@ -546,6 +547,7 @@ def _list_of(item: Callable, what: str) -> Callable:
 
 
 positive_int_list = _list_of(positive_int, "positive integer")
+non_negative_int_list = _list_of(non_negative_int, "non-negative integer")
 seed_list = _list_of(seed, "seed")
 
 
