@@ -12,8 +12,9 @@ checkpoint every method computes its gradient of the same weights on the same he
 (nothing is updated); the cosine between two methods' gradients is reported per synaptic layer and
 over all four. Between checkpoints the SAF network trains with SAF-E-acc (Adam). The Obar[T] loss
 reaches the layers through step T alone, so SAF-F's gradient weights every neuron by the surrogate
-slope of its last step; the last column measures how much of that slope a neuron has at step T
-compared with its mean over the T steps (``slope_ratio``). Results: ``gradient_alignment.json`` and
+slope of its last step; ``starved_fraction`` counts, per neuron layer, the neurons whose slope at
+step T is below a tenth of their mean slope over the T steps: neurons OTTT_A trains and SAF-F
+barely does. Results: ``gradient_alignment.json`` and
 ``gradient_alignment.png`` in ``benchmarks/results``.
 """
 
@@ -66,9 +67,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / norm) if norm > 0 else float("nan")
 
 
-def slope_ratio(lif: nn.Module, x_seq: torch.Tensor) -> list[float]:
-    """Per neuron layer of the LIF twin: the mean over neurons of the surrogate slope at step T
-    divided by the mean over neurons and steps of the slope (1: the last step is typical)."""
+def starved_fraction(lif: nn.Module, x_seq: torch.Tensor) -> list[float]:
+    """Per neuron layer of the LIF twin: the fraction of neurons whose surrogate slope at step T is
+    below a tenth of their mean slope over the T steps. SAF-F's gradient reaches a neuron through
+    its slope at step T alone; OTTT_A's through the slopes of every step."""
     nodes = [m for m in lif.modules() if isinstance(m, neuron.LIFNode)]
     records = {id(node): [] for node in nodes}
 
@@ -90,12 +92,14 @@ def slope_ratio(lif: nn.Module, x_seq: torch.Tensor) -> list[float]:
     finally:
         for hook in hooks:
             hook.remove()
+        for node in nodes:
+            node.store_v_seq = False
         functional.reset_net(lif)
-    ratios = []
+    fractions = []
     for node in nodes:
         slope = _sigmoid_slope(records[id(node)][0], node.surrogate_function.alpha)
-        ratios.append(float(slope[-1].mean() / slope.mean()))
-    return ratios
+        fractions.append(float((slope[-1] < 0.1 * slope.mean(0)).double().mean()))
+    return fractions
 
 
 def _sigmoid_slope(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -104,11 +108,11 @@ def _sigmoid_slope(x: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def measure(model: nn.Module, batches: list) -> dict:
-    """Cosines of :data:`PAIRS` per layer and over all layers, and the slope ratios, each a list
+    """Cosines of :data:`PAIRS` per layer and over all layers, and the starved fractions, each a list
     over ``batches``."""
     lif = set_training(to_lif(model), "frozen")
     result = {f"{a} vs {b}": {layer: [] for layer in LAYERS + ("all",)} for a, b in PAIRS}
-    result["slope_ratio"] = {layer: [] for layer in LAYERS}
+    result["starved_fraction"] = {layer: [] for layer in LAYERS}
     for x_seq, target in batches:
         grads = {name: gradient_of(name, model if name in ON_SAF else lif, x_seq, target)
                  for name in {n for pair in PAIRS for n in pair}}
@@ -118,8 +122,8 @@ def measure(model: nn.Module, batches: list) -> dict:
                 cell[layer].append(cosine(ga, gb))
             cell["all"].append(cosine(torch.cat([g.flatten() for g in grads[a]]),
                                       torch.cat([g.flatten() for g in grads[b]])))
-        for layer, ratio in zip(LAYERS, slope_ratio(lif, x_seq)):
-            result["slope_ratio"][layer].append(ratio)
+        for layer, fraction in zip(LAYERS, starved_fraction(lif, x_seq)):
+            result["starved_fraction"][layer].append(fraction)
     return result
 
 
@@ -256,8 +260,9 @@ def main(argv=None) -> int:
                             "gradients": "each method's gradient of the same weights on the same "
                                          "held-out test minibatches (SGD with lr 0); SAF-F and "
                                          "SAF-E-acc on the SAF network, BPTT on its to_lif twin",
-                            "slope_ratio": "mean surrogate slope at step T / mean over all steps, "
-                                           "per neuron layer of the LIF twin"},
+                            "starved_fraction": "per neuron layer of the LIF twin, the fraction of "
+                                                "neurons whose surrogate slope at step T is below a "
+                                                "tenth of their mean slope over the T steps"},
                "wall_seconds": time.perf_counter() - start, "runs": runs, "summary": summarize(runs)}
     common.write_json(results_dir, args.tag, payload)
     plot(results_dir, args.tag, payload)
