@@ -9,8 +9,9 @@ Fashion-MNIST CSNN of ``bench_fashion_mnist``: SAF-F's against BPTT on SAF-F's o
 The SAF network runs with BatchNorm frozen (eval mode: a fixed affine map), so that it and its
 ``to_lif`` twin compute the same spikes and differ only in how the gradient is formed. At each
 checkpoint every method computes its gradient of the same weights on the same held-out minibatches
-(nothing is updated); the cosine between two methods' gradients is reported per synaptic layer and
-over all four. Between checkpoints the SAF network trains with SAF-E-acc (Adam). The Obar[T] loss
+(nothing is updated); the cosine between two methods' gradients is reported per synaptic layer
+(a scale-free measure: SAF's gradient of a layer fed by the direct-encoded input is c[t] times
+OTTT's, so the layers' relative sizes differ between methods by design). Between checkpoints the SAF network trains with SAF-E-acc (Adam). The Obar[T] loss
 reaches the layers through step T alone, so SAF-F's gradient weights every neuron by the surrogate
 slope of its last step; ``starved_fraction`` counts, per neuron layer, the neurons whose slope at
 step T is below a tenth of their mean slope over the T steps: neurons OTTT_A trains and SAF-F
@@ -21,6 +22,7 @@ barely does. Results: ``gradient_alignment.json`` and
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -111,7 +113,7 @@ def measure(model: nn.Module, batches: list) -> dict:
     """Cosines of :data:`PAIRS` per layer and over all layers, and the starved fractions, each a list
     over ``batches``."""
     lif = set_training(to_lif(model), "frozen")
-    result = {f"{a} vs {b}": {layer: [] for layer in LAYERS + ("all",)} for a, b in PAIRS}
+    result = {f"{a} vs {b}": {layer: [] for layer in LAYERS} for a, b in PAIRS}
     result["starved_fraction"] = {layer: [] for layer in LAYERS}
     for x_seq, target in batches:
         grads = {name: gradient_of(name, model if name in ON_SAF else lif, x_seq, target)
@@ -120,8 +122,6 @@ def measure(model: nn.Module, batches: list) -> dict:
             cell = result[f"{a} vs {b}"]
             for layer, ga, gb in zip(LAYERS, grads[a], grads[b]):
                 cell[layer].append(cosine(ga, gb))
-            cell["all"].append(cosine(torch.cat([g.flatten() for g in grads[a]]),
-                                      torch.cat([g.flatten() for g in grads[b]])))
         for layer, fraction in zip(LAYERS, starved_fraction(lif, x_seq)):
             result["starved_fraction"][layer].append(fraction)
     return result
@@ -153,7 +153,9 @@ def run_seed(seed: int, cfg: dict) -> dict:
 
 
 def summarize(runs: list) -> dict:
-    """Mean and std over seeds and minibatches, per checkpoint, comparison and layer."""
+    """Mean and std over seeds and minibatches, per checkpoint, comparison and layer; a cosine is
+    undefined (NaN) where a gradient is zero (a layer whose input is silent), and such values are
+    counted apart (``undefined``)."""
     summary = {}
     for k, point in enumerate(runs[0]["points"]):
         cell = {}
@@ -161,10 +163,13 @@ def summarize(runs: list) -> dict:
             if key == "minibatches":
                 continue
             cell[key] = {}
-            for layer in layers:
+            for layer in LAYERS:
                 values = [v for run in runs for v in run["points"][k][key][layer]]
-                cell[key][layer] = {"mean": statistics.mean(values),
-                                    "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+                finite = [v for v in values if math.isfinite(v)]
+                cell[key][layer] = {
+                    "mean": statistics.mean(finite) if finite else None,
+                    "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                    "undefined": len(values) - len(finite)}
         summary[str(point["minibatches"])] = cell
     return summary
 
@@ -184,11 +189,11 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     for ax, checkpoint in zip(axes[0], checkpoints):
         for i, (a, b) in enumerate(PAIRS):
             cell = summary[checkpoint][f"{a} vs {b}"]
-            layers = LAYERS + ("all",)
-            ax.bar([x + i * width for x in range(len(layers))], [cell[l]["mean"] for l in layers],
-                   width, yerr=[cell[l]["std"] for l in layers], capsize=2, color=colors[i],
+            ax.bar([x + i * width for x in range(len(LAYERS))],
+                   [cell[l]["mean"] if cell[l]["mean"] is not None else float("nan") for l in LAYERS],
+                   width, yerr=[cell[l]["std"] for l in LAYERS], capsize=2, color=colors[i],
                    label=f"{a} vs {b}")
-            ax.set_xticks([x + width for x in range(len(layers))], layers)
+            ax.set_xticks([x + width for x in range(len(LAYERS))], LAYERS)
         ax.set_title(f"after {checkpoint} minibatches of SAF-E-acc", fontsize=9)
         ax.set_xlabel("synaptic layer")
         ax.grid(True, axis="y", alpha=0.3)
@@ -224,12 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads (0: torch's default)")
     parser.add_argument("--tag", type=common.file_stem, default="gradient_alignment")
     parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument("--replot", action="store_true",
+                        help="measure nothing: rebuild the summary and plot from <tag>.json")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.replot:
+        results_dir = common.results_dir_arg(parser, args.results_dir)
+
+        def rebuild(payload):
+            payload["summary"] = summarize(payload["runs"])
+            common.write_json(results_dir, args.tag, payload)
+            plot(results_dir, args.tag, payload)
+
+        common.build_from(parser, results_dir, args.tag, rebuild)
+        return 0
     if not args.tau > 1:
         parser.error(f"--tau: LIF needs tau > 1, got {args.tau}.")
     if args.checkpoints != sorted(set(args.checkpoints)):
@@ -268,7 +285,8 @@ def main(argv=None) -> int:
     plot(results_dir, args.tag, payload)
     for checkpoint, cell in payload["summary"].items():
         print(f"after {checkpoint} minibatches: " + "; ".join(
-            f"{key} {value['all']['mean']:.3f}" for key, value in cell.items() if "all" in value))
+            f"{key} " + "/".join("-" if value[layer]["mean"] is None else f"{value[layer]['mean']:.3f}"
+                                 for layer in LAYERS) for key, value in cell.items()))
     return 0
 
 

@@ -619,6 +619,9 @@ def results_markdown(results_dir: Path) -> str:
     if objectives:
         lines += ["", f"### SAF-F's objective against its gradient ({FASHION_MNIST_OBJECTIVES}.json)",
                   ""] + objectives
+    alignment = gradient_alignment_rows(results_dir)
+    if alignment:
+        lines += ["", "### Gradient alignment (gradient_alignment.json)", ""] + alignment
     for name in ("fashion_mnist_1epoch", "fashion_mnist"):
         fashion = fashion_mnist_rows(results_dir, name, "fashion_mnist_timing")
         if fashion:
@@ -719,10 +722,44 @@ def fashion_mnist_objective_rows(results_dir: Path, grid: str = FASHION_MNIST_CU
     return lines
 
 
+def _mean_std_cell(cell: dict) -> str:
+    if cell["mean"] is None:
+        return "- (gradient zero)"
+    undefined = f" ({cell['undefined']} zero)" if cell.get("undefined") else ""
+    return f"{cell['mean']:.3f} ± {cell['std']:.3f}{undefined}"
+
+
+@names_a_broken_file
+def gradient_alignment_rows(results_dir: Path, name: str = "gradient_alignment") -> list[str]:
+    """The cosines between each online gradient and its objective's exact gradient, and the
+    neurons SAF-F's step-T slope starves, per checkpoint (``bench_gradient_alignment``)."""
+    payload = read_json(results_dir, name)
+    if not payload or not payload.get("summary"):
+        return []
+    s, meta, summary = payload["settings"], payload["meta"], payload["summary"]
+    layers = list(next(iter(next(iter(summary.values())).values())))
+    lines = [f"Gradient alignment (`{name}.json`): Fashion-MNIST CSNN C={s['channels']}, T={s['T']}, "
+             f"tau={s['tau']}, BatchNorm frozen, seeds {s['seeds']}, {s['measure_batches']} held-out "
+             f"minibatches of {s['batch']} per seed and checkpoint, the SAF network trained with "
+             f"SAF-E-acc between checkpoints; {meta['device']} ({meta['cpu_model']}), {meta['date_utc']}. "
+             "Cosine between two gradients of the same weights, mean ± std over seeds and minibatches.",
+             "", "| minibatches trained | comparison | " + " | ".join(layers) + " |",
+             "|---|---|" + "---|" * len(layers)]
+    for checkpoint, cell in summary.items():
+        for key, values in cell.items():
+            label = ("neurons whose slope at step T is below a tenth of their mean over T (fraction)"
+                     if key == "starved_fraction" else key)
+            lines.append(f"| {checkpoint} | {label} | " + " | ".join(
+                _mean_std_cell(values[layer]) for layer in layers) + " |")
+    return lines
+
+
 @names_a_broken_file
 def fashion_mnist_docs_markdown(results_dir: Path) -> str:
-    """The generated region of docs/benchmarks.md, section 5: the current run's table and the
-    objective diagnostic."""
+    """The generated region of docs/benchmarks.md, section 5: the current run's table, the
+    objective diagnostic and the gradient alignment."""
     lines = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
-    objectives = fashion_mnist_objective_rows(results_dir)
-    return "\n".join(lines + ([""] + objectives if objectives else []))
+    for extra in (fashion_mnist_objective_rows(results_dir), gradient_alignment_rows(results_dir)):
+        if extra:
+            lines = lines + [""] + extra
+    return "\n".join(lines)

@@ -443,3 +443,61 @@ def test_memory_processes_fix_malloc_thresholds_and_timing_processes_keep_the_de
     assert result.stdout.split()[-1] == "True"
     # The fork server, and so every timing child, keeps glibc's defaults.
     assert "MALLOC_" not in (REPO / "benchmarks" / "common.py").read_text()
+
+
+def test_gradient_alignment_is_exact_at_one_step_and_not_beyond():
+    """At T=1 SAF-F's gradient is BPTT's on the same objective and SAF-E-acc's is BPTT's on OTTT's
+    (cosine 1, no neuron starved); at T=4 SAF-F's departs from BPTT's."""
+    from benchmarks import bench_fashion_mnist as fm
+    from benchmarks import bench_gradient_alignment as ga
+
+    torch.manual_seed(0)
+    model, _ = fm.build_csnn("saf-e-acc", channels=4)
+    fm.set_training(model, "frozen")
+    with torch.no_grad():  # every layer fires, so that every layer has a gradient
+        for weight in ga.synaptic_weights(model):
+            weight.mul_(10)
+    images, labels = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (8,))
+    for steps in (1, 4):
+        x_seq = fm.to_input_seq(images, steps, torch.device("cpu"))
+        result = ga.measure(model, [(x_seq, labels)])
+        cosines = {key: [cell[layer][0] for layer in ga.LAYERS] for key, cell in result.items()
+                   if key != "starved_fraction"}
+        assert all(math.isfinite(c) for values in cosines.values() for c in values), cosines
+        if steps == 1:
+            for values in cosines.values():
+                assert all(abs(c - 1) < 1e-5 for c in values), cosines
+            assert all(v[0] == 0 for v in result["starved_fraction"].values())
+        else:
+            assert min(cosines["saf-f vs bptt-final"]) < 0.999, cosines
+    assert ga.cosine(torch.zeros(3), torch.ones(3)) != ga.cosine(torch.zeros(3), torch.ones(3))  # NaN
+
+
+def test_gradient_alignment_cli_writes_results_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
+    from benchmarks import bench_gradient_alignment as ga
+    from benchmarks import tables
+    from saf_examples import idx
+
+    data = _fabricate_fashion_mnist(tmp_path / "data")
+    base = ["--data-root", str(data), "--results-dir", str(tmp_path / "out"), "--seeds", "0,1",
+            "--channels", "2", "-T", "2", "--batch", "4", "--measure-batches", "1"]
+    assert ga.main(base + ["--checkpoints", "0,2", "--tag", "ga"]) == 0
+    payload = json.loads((tmp_path / "out" / "ga.json").read_text())
+    assert list(payload["summary"]) == ["0", "2"] and len(payload["runs"]) == 2
+    assert set(payload["summary"]["2"]) == {"saf-f vs bptt-final", "saf-e-acc vs bptt-every-step",
+                                            "bptt-final vs bptt-every-step", "starved_fraction"}
+    rows = tables.gradient_alignment_rows(tmp_path / "out", "ga")
+    assert sum(r.startswith("| 2 | ") for r in rows) == 4
+    assert ga.main(["--replot", "--results-dir", str(tmp_path / "out"), "--tag", "ga"]) == 0
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    for argv, message in (
+            (base + ["--checkpoints", "3,1"], "--checkpoints: must increase"),
+            (base + ["--checkpoints", "0,0"], "twice"),
+            (base + ["--measure-batches", "100"], "exceeds the"),
+            (base + ["--tau", "1"], "--tau"),
+            (["--data-root", str(tmp_path / "none")], "apt-get install dataset-fashion-mnist"),
+            (["--replot", "--results-dir", str(tmp_path / "out"), "--tag", "nope"], "does not exist")):
+        with pytest.raises(SystemExit) as info:
+            ga.main(argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
