@@ -370,6 +370,21 @@ PANELS = (("per-step updates: SAF-E vs OTTT_O", ("saf-e", "ottt-o", "sltt", "bpt
            ("saf-f", "bptt-final", "ottt-a", "bptt-every-step", "bptt")))
 
 
+def _grid_references(results_dir: Path, tag: str, payload: dict) -> dict:
+    """For a run of the diagnostics alone: the summary rows of the other methods in their panel,
+    from the grid run of the tables (same settings), so that the plot shows each objective with both
+    gradients; ``{}`` otherwise."""
+    from . import tables
+
+    if tag == tables.FASHION_MNIST_CURRENT or not set(payload["summary"]) & set(DIAGNOSTIC_METHODS):
+        return {}
+    grid = common.read_json(results_dir, tables.FASHION_MNIST_CURRENT)
+    if not grid or tables.differing_settings(grid, payload):
+        return {}
+    panel = next(names for _, names in PANELS if set(names) & set(DIAGNOSTIC_METHODS))
+    return {name: grid["summary"][name] for name in panel if name in grid["summary"]}
+
+
 def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     """Small multiples: one accuracy panel per group of :data:`PANELS` (a method keeps its colour
     in every panel), then time and memory per method."""
@@ -378,11 +393,12 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = payload["summary"]
     s = payload["settings"]
+    own = payload["summary"]
+    summary = {**_grid_references(results_dir, tag, payload), **own}
     # Times from the separate one-at-a-time timing run when there is one (see tables.py).
     timing = (common.read_json(results_dir, f"{tag}_timing") or {}).get("summary", {})
-    panels = [(title, [m for m in names if m in summary]) for title, names in PANELS]
+    panels = [(title, [m for m in names if m in summary]) for title, names in PANELS if set(names) & set(own)]
     leftover = [m for m in summary if not any(m in names for _, names in PANELS)]
     shown, kept = set(), []
     for title, names in panels:  # a panel adds at least one method (the main grid skips the diagnostics')
@@ -406,7 +422,8 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
             std = [100 * v for v in row["curve_accuracy_std"]]
             style = "-" if get_method(base_method_name(name)).deploys_to_lif else "--"
             ax.errorbar(row["curve_epochs"], mean, yerr=std, marker="o", markersize=3, capsize=2,
-                        linestyle=style, label=f"{name} (n={len(row['seeds'])})", color=color[name])
+                        linestyle=style, color=color[name],
+                        label=f"{name} (n={len(row['seeds'])}{'' if name in own else ', grid run'})")
         ax.set_xlabel(f"epochs trained ({s['batches_per_epoch']} minibatches of {s['batch']} each)"
                       if short else "epochs trained (60000 images each)")
         ax.set_ylabel("test accuracy (%), firing-rate readout")
@@ -414,7 +431,7 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     ax2 = axes[-1]
-    for name, row in summary.items():
+    for name, row in own.items():
         seconds = timing.get(name, row)["epoch_seconds_min"]
         ax2.scatter(seconds, row["train_peak_mib_mean"], color=color[name])
         ax2.annotate(name, (seconds, row["train_peak_mib_mean"]), fontsize=7,

@@ -669,6 +669,11 @@ _COMPARABLE_SETTINGS = ("data", "network", "T", "tau", "epochs", "batches_per_ep
                         "optimizer", "batchnorm", "neuron", "encoding", "augmentation", "readout")
 
 
+def differing_settings(a: dict, b: dict) -> list[str]:
+    """The settings that keep the runs of two Fashion-MNIST results files from being compared."""
+    return [key for key in _COMPARABLE_SETTINGS if a["settings"].get(key) != b["settings"].get(key)]
+
+
 def _by_seed(row: dict) -> dict:
     return dict(zip(row["seeds"], row["accuracy"]["values"]))
 
@@ -692,8 +697,7 @@ def fashion_mnist_objective_rows(results_dir: Path, grid: str = FASHION_MNIST_CU
     main, extra = read_json(results_dir, grid), read_json(results_dir, diagnostic)
     if not main or not extra or not extra.get("summary"):
         return []
-    differing = [key for key in _COMPARABLE_SETTINGS
-                 if main["settings"].get(key) != extra["settings"].get(key)]
+    differing = differing_settings(main, extra)
     if differing:
         raise results_file_error(Path(results_dir) / f"{diagnostic}.json",
                                  f"was run with settings other than {grid}.json's "
