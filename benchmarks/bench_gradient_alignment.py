@@ -3,8 +3,9 @@ Fashion-MNIST CSNN of ``bench_fashion_mnist``: SAF-F's against BPTT on SAF-F's o
 (``bptt-final``), and SAF-E-acc's (OTTT_A's gradient, Theorem 2) against BPTT on OTTT's objective
 (``bptt-every-step``).
 
-    # 3 seeds, measured at 0, 100 and 468 minibatches (one epoch) of training: about 10 minutes
+    # 3 seeds, measured at 0, 100 and 468 minibatches (one epoch) of training: minutes on 2 cores
     python -m benchmarks.bench_gradient_alignment
+    python -m benchmarks.bench_fashion_mnist --replot --tag fashion_mnist_T6   # the docs tables
 
 The SAF network runs with BatchNorm frozen (eval mode: a fixed affine map), so that it and its
 ``to_lif`` twin compute the same spikes and differ only in how the gradient is formed. At each
@@ -194,9 +195,17 @@ def plot(results_dir: Path, tag: str, payload: dict) -> Path:
                    width, yerr=[cell[l]["std"] for l in LAYERS], capsize=2, color=colors[i],
                    label=f"{a} vs {b}")
             ax.set_xticks([x + width for x in range(len(LAYERS))], LAYERS)
+        for x, layer in enumerate(LAYERS):
+            if all(summary[checkpoint][f"{a} vs {b}"][layer]["mean"] is None for a, b in PAIRS):
+                ax.text(x + width, 0.5, "gradient zero\n(silent input)", ha="center", fontsize=7,
+                        transform=ax.get_xaxis_transform())
         ax.set_title(f"after {checkpoint} minibatches of SAF-E-acc", fontsize=9)
         ax.set_xlabel("synaptic layer")
         ax.grid(True, axis="y", alpha=0.3)
+    lows = [cell[layer]["mean"] - cell[layer]["std"] for point in summary.values()
+            for key, cell in point.items() if key != "starved_fraction" for layer in LAYERS
+            if cell[layer]["mean"] is not None]
+    axes[0][0].set_ylim(max(0.0, min(lows, default=0.0) - 0.02), 1.005)
     axes[0][0].set_ylabel("cosine between the two gradients")
     axes[0][0].legend(fontsize=7, loc="lower left")
     s, meta = payload["settings"], payload["meta"]
