@@ -518,6 +518,11 @@ def readme_markdown(results_dir: Path) -> str:
     fashion = fashion_mnist_rows(results_dir, FASHION_MNIST_CURRENT)
     if fashion:
         lines += [""] + fashion
+        if fashion_mnist_objective_rows(results_dir):
+            lines += ["", "Why SAF-F trails OTTT_A here (its online gradient, through step T alone, "
+                          "rather than its objective or its readout): BPTT trained on each "
+                          "objective, and the alignment of each gradient, in "
+                          "[docs/benchmarks.md](docs/benchmarks.md) section 5.1."]
     lines.append("")
     lines += accuracy_rows(results_dir)
     lines += ["", "Details, plots and the profile of missed targets: "
