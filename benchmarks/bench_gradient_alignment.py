@@ -100,14 +100,17 @@ def starved_fraction(lif: nn.Module, x_seq: torch.Tensor) -> list[float]:
         functional.reset_net(lif)
     fractions = []
     for node in nodes:
-        slope = _sigmoid_slope(records[id(node)][0], node.surrogate_function.alpha)
+        slope = surrogate_slope(node.surrogate_function, records[id(node)][0])
         fractions.append(float((slope[-1] < 0.1 * slope.mean(0)).double().mean()))
     return fractions
 
 
-def _sigmoid_slope(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    s = torch.sigmoid(alpha * x)
-    return alpha * s * (1 - s)
+def surrogate_slope(surrogate_function, x: torch.Tensor) -> torch.Tensor:
+    """``sg'(x)`` elementwise, from the surrogate object's own backward."""
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        surrogate_function(x).sum().backward()
+    return x.grad
 
 
 def measure(model: nn.Module, batches: list) -> dict:
@@ -142,9 +145,9 @@ def run_seed(seed: int, cfg: dict) -> dict:
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))
     points, trained = [], 0
     for checkpoint in cfg["checkpoints"]:
+        trainer.prepare(model)  # measure() leaves the model in the last measured method's step mode
         while trained < checkpoint:
             index = order[(trained * batch) % len(order):][:batch]
-            trainer.prepare(model)
             functional.reset_net(model)
             trainer.train_step(model, optimizer, to_input_seq(x_train[index], steps, torch.device("cpu")),
                                y_train[index], mse_one_hot)
