@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .custom_ops import new_saved
+from .kernel_source import GRADIENT_FLUSH_BELOW
 from .surrogate_codes import REPRESENTATION_LEVEL, surrogate_code_by_id
 
 __all__ = ["forward_impl", "backward_impl", "BUILTIN_TRITON_SURROGATES", "on_tensor_device"]
@@ -116,7 +117,7 @@ def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr,
 
 @triton.jit
 def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_scale, gain,
-                         p0, p1, SURROGATE: tl.constexpr, REPRESENTATION: tl.constexpr,
+                         p0, p1, flush_below, SURROGATE: tl.constexpr, REPRESENTATION: tl.constexpr,
                          BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
@@ -127,6 +128,7 @@ def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_
     else:
         over_th = tl.load(saved_ptr + offsets, mask=inside, other=0.0)
         grad_input = grad * SURROGATE(over_th, p0, p1) * input_scale
+    grad_input = tl.where(tl.abs(grad_input) < flush_below, grad_input * 0.0, grad_input)
     tl.store(grad_input_ptr + offsets, grad_input, mask=inside)
 
 
@@ -175,7 +177,7 @@ def backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
         with on_tensor_device(grad_abar_seq):
             _saf_backward_kernel[grid](
                 grad_abar_seq, saved, grad_input, numel, float(input_scale), float(gain),
-                float(code.params[0]), float(code.params[1]),
+                float(code.params[0]), float(code.params[1]), GRADIENT_FLUSH_BELOW,
                 SURROGATE=surrogate, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
             )
     return grad_input

@@ -620,6 +620,22 @@ def test_interpreted_sigmoid_and_piecewise_quadratic_derivatives_at_their_edges(
     assert grad[0].isnan() and grad[1] == 1.5 and abs(grad[2]) < 1e-6 and grad[3] == 0 and grad[4] == 0
 
 
+@interpreted
+def test_interpreted_subnormal_gradients_are_flushed_like_the_cuda_source():
+    """An incoming gradient of 1e-30 times Sigmoid(alpha=4)'s 8.2e-9 at x = -5 is subnormal: Triton
+    returns a zero of its sign, as the CUDA source does (``test_cuda_source_on_cpu``)."""
+    from spikingjelly_saf.backends import triton_backend
+
+    sg = surrogate.Sigmoid(alpha=4.0)
+    x = torch.tensor([-5.0, -5.0, -1.0, -1.0])
+    grad_out = torch.tensor([1e-30, -1e-30, 1e-30, -1e-30])
+    grad = triton_backend.backward_impl(grad_out, x.clone(), 1.0, 1.0,
+                                        surrogate_codes.resolve_surrogate_code(sg, "triton"))
+    assert torch.equal(grad[:2], torch.zeros(2)) and torch.equal(torch.signbit(grad[:2]), torch.tensor([False, True]))
+    reference = grad_out[2:].to(torch.float64) * type(sg).backward(torch.ones(2), x[2:].to(torch.float64), alpha=4.0)
+    assert ((grad[2:].to(torch.float64) - reference) / reference).abs().max().item() < 1e-6
+
+
 # ---- CUDA (skipped without a GPU) ---------------------------------------------------------------------
 cuda = pytest.mark.cuda
 

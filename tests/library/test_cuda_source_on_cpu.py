@@ -10,7 +10,8 @@ must be unchanged afterwards, so a write outside a buffer fails the test.
 
 * forward: bitwise equal to the torch backend (tails, T=1, continuation, NaN/inf/subnormal inputs);
 * backward: within ``GRAD_ULP_BOUND`` of the float64 reference (see :func:`grad_error_in_ulps`),
-  and ``SpikeRepresentation`` bitwise equal to the torch backend;
+  a subnormal result flushed to a zero of its sign, and ``SpikeRepresentation`` bitwise equal to the
+  torch backend;
 * the backward's grid-stride loop with fewer blocks than elements.
 """
 
@@ -26,6 +27,7 @@ from spikingjelly.activation_based import surrogate
 import spikingjelly_saf as saf
 from spikingjelly_saf import backends
 from spikingjelly_saf.backends import cpp_backend, cpu_build, cuda_host, surrogate_codes
+from spikingjelly_saf.backends.kernel_source import GRADIENT_FLUSH_BELOW
 from spikingjelly_saf.surrogate import SpikeRepresentation
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C++ compiler")
@@ -200,10 +202,16 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
 
 
 def grad_error_in_ulps(sg, grad, saved, over_th, input_scale) -> torch.Tensor:
-    """|kernel - reference| in float32 ulps of the reference, over (1 + condition number)."""
+    """|kernel - reference| in float32 ulps of the reference, over (1 + condition number); a reference
+    below float32's smallest normal number must come out as a zero of its sign (the kernels flush it)."""
     x = over_th.to(torch.float64)
     reference = grad.to(torch.float64) * reference_derivative(sg, x) * input_scale
-    return (saved.to(torch.float64) - reference).abs() / (ulp(reference) * (1 + condition_number(sg, x)))
+    error = (saved.to(torch.float64) - reference).abs() / (ulp(reference) * (1 + condition_number(sg, x)))
+    tiny = reference.abs() < GRADIENT_FLUSH_BELOW
+    flushed = (saved == 0) & (torch.signbit(saved) == torch.signbit(reference))
+    # A reference just below the smallest normal may round up to it in float32: both are right.
+    rounded_up = saved.abs() == GRADIENT_FLUSH_BELOW
+    return torch.where(tiny & (flushed | rounded_up), torch.zeros_like(error), error)
 
 
 # ---- tests -----------------------------------------------------------------------------------------------
@@ -256,6 +264,23 @@ def test_backward_across_the_whole_range_and_nan(sg):
     assert grad_error_in_ulps(sg, grad[finite], result[finite], x[finite], 1.0).max().item() <= GRAD_ULP_BOUND
     assert result[x.isnan()].isnan().all(), "NaN in must give NaN out"
     assert (result[x.isinf()] == 0).all()
+
+
+def test_subnormal_gradients_are_flushed_to_zeros_of_their_sign():
+    """Sigmoid(alpha=4) at |x| = 5 has the derivative 8.2e-9; an incoming gradient of 1e-30 makes the
+    product 8.2e-39, a float32 subnormal, which the torch path returns and the kernel returns as a
+    zero of its sign. At x = -1 the product (7e-32) is normal and stays within the bound."""
+    sg = surrogate.Sigmoid(alpha=4.0)
+    x = torch.tensor([-5.0, -5.0, -1.0, -1.0])
+    grad = torch.tensor([1e-30, -1e-30, 1e-30, -1e-30])
+    result = cuda_host.backward(grad, x.clone(), 1.0, 1.0, 1 << 20, GuardedLaunch(sg))
+    x_ref = x.clone().requires_grad_()
+    (torch_path,) = torch.autograd.grad(sg(x_ref), x_ref, grad)
+    assert (torch_path[:2] != 0).all() and (torch_path[:2].abs() < GRADIENT_FLUSH_BELOW).all()
+    assert torch.equal(result[:2], torch.zeros(2))
+    assert torch.equal(torch.signbit(result[:2]), torch.tensor([False, True]))
+    assert (result[2:].abs() >= GRADIENT_FLUSH_BELOW).all()
+    assert grad_error_in_ulps(sg, grad, result, x, 1.0).max().item() <= GRAD_ULP_BOUND
 
 
 def test_sigmoid_derivative_is_accurate_on_both_sides_of_the_threshold():
