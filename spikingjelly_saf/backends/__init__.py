@@ -239,32 +239,40 @@ class FusedBackend(Backend):
         return ""
 
     def single_step(self, input_current, state, params, surrogate_function):
-        abar_seq, state = self.multi_step(input_current.unsqueeze(0), state, params, surrogate_function)
-        # squeeze, not [0]: indexing's backward fills a zero tensor and copies the gradient into it.
-        return abar_seq.squeeze(0), state
+        abar, weight_sum = self._forward(input_current, 1, state, params, surrogate_function)
+        return abar, saf_functional.SAFState(abar.detach(), weight_sum)
 
     def multi_step(self, input_seq, state, params, surrogate_function):
-        from .custom_ops import COEFFICIENT_TABLES
-
-        self.check_device(input_seq)
-        code_id = self.kernel_code(surrogate_function)
-        steps = input_seq.shape[0]
-        flat_input = input_seq.to(torch.float32).reshape(steps, -1).contiguous()
-        abar_prev = state.abar if isinstance(state.abar, torch.Tensor) else input_seq.new_zeros(input_seq.shape[1:])
-        flat_abar = abar_prev.detach().to(flat_input).reshape(-1).contiguous()
-        coefficients, weight_sum = COEFFICIENT_TABLES.get(params, state.weight_sum, steps, flat_input.device)
-        gain = params.input_scale / params.v_threshold
-        if torch.is_grad_enabled() and flat_input.requires_grad:
-            abar_seq, _ = self.ops.forward(flat_input, flat_abar, coefficients, params.v_threshold,
-                                           params.input_scale, gain, code_id)
-        else:
-            abar_seq = self.ops.forward_only(flat_input, flat_abar, coefficients, params.v_threshold,
-                                             gain, code_id)
-        abar_seq = abar_seq.view(input_seq.shape)
+        abar_seq, weight_sum = self._forward(input_seq, input_seq.shape[0], state, params, surrogate_function)
         last = abar_seq[-1].detach()
         # A view of a longer sequence would keep the whole [T, N] output alive as state; with T = 1
         # the view is the whole output anyway.
-        return abar_seq, saf_functional.SAFState(last.clone() if steps > 1 else last, weight_sum)
+        return abar_seq, saf_functional.SAFState(last.clone() if input_seq.shape[0] > 1 else last, weight_sum)
+
+    def _forward(self, inputs, steps, state, params, surrogate_function) -> tuple[torch.Tensor, float]:
+        """``abar`` of ``inputs``' shape (``steps`` steps) and ``c`` after the last step. Every step of a
+        single-step network comes here, so it converts only what needs converting."""
+        from .custom_ops import COEFFICIENT_TABLES
+
+        self.check_device(inputs)
+        code_id = self.kernel_code(surrogate_function)
+        if inputs.dtype != torch.float32 or not inputs.is_contiguous():
+            inputs = inputs.to(torch.float32).contiguous()
+        neurons = inputs.numel() // max(steps, 1)
+        abar_prev = state.abar
+        if not isinstance(abar_prev, torch.Tensor):
+            abar_prev = inputs.new_zeros(neurons)
+        elif abar_prev.numel() != neurons:
+            raise ValueError(f"the state holds {abar_prev.numel()} neurons but each step of the input has {neurons}. "
+                             "Reset the network (functional.reset_net) before a sequence of another shape.")
+        elif abar_prev.dtype != torch.float32 or abar_prev.device != inputs.device or not abar_prev.is_contiguous():
+            abar_prev = abar_prev.detach().to(inputs).contiguous()
+        else:
+            abar_prev = abar_prev.detach()
+        coefficients, weight_sum = COEFFICIENT_TABLES.get(params, state.weight_sum, steps, inputs.device)
+        abar = self.ops.neuron_forward(inputs, steps, abar_prev, coefficients, params.v_threshold,
+                                       params.input_scale, params.input_scale / params.v_threshold, code_id)
+        return abar, weight_sum
 
 
 class CppBackend(FusedBackend):

@@ -70,6 +70,46 @@ def test_default_node_runs_the_cpu_kernel_like_torch(step_mode, sg, dtype):
 
 
 @needs_compiler
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_eager_calls_skip_the_dispatcher_and_equal_the_custom_operators(step_mode, monkeypatch):
+    """Outside tracing, SAFNode calls the kernels through the backend's autograd function (once per
+    step forward with saving, once backward; without a graph, forward without saving); under a
+    dispatch mode it calls the custom operators instead, with bitwise equal results."""
+    cpp = backends.REGISTRY.get("cpp")
+    cpp.load()
+    eager = cpp.ops.eager_function
+    forward_impl, backward_impl = eager.forward_impl, eager.backward_impl
+    calls = []
+
+    def counted_forward(*args):
+        calls.append(("forward", args[-1]))
+        return forward_impl(*args)
+
+    def counted_backward(*args):
+        calls.append(("backward",))
+        return backward_impl(*args)
+
+    monkeypatch.setattr(eager, "forward_impl", staticmethod(counted_forward))
+    monkeypatch.setattr(eager, "backward_impl", staticmethod(counted_backward))
+    x = torch.randn(5, 3, 40, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.5
+    steps = 5 if step_mode == "s" else 1
+    node = saf.SAFNode(step_mode=step_mode)
+    y, grad, state = run_node(node, x, step_mode)
+    assert calls == [("forward", True)] * steps + [("backward",)] * steps
+    calls.clear()
+    sj_functional.reset_net(node)
+    recorder = OpRecorder()
+    with recorder:
+        y_op, grad_op, state_op = run_node(node, x, step_mode)
+    assert calls == [] and recorder.count("spikingjelly_saf.cpp_forward.default") == steps
+    assert torch.equal(y, y_op) and torch.equal(grad, grad_op) and torch.equal(state, state_op)
+    sj_functional.reset_net(node)
+    with torch.no_grad():
+        node(x[0] if step_mode == "s" else x)
+    assert calls == [("forward", False)]
+
+
+@needs_compiler
 def test_single_step_state_is_the_output_and_not_a_copy_of_a_longer_buffer():
     node = saf.SAFNode()
     x = torch.rand(4, 6)
@@ -80,6 +120,18 @@ def test_single_step_state_is_the_output_and_not_a_copy_of_a_longer_buffer():
     y_seq = node(torch.rand(3, 4, 6))
     assert node.abar.untyped_storage().nbytes() == 4 * 6 * 4  # the last step only, not [T, N]
     assert torch.equal(node.abar, y_seq[-1])
+
+
+@needs_compiler
+def test_a_state_of_another_size_is_refused_before_the_kernel_reads_it():
+    """The kernel reads as many state values as a step has neurons: a state of another size (through
+    the functional interface, which SAFNode's own shape check does not guard) is refused."""
+    params = saf.functional.SAFParameters.from_tau(2.0, 1.0, False)
+    state = saf.functional.SAFState(torch.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="state holds 3 neurons but each step of the input has 8"):
+        backends.REGISTRY.single_step("cpp", torch.randn(2, 4), state, params, surrogate.Sigmoid())
+    with pytest.raises(ValueError, match="reset_net"):
+        backends.REGISTRY.multi_step("cpp", torch.randn(5, 2, 4), state, params, surrogate.Sigmoid())
 
 
 @needs_compiler
