@@ -8,7 +8,7 @@ from .backends import register_surrogate_code, set_backend
 from .layer import InputAverage, OutputRecovery, predict
 from .neuron import SAFNode, SAFPrecisionWarning, SpikeTap
 from .training import (METHODS, ModelContractError, NonFiniteTrainingError, StateCarriedOverWarning,
-                       saf_inference, saf_online_training)
+                       check_gradients_finite, saf_inference, saf_online_training)
 from .recording import SpikeRecorder
 from .health import FiringHealth
 from .conversion import to_lif, to_saf
@@ -26,6 +26,7 @@ __all__ = [
     "ModelContractError",
     "StateCarriedOverWarning",
     "NonFiniteTrainingError",
+    "check_gradients_finite",
     "SpikeRecorder",
     "FiringHealth",
     "health",

@@ -47,6 +47,7 @@ __all__ = [
     "ModelContractError",
     "StateCarriedOverWarning",
     "NonFiniteTrainingError",
+    "check_gradients_finite",
     "saf_online_training",
     "saf_inference",
     "READOUTS",
@@ -84,7 +85,7 @@ class NonFiniteTrainingError(FloatingPointError):
                  parameter: Optional[str] = None):
         where = "" if step is None else f" at time step {step}"
         super().__init__(
-            f"saf_online_training stopped: the {what} is not finite{where} ({detail}); the optimizer "
+            f"training stopped: the {what} is not finite{where} ({detail}); the optimizer "
             "step was not taken, so the weights hold the last finite update. Check the data and "
             "lower the learning rate; SAF-E steps the optimizer T times per minibatch.")
         self.what, self.step, self.value, self.parameter = what, step, value, parameter
@@ -567,18 +568,7 @@ class _Minibatch:
                                          "nan" if math.isnan(value) else "inf")
         if self.grad_scaler is not None:
             return  # a GradScaler skips steps with non-finite gradients by design
-        gradients = [p.grad for group in self.optimizer.param_groups for p in group["params"]
-                     if p.grad is not None]
-        if not gradients or _sums_are_finite(gradients):
-            return
-        largest = float(torch.nn.utils.get_total_norm(gradients, norm_type=math.inf))
-        if math.isfinite(largest):
-            return
-        name = next((name for name, p in self.model.named_parameters()
-                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
-        bad = "a parameter outside the model" if name is None else name
-        raise NonFiniteTrainingError("gradient", self.time_step, f"the gradient of {bad} is {largest}",
-                                     "nan" if math.isnan(largest) else "inf", name)
+        check_gradients_finite(self.model, self.optimizer, self.time_step)
 
     def optimizer_step(self) -> None:
         if self.check_finite:
@@ -593,6 +583,51 @@ class _Minibatch:
         # DDP decides in the forward whether the backward synchronises: wrap both.
         no_sync = getattr(self.model, "no_sync", None)
         return contextlib.nullcontext() if synchronise or no_sync is None else no_sync()
+
+
+def check_gradients_finite(model: nn.Module, optimizer: torch.optim.Optimizer,
+                           time_step: Optional[int] = None) -> None:
+    r"""
+    **API Language** - :ref:`中文 <check_gradients_finite-cn>` | :ref:`English <check_gradients_finite-en>`
+
+    ----
+
+    .. _check_gradients_finite-cn:
+
+    * **中文**
+
+    在 ``optimizer.step()`` 之前调用：若优化器将要使用的某个梯度含 NaN 或无穷大，抛出
+    :class:`NonFiniteTrainingError` （并指出第一个这样的参数），权重保持不变。
+    :func:`saf_online_training` 在每次优化器更新前都做同样的检查；自己的训练循环（OTTT、BPTT）也可调用。
+
+    ----
+
+    .. _check_gradients_finite-en:
+
+    * **English**
+
+    Call it before ``optimizer.step()``: if a gradient the optimizer is about to apply holds NaN or
+    infinity, raise :class:`NonFiniteTrainingError` naming the first such parameter of ``model``, so
+    the weights keep their last finite values. :func:`saf_online_training` makes this check before
+    every optimizer step; a loop of your own (OTTT, BPTT) can make the same one. It reads every
+    gradient once.
+
+    :param model: the model whose parameter names the error gives
+    :param optimizer: the optimizer whose parameters' gradients are checked
+    :param time_step: the time step the error reports, if any
+    :raises NonFiniteTrainingError: with ``what='gradient'``
+    """
+    gradients = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not gradients or _sums_are_finite(gradients):
+        return
+    largest = float(torch.nn.utils.get_total_norm(gradients, norm_type=math.inf))
+    if math.isfinite(largest):
+        return
+    name = next((name for name, p in model.named_parameters()
+                 if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+    bad = "a parameter outside the model" if name is None else name
+    raise NonFiniteTrainingError("gradient", time_step, f"the gradient of {bad} is {largest}",
+                                 "nan" if math.isnan(largest) else "inf", name)
 
 
 def _sums_are_finite(tensors: list[torch.Tensor]) -> bool:

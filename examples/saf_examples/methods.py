@@ -12,6 +12,7 @@ method names. Adding a method is one entry in the table at the end of this modul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -22,8 +23,8 @@ from spikingjelly.activation_based import functional, neuron, surrogate
 from spikingjelly_saf import functional as saf_functional
 from spikingjelly_saf.neuron import SAFNode, check_tau
 from spikingjelly_saf.surrogate import SpikeRepresentation
-from spikingjelly_saf.training import (_check_batch, _check_x_seq, output_is_spiking, readout_decay,
-                                       run_sequence, saf_online_training)
+from spikingjelly_saf.training import (NonFiniteTrainingError, _check_batch, _check_x_seq, check_gradients_finite,
+                                       output_is_spiking, readout_decay, run_sequence, saf_online_training)
 
 __all__ = ["Method", "METHOD_NAMES", "ALL_METHOD_NAMES", "get_method", "ReLUNode",
            "saf_rate_readout", "saf_weighted_readout", "mean_readout", "weighted_average_readout"]
@@ -142,15 +143,22 @@ def _last_neuron_decay(model: nn.Module) -> float:
 
 def _train_whole_sequence(method: "Method", model, optimizer, x_seq, target, f_loss,
                           grad_scaler=None):
-    """BPTT-style: the whole sequence in one graph, one backward of the method's objective."""
+    """BPTT-style: the whole sequence in one graph, one backward of the method's objective; a
+    non-finite loss or gradient stops before the optimizer step, as in SAF's training function."""
     optimizer.zero_grad()
     y_seq = run_sequence(model, x_seq, method.step_mode)
     loss = method.objective(method, model, y_seq, target, f_loss)
+    # Backward even on a bad loss: under DDP every process takes part in the all-reduce.
     (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
     if grad_scaler is not None:
         grad_scaler.step(optimizer)
         grad_scaler.update()
     else:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteTrainingError("loss", None, f"f_loss returned {value}",
+                                         "nan" if math.isnan(value) else "inf")
+        check_gradients_finite(model, optimizer)
         optimizer.step()
     return loss.detach(), y_seq.detach()
 

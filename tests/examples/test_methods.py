@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron
 
 from spikingjelly_saf import SAFNode
@@ -229,3 +230,28 @@ def test_zero_steps_and_swapped_input_for_every_kind(name):
         m.train_step(None, None, torch.rand(3, 0, 6), torch.zeros(3, dtype=torch.long), None)
     with pytest.raises(ValueError, match=r"x_seq looks like \[T, B, \*\]"):
         m.train_step(None, None, torch.rand(4, 3, 6), torch.zeros(3, dtype=torch.long), None)
+
+
+@pytest.mark.parametrize("fault", ["loss", "gradient"])
+def test_whole_sequence_methods_stop_before_a_non_finite_update(fault):
+    """BPTT (and DSR, the ideal, the diagnostics) stop like SAF's training function: a NaN loss or a
+    NaN gradient behind a finite loss raises NonFiniteTrainingError and the weights stay as they were."""
+    from spikingjelly_saf import NonFiniteTrainingError
+
+    torch.manual_seed(0)
+    net, m = _mlp("bptt")
+    x = torch.rand(5, 3, 6) * 4
+    target = torch.randint(0, 3, (5,))
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    if fault == "gradient":
+        net[2].weight.register_hook(lambda grad: grad * float("nan"))
+        f_loss = F.cross_entropy
+    else:
+        def f_loss(output, label):
+            return F.cross_entropy(output, label) * float("nan")
+    with pytest.raises(NonFiniteTrainingError) as caught:
+        m.train_step(net, torch.optim.SGD(net.parameters(), lr=1.0), x, target, f_loss)
+    assert caught.value.what == fault
+    if fault == "gradient":
+        assert caught.value.parameter == "2.weight"
+    assert all(torch.equal(p, before[name]) for name, p in net.named_parameters())

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 
-from spikingjelly_saf import NonFiniteTrainingError, SAFNode, saf_online_training
+from spikingjelly_saf import NonFiniteTrainingError, SAFNode, check_gradients_finite, saf_online_training
 
 METHODS = ("saf-e", "saf-e-acc", "saf-f")
 
@@ -109,6 +109,25 @@ def test_a_nan_gradient_behind_a_finite_loss_stops_before_the_optimizer_step(met
     assert caught.value.what == "gradient" and caught.value.parameter == "1.weight"
     assert "the gradient of 1.weight is nan" in str(caught.value) and caught.value.value == "nan"
     assert _same(before, _weights(net))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_check_gradients_finite_guards_a_loop_of_your_own(value):
+    """The same check in a hand-written loop: finite gradients pass; an infinite or NaN gradient in
+    the second layer is named, and the step is not taken."""
+    net = _net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    x_seq, target = _batch()
+    F.cross_entropy(net(x_seq[:, 0]), target).backward()
+    check_gradients_finite(net, optimizer, time_step=0)  # finite: nothing raised
+    optimizer.zero_grad()
+    functional.reset_net(net)
+    net[3].weight.register_hook(lambda grad: grad + value)
+    F.cross_entropy(net(x_seq[:, 0]), target).backward()
+    with pytest.raises(NonFiniteTrainingError, match="training stopped: the gradient is not finite at time step 2"
+                       ) as caught:
+        check_gradients_finite(net, optimizer, time_step=2)
+    assert caught.value.parameter == "3.weight" and caught.value.value == ("nan" if math.isnan(value) else "inf")
 
 
 @pytest.mark.parametrize("method", METHODS)
