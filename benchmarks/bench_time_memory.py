@@ -21,6 +21,9 @@ The ideals are the same network with ReLU in place of the neurons (``ReLUNode``)
 * ``ideal-e``: T forward+backward passes with an optimizer step each (SAF-E's schedule);
 * ``ideal-e-acc``: the T x B batch through one forward and backward (SAF-E-acc in ``'m'``);
 * ``ideal-f``: T-1 forwards without a graph, then one forward and backward (SAF-F's schedule).
+
+Each checks the gradients before its optimizer steps (``check_gradients_finite``), as
+``saf_online_training`` does by default, so that a SAF/ideal ratio measures the neurons alone.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from spikingjelly_saf import backends
+from spikingjelly_saf import backends, check_gradients_finite
 from saf_examples.measure import max_rss_bytes, warm_up_runtime
 from saf_examples.methods import get_method
 
@@ -89,6 +92,8 @@ def _variant_parts(variant: str) -> tuple[str, str]:
 
 
 def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
+    """The ReLU network on a SAF schedule, with the same gradient check before every optimizer step
+    that ``saf_online_training`` makes, so that a ratio to the ideal measures the neurons alone."""
     steps = x_seq.shape[1]
     if schedule == "ideal-e-acc":
         return get_method("ideal").train_step(model, optimizer, x_seq, target, F.cross_entropy)
@@ -99,12 +104,14 @@ def _ideal_train_step(schedule: str, model, optimizer, x_seq, target):
                 model(x_seq[:, t])
         loss = F.cross_entropy(model(x_seq[:, -1]), target)
         loss.backward()
+        check_gradients_finite(model, optimizer)
         optimizer.step()
         return loss.detach(), None
     for t in range(steps):  # ideal-e
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x_seq[:, t]), target)
         loss.backward()
+        check_gradients_finite(model, optimizer, t)
         optimizer.step()
     return loss.detach(), None
 

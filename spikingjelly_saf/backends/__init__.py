@@ -23,6 +23,7 @@ operator imports ``torch._dynamo``, which imports Triton when it is installed: t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -36,7 +37,10 @@ from spikingjelly.logger import logger
 
 from .. import functional as saf_functional
 from .. import gradients
-from .surrogate_codes import register_surrogate_code
+from . import cpp_backend
+from .cpu_build import CpuBuildError
+from .custom_ops import COEFFICIENT_TABLES
+from .surrogate_codes import SURROGATE_CODES, built_surrogate_key, register_surrogate_code, resolve_surrogate_code
 from .._validation import require_module
 
 __all__ = [
@@ -211,8 +215,6 @@ class FusedBackend(Backend):
 
     def resolve_code(self, surrogate_function, warn: bool) -> Optional[int]:
         """:func:`~.surrogate_codes.resolve_surrogate_code` for this backend (run eagerly, even when traced)."""
-        from .surrogate_codes import resolve_surrogate_code
-
         return resolve_surrogate_code(surrogate_function, self.name, warn)
 
     def kernel_code(self, surrogate_function, warn: bool = True) -> Optional[int]:
@@ -238,24 +240,25 @@ class FusedBackend(Backend):
     def device_hint(self) -> str:
         return ""
 
-    def single_step(self, input_current, state, params, surrogate_function):
-        abar, weight_sum = self._forward(input_current, 1, state, params, surrogate_function)
+    def single_step(self, input_current, state, params, surrogate_function, code_id: Optional[int] = None):
+        """``code_id``: the surrogate's kernel code when the caller resolved it (:class:`Route`)."""
+        abar, weight_sum = self._forward(input_current, 1, state, params, surrogate_function, code_id)
         return abar, saf_functional.SAFState(abar.detach(), weight_sum)
 
-    def multi_step(self, input_seq, state, params, surrogate_function):
-        abar_seq, weight_sum = self._forward(input_seq, input_seq.shape[0], state, params, surrogate_function)
+    def multi_step(self, input_seq, state, params, surrogate_function, code_id: Optional[int] = None):
+        abar_seq, weight_sum = self._forward(input_seq, input_seq.shape[0], state, params, surrogate_function,
+                                             code_id)
         last = abar_seq[-1].detach()
         # A view of a longer sequence would keep the whole [T, N] output alive as state; with T = 1
         # the view is the whole output anyway.
         return abar_seq, saf_functional.SAFState(last.clone() if input_seq.shape[0] > 1 else last, weight_sum)
 
-    def _forward(self, inputs, steps, state, params, surrogate_function) -> tuple[torch.Tensor, float]:
+    def _forward(self, inputs, steps, state, params, surrogate_function, code_id) -> tuple[torch.Tensor, float]:
         """``abar`` of ``inputs``' shape (``steps`` steps) and ``c`` after the last step. Every step of a
         single-step network comes here, so it converts only what needs converting."""
-        from .custom_ops import COEFFICIENT_TABLES
-
         self.check_device(inputs)
-        code_id = self.kernel_code(surrogate_function)
+        if code_id is None:
+            code_id = self.kernel_code(surrogate_function)
         if inputs.dtype != torch.float32 or not inputs.is_contiguous():
             inputs = inputs.to(torch.float32).contiguous()
         neurons = inputs.numel() // max(steps, 1)
@@ -300,9 +303,6 @@ class CppBackend(FusedBackend):
                 "to a C++ compiler; backend='torch' runs without one.")
 
     def resolve_code(self, surrogate_function, warn: bool) -> Optional[int]:
-        from . import cpp_backend
-        from .cpu_build import CpuBuildError
-
         code_id = super().resolve_code(surrogate_function, warn)
         if code_id is None or code_id in self._broken:
             return None
@@ -345,6 +345,7 @@ class BackendRegistry:
     def __init__(self, fallback: Backend):
         self._backends: dict[str, Backend] = {fallback.name: fallback}
         self.fallback = fallback
+        self._routes: dict[tuple, Route] = {}
 
     def register(self, backend: Backend) -> None:
         if not isinstance(backend, Backend):
@@ -352,6 +353,7 @@ class BackendRegistry:
         if backend.name in self._backends:
             raise ValueError(f"a backend named {backend.name!r} is already registered.")
         self._backends[backend.name] = backend
+        self._routes.clear()
 
     def names(self, step_mode: str) -> tuple[str, ...]:
         return tuple(n for n, b in self._backends.items() if step_mode in b.step_modes)
@@ -380,27 +382,77 @@ class BackendRegistry:
         backend.load()
         return backend
 
-    def dispatched(self, name: str, input_current, state, surrogate_function, warn: bool = True) -> Backend:
-        """The backend that computes this call: ``name``'s, or the torch backend where it does not
-        :meth:`~Backend.accepts` it (float64, a surrogate without kernel code)."""
+    def route(self, name: str, input_current, state, surrogate_function, step_mode: str) -> "Route":
+        """The :class:`Route` of this call: ``name``'s backend (for ``'auto'``, the one it chooses for
+        the input's device), or the torch backend where that one does not :meth:`~Backend.accepts`
+        the call (float64, a surrogate without kernel code).
+
+        Every step of every layer asks, so the answer is kept, keyed by all it depends on: the name,
+        step mode, device, input and state dtypes, ``SAF_BACKEND``, the surrogate's class, ``spiking``
+        and ``alpha``, and the registered surrogate code. A surrogate whose code may depend on other
+        attributes is resolved at every call, as is every call while tracing.
+        """
+        surrogate_key = built_surrogate_key(surrogate_function)
+        if surrogate_key is None or torch.compiler.is_compiling():
+            return self._route(name, input_current, state, surrogate_function, step_mode)
+        abar = state.abar
+        key = (name, step_mode, input_current.device, input_current.dtype,
+               abar.dtype if isinstance(abar, torch.Tensor) else None,
+               os.environ.get(BACKEND_ENVIRONMENT_VARIABLE), surrogate_key, SURROGATE_CODES.generation)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._route(name, input_current, state, surrogate_function, step_mode)
+            if len(self._routes) >= self.ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
+
+    #: Routes kept before the cache starts again (each is a few hundred bytes).
+    ROUTES_KEPT = 1024
+
+    def _route(self, name, input_current, state, surrogate_function, step_mode) -> "Route":
         backend = self._backends[name]
-        if backend is not self.fallback and not backend.accepts(input_current, state, surrogate_function, warn):
-            return self.fallback
-        return backend
+        if step_mode not in backend.step_modes:
+            self.check(name, step_mode)  # raises, naming the valid backends
+        warn = True
+        if isinstance(backend, AutomaticBackend):
+            # 'auto' asked for no particular kernel: a fallback to torch is not worth a warning.
+            backend, warn = self._backends[backend.backend_for(input_current)], False
+        if backend is self.fallback:
+            return Route(backend)
+        if not backend.accepts(input_current, state, surrogate_function, warn):
+            return Route(self.fallback)
+        return Route(backend, backend.kernel_code(surrogate_function, warn) if isinstance(backend, FusedBackend)
+                     else None)
 
     def single_step(self, name, input_current, state, params, surrogate_function):
-        backend = self._backends[name]
-        if "s" not in backend.step_modes:
-            self.check(name, "s")  # raises, naming the valid backends
-        backend = self.dispatched(name, input_current, state, surrogate_function)
-        return backend.single_step(input_current, state, params, surrogate_function)
+        return self.route(name, input_current, state, surrogate_function, "s").single_step(
+            input_current, state, params, surrogate_function)
 
     def multi_step(self, name, input_seq, state, params, surrogate_function):
         if input_seq.dim() == 0 or input_seq.shape[0] == 0:
             raise ValueError(f"input_seq of shape {tuple(input_seq.shape)} has no time steps; a SAF sequence "
                              "[T, N, *] needs T >= 1.")
-        backend = self.dispatched(name, input_seq, state, surrogate_function)
-        return backend.multi_step(input_seq, state, params, surrogate_function)
+        return self.route(name, input_seq, state, surrogate_function, "m").multi_step(
+            input_seq, state, params, surrogate_function)
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """The backend that computes a call and, for a fused backend, the surrogate's kernel code."""
+
+    backend: Backend
+    code_id: Optional[int] = None
+
+    def single_step(self, input_current, state, params, surrogate_function):
+        if self.code_id is None:
+            return self.backend.single_step(input_current, state, params, surrogate_function)
+        return self.backend.single_step(input_current, state, params, surrogate_function, self.code_id)
+
+    def multi_step(self, input_seq, state, params, surrogate_function):
+        if self.code_id is None:
+            return self.backend.multi_step(input_seq, state, params, surrogate_function)
+        return self.backend.multi_step(input_seq, state, params, surrogate_function, self.code_id)
 
 
 class AutomaticBackend(Backend):
@@ -484,21 +536,18 @@ class AutomaticBackend(Backend):
                           f"Set {BACKEND_ENVIRONMENT_VARIABLE}=torch to silence this.", RuntimeWarning, stacklevel=2)
         return self.registry.fallback.name, "; ".join(skipped) or f"no fused kernel for {device.type} tensors"
 
-    def _backend_for(self, tensor: torch.Tensor) -> str:
+    def backend_for(self, tensor: torch.Tensor) -> str:
+        """The name of the backend that computes ``tensor``'s device (``SAF_BACKEND`` read now)."""
         if self._resolve is None:
             self.load()
         requested = os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto")
         return self._resolve(tensor.device.type, tensor.device.index, requested)
 
     def single_step(self, input_current, state, params, surrogate_function):
-        backend = self.registry.dispatched(self._backend_for(input_current), input_current, state,
-                                           surrogate_function, warn=False)
-        return backend.single_step(input_current, state, params, surrogate_function)
+        return self.registry.single_step(self.name, input_current, state, params, surrogate_function)
 
     def multi_step(self, input_seq, state, params, surrogate_function):
-        backend = self.registry.dispatched(self._backend_for(input_seq), input_seq, state, surrogate_function,
-                                           warn=False)
-        return backend.multi_step(input_seq, state, params, surrogate_function)
+        return self.registry.multi_step(self.name, input_seq, state, params, surrogate_function)
 
 
 #: The registry every ``SAFNode`` uses.

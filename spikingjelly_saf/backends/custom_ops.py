@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -65,7 +65,8 @@ class CoefficientTables:
     A table rebuilt at every call costs a host tensor (and on CUDA a copy) per layer and step, which
     single-step mode pays at every step. Kept on the device, a table is also what a captured CUDA
     graph can read: entries used during a capture are never evicted, since the graph reads them at
-    every replay. At most ``capacity`` other entries are kept (least recently used go first).
+    every replay. At most ``capacity`` other entries are kept (least recently used go first; on
+    other devices, the oldest).
     """
 
     def __init__(self, capacity: int = 4096):
@@ -81,6 +82,12 @@ class CoefficientTables:
             table = saf_functional.coefficient_table(params, weight_sum_prev, steps)
             return coefficient_tensor(table, device), table[-1].weight_sum
         key = (device, params, weight_sum_prev, steps)
+        if device.type != "cuda":
+            # Every step of every layer asks: off CUDA (no graph capture) a hit takes no lock and
+            # leaves the order alone, so eviction there goes by age rather than by last use.
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry
         capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
         with self._lock:
             entry = self._captured.get(key)
@@ -111,10 +118,10 @@ def saved_dtype(code_id: int, dtype: torch.dtype) -> torch.dtype:
     return torch.uint8 if surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL else dtype
 
 
-def new_saved(input_seq: torch.Tensor, code_id: int, save: bool) -> torch.Tensor:
-    """The buffer a forward kernel fills with what the backward needs (empty when nothing is saved)."""
+def new_saved(input_seq: torch.Tensor, code_id: int, save: bool) -> Optional[torch.Tensor]:
+    """The buffer a forward kernel fills with what the backward needs (``None`` when nothing is saved)."""
     if not save:
-        return input_seq.new_empty(0)
+        return None
     return torch.empty_like(input_seq, dtype=saved_dtype(code_id, input_seq.dtype))
 
 
@@ -217,27 +224,26 @@ def _eager_function(name: str, forward_impl: Callable, backward_impl: Callable) 
     ``[T, N]`` views live inside it, so they add no nodes to the graph. It calls the kernels through
     its ``forward_impl`` and ``backward_impl`` attributes."""
 
-    class EagerForward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, inputs, steps, abar_prev, coefficients, v_threshold, input_scale, gain, code_id):
-            abar, saved = EagerForward.forward_impl(inputs.view(steps, -1), abar_prev.view(-1), coefficients,
-                                                    v_threshold, gain, code_id, True)
-            ctx.save_for_backward(saved)
-            ctx.set_materialize_grads(False)
-            ctx.input_scale, ctx.gain, ctx.code_id = input_scale, gain, code_id
-            return abar.view(inputs.shape)
+    def forward(ctx, inputs, steps, abar_prev, coefficients, v_threshold, input_scale, gain, code_id):
+        abar, saved = function.forward_impl(inputs.view(steps, -1), abar_prev.view(-1), coefficients, v_threshold,
+                                            gain, code_id, True)
+        ctx.save_for_backward(saved)
+        ctx.set_materialize_grads(False)
+        ctx.input_scale, ctx.gain, ctx.code_id = input_scale, gain, code_id
+        return abar.view(inputs.shape)
 
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, grad_abar):
-            if grad_abar is None:
-                return (None,) * 8
-            (saved,) = ctx.saved_tensors
-            grad_input = EagerForward.backward_impl(grad_abar.contiguous().view(saved.shape), saved,
-                                                    ctx.input_scale, ctx.gain, ctx.code_id)
-            return (grad_input.view(grad_abar.shape),) + (None,) * 7
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_abar):
+        if grad_abar is None:
+            return (None,) * 8
+        (saved,) = ctx.saved_tensors
+        grad_input = function.backward_impl(grad_abar.contiguous().view(saved.shape), saved, ctx.input_scale,
+                                            ctx.gain, ctx.code_id)
+        return (grad_input.view(grad_abar.shape),) + (None,) * 7
 
-    EagerForward.forward_impl = staticmethod(forward_impl)
-    EagerForward.backward_impl = staticmethod(backward_impl)
-    EagerForward.__name__ = EagerForward.__qualname__ = f"SAF{name.capitalize()}Forward"
-    return EagerForward
+    # Named at creation: autograd names the graph's nodes (and profiles) after the class.
+    function = type(f"SAF{name.capitalize()}Forward", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward), "backward": staticmethod(backward),
+                     "forward_impl": staticmethod(forward_impl), "backward_impl": staticmethod(backward_impl),
+                     "__module__": __name__})
+    return function

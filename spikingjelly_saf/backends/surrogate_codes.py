@@ -44,6 +44,7 @@ __all__ = [
     "unregister_surrogate_code",
     "resolve_surrogate_code",
     "surrogate_code_by_id",
+    "built_surrogate_key",
     "builtin_cuda_code",
 ]
 
@@ -133,6 +134,8 @@ class SurrogateCodeTable:
         #: their interned ids by (that key, backend): every step of every layer asks.
         self.built: dict[tuple, tuple] = {}
         self.resolved: dict[tuple, int] = {}
+        #: Counts the changes of registrations, so that answers kept elsewhere can be keyed by it.
+        self.generation = 0
         self.lock = threading.Lock()
 
     def register(self, cls: type, registration: _Registration) -> None:
@@ -141,12 +144,14 @@ class SurrogateCodeTable:
             self.warned.difference_update({w for w in self.warned if w[0] == cls.__qualname__})
             self.built.clear()
             self.resolved.clear()
+            self.generation += 1
 
     def unregister(self, cls: type) -> None:
         with self.lock:
             self.registrations.pop(cls, None)
             self.built.clear()
             self.resolved.clear()
+            self.generation += 1
 
     def registration_of(self, surrogate) -> Optional[_Registration]:
         """The nearest registered base class's registration."""
@@ -299,7 +304,7 @@ def _build(surrogate) -> tuple[Optional[SurrogateKernelCode], str]:
 CUDA_CODE_BACKENDS = ("cupy", "cpp")
 
 
-def _built_key(surrogate) -> Optional[tuple]:
+def built_surrogate_key(surrogate) -> Optional[tuple]:
     """The key of :attr:`SurrogateCodeTable.built` for SpikingJelly's built-ins and the representation
     level, which every step meets: their code is a function of class, ``spiking`` and ``alpha`` (read
     at every call, so an annealed ``alpha`` gets its own code). ``None`` for the others, whose code
@@ -320,7 +325,7 @@ def resolve_surrogate_code(surrogate, backend: str, warn: bool = True) -> Option
     a ``UserWarning`` names it and says how to add code (``backend='auto'`` does not warn: it asked
     for no particular kernel).
     """
-    key = _built_key(surrogate)
+    key = built_surrogate_key(surrogate)
     if key is not None:
         found = SURROGATE_CODES.resolved.get((key, backend))
         if found is not None:

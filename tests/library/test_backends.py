@@ -315,6 +315,29 @@ def test_kernel_code_follows_alpha_and_registrations():
     assert surrogate_codes.resolve_surrogate_code(sg, "cpp") == second
 
 
+def test_a_node_follows_alpha_and_registrations_at_the_next_step():
+    """The registry keeps each call's route; an annealed alpha and a registration still take effect
+    at the next step."""
+    sg = surrogate.Sigmoid(alpha=4.0)
+    node = saf.SAFNode(surrogate_function=sg, backend="cpp")
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    grad_of = lambda: torch.autograd.grad(node(x).sum(), x)[0]  # noqa: E731
+    reference = saf.SAFNode(surrogate_function=surrogate.Sigmoid(alpha=2.0), backend="torch")
+    expected = torch.autograd.grad(reference(x).sum(), x)[0]
+    grad_of()
+    sg.alpha = 2.0
+    sj_functional.reset_net(node)
+    torch.testing.assert_close(grad_of(), expected, rtol=2e-6, atol=0.0)
+    saf.register_surrogate_code(surrogate.Sigmoid, cuda=lambda s, y, x: f"{y} = 7.0f;")
+    try:
+        sj_functional.reset_net(node)
+        assert torch.equal(grad_of(), torch.full_like(x, 7.0))
+    finally:
+        surrogate_codes.unregister_surrogate_code(surrogate.Sigmoid)
+    sj_functional.reset_net(node)
+    torch.testing.assert_close(grad_of(), expected, rtol=2e-6, atol=0.0)
+
+
 def test_spike_representation_resolves_to_representation_level():
     code_id = surrogate_codes.resolve_surrogate_code(SpikeRepresentation(), "cupy")
     assert surrogate_codes.surrogate_code_by_id(code_id).level == "representation"

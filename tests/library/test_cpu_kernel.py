@@ -196,6 +196,7 @@ def test_flags_keep_ieee_arithmetic():
 def test_without_a_compiler_auto_warns_once_and_runs_torch(monkeypatch):
     monkeypatch.setattr(cpu_build, "compiler", lambda: None)
     monkeypatch.setattr(AUTO, "_chosen", {})
+    monkeypatch.setattr(backends.REGISTRY, "_routes", {})
     with pytest.warns(RuntimeWarning, match="torch backend on CPU.*no C\\+\\+ compiler.*SAF_BACKEND=torch"):
         assert AUTO.choose(torch.device("cpu")) == "torch"
     with warnings.catch_warnings():
@@ -268,6 +269,7 @@ def test_choice_is_per_device_and_logged_once(monkeypatch):
 
     messages = []
     monkeypatch.setattr(AUTO, "_chosen", {})
+    monkeypatch.setattr(backends.REGISTRY, "_routes", {})
     sink = logger.add(messages.append, level="INFO", format="{message}")
     logger.enable("spikingjelly_saf")
     try:
@@ -317,6 +319,7 @@ def test_a_net_built_on_cpu_chooses_again_on_another_device(monkeypatch):
 
     monkeypatch.setattr(AUTO, "_resolve", lambda device_type, index, requested: recording(
         torch.device(device_type, index), requested))
+    monkeypatch.setattr(backends.REGISTRY, "_routes", {})
     net = torch.nn.Sequential(layer.Linear(4, 3), saf.SAFNode())
     net(torch.rand(2, 4))
     net.to("meta")
@@ -380,6 +383,7 @@ def test_a_failed_build_warns_once_and_runs_torch(monkeypatch):
     monkeypatch.setattr(cpu_build, "load", broken)
     monkeypatch.setattr(backends.cpp_backend, "_libraries", {})
     monkeypatch.setattr(cpp, "_broken", {})
+    monkeypatch.setattr(backends.REGISTRY, "_routes", {})
     sg = surrogate.SoftSign(alpha=3.0)
     x = torch.rand(2, 3)
     with pytest.warns(RuntimeWarning, match="torch backend on CPU.*no omp.h.*SAF_BACKEND=torch"):
