@@ -261,6 +261,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
     @v_threshold.setter
     def v_threshold(self, value) -> None:
         self._v_threshold = self._check_v_threshold(value)
+        self.__dict__.pop("_params", None)
 
     @property
     def v_reset(self) -> None:
@@ -281,6 +282,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
             raise ValueError("tau=math.inf with decay_input=True scales every input to zero; "
                              "use decay_input=False for an IF neuron.")
         self._tau = value
+        self.__dict__.pop("_params", None)
 
     @property
     def decay_input(self) -> bool:
@@ -293,6 +295,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
             raise ValueError("decay_input=True with tau=math.inf scales every input to zero; "
                              "use decay_input=False for an IF neuron.")
         self._decay_input = value
+        self.__dict__.pop("_params", None)
 
     @property
     def decay(self) -> float:
@@ -305,8 +308,13 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
 
     @property
     def params(self) -> saf_functional.SAFParameters:
-        """The layer's constants as :class:`~spikingjelly_saf.functional.SAFParameters`."""
-        return saf_functional.SAFParameters(self.decay, self._v_threshold, self.input_scale)
+        """The layer's constants as :class:`~spikingjelly_saf.functional.SAFParameters` (made again after
+        ``tau``, ``v_threshold`` or ``decay_input`` changes)."""
+        found = self.__dict__.get("_params")
+        if found is None:
+            found = saf_functional.SAFParameters(self.decay, self._v_threshold, self.input_scale)
+            self.__dict__["_params"] = found
+        return found
 
     def extra_repr(self) -> str:
         return (
@@ -355,13 +363,26 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         return abar, weight_sum, last_input
 
     # ---- functional transitions -------------------------------------------------------------
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
+        # BaseNode's and MemoryModule's single step for SAF's three memories, in one frame: every
+        # step of every layer of a single-step network runs it. The general path records v_seq.
+        if args or kwargs or self.store_v_seq:
+            return super().single_step_forward(x, *args, **kwargs)
+        memories = self._memories
+        states = self.materialize_states((x,), (memories["abar"], memories["weight_sum"], memories["last_input"]),
+                                         "s")
+        (output,), (memories["abar"], memories["weight_sum"], memories["last_input"]) = \
+            self.single_step_functional_forward((x,), states)
+        return output
+
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
         abar_prev, weight_sum_prev, _ = states
         abar, state = REGISTRY.single_step(self._backend, x, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                            self.params, self.surrogate_function)
         self._check_precision(state.weight_sum, x.dtype)
-        self._observe(abar.unsqueeze(0), abar_prev, weight_sum_prev)
+        if self.spikes.is_observed():
+            self._observe(abar.unsqueeze(0), abar_prev, weight_sum_prev)
         return (self._output(abar, x),), (state.abar, state.weight_sum, x.detach())
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
@@ -370,7 +391,8 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         abar_seq, state = REGISTRY.multi_step(self._backend, x_seq, saf_functional.SAFState(abar_prev, weight_sum_prev),
                                               self.params, self.surrogate_function)
         self._check_precision(state.weight_sum, x_seq.dtype)
-        self._observe(abar_seq, abar_prev, weight_sum_prev)
+        if self.spikes.is_observed():
+            self._observe(abar_seq, abar_prev, weight_sum_prev)
         last_input = x_seq[-1].detach().clone()  # a view would keep the whole input sequence alive
         return (self._output(abar_seq, x_seq),), (state.abar, state.weight_sum, last_input)
 
@@ -408,9 +430,7 @@ class SAFNode(BackendSelectable, neuron.BaseNode):
         return abar.to(x.dtype)
 
     def _observe(self, abar_seq, abar_prev, weight_sum_prev) -> None:
-        """Feed the spike tap (from the compute-dtype outputs), only when someone is looking."""
-        if not self.spikes.is_observed():
-            return
+        """Feed the spike tap (from the compute-dtype outputs); called only when someone is looking."""
         with torch.no_grad():
             spike_seq = saf_functional.recover_instantaneous_seq(abar_seq, self.decay, weight_sum_prev, abar_prev)
             if getattr(self.surrogate_function, "spiking", True):

@@ -256,7 +256,9 @@ class FusedBackend(Backend):
     def _forward(self, inputs, steps, state, params, surrogate_function, code_id) -> tuple[torch.Tensor, float]:
         """``abar`` of ``inputs``' shape (``steps`` steps) and ``c`` after the last step. Every step of a
         single-step network comes here, so it converts only what needs converting."""
-        self.check_device(inputs)
+        device = inputs.device
+        if device.type not in self.device_types():
+            self.check_device(inputs)
         if code_id is None:
             code_id = self.kernel_code(surrogate_function)
         if inputs.dtype != torch.float32 or not inputs.is_contiguous():
@@ -268,11 +270,11 @@ class FusedBackend(Backend):
         elif abar_prev.numel() != neurons:
             raise ValueError(f"the state holds {abar_prev.numel()} neurons but each step of the input has {neurons}. "
                              "Reset the network (functional.reset_net) before a sequence of another shape.")
-        elif abar_prev.dtype != torch.float32 or abar_prev.device != inputs.device or not abar_prev.is_contiguous():
+        elif abar_prev.dtype != torch.float32 or abar_prev.device != device or not abar_prev.is_contiguous():
             abar_prev = abar_prev.detach().to(inputs).contiguous()
-        else:
+        elif abar_prev.requires_grad:
             abar_prev = abar_prev.detach()
-        coefficients, weight_sum = COEFFICIENT_TABLES.get(params, state.weight_sum, steps, inputs.device)
+        coefficients, weight_sum = COEFFICIENT_TABLES.get(params, state.weight_sum, steps, device)
         abar = self.ops.neuron_forward(inputs, steps, abar_prev, coefficients, params.v_threshold,
                                        params.input_scale, params.input_scale / params.v_threshold, code_id)
         return abar, weight_sum
