@@ -222,12 +222,17 @@ class FusedBackend(Backend):
         return self._surrogate_code(surrogate_function, warn)
 
     def accepts(self, input_seq, state, surrogate_function, warn: bool = True) -> bool:
+        return self.accepted_code(input_seq, state, surrogate_function, warn) is not None
+
+    def accepted_code(self, input_seq, state, surrogate_function, warn: bool = True) -> Optional[int]:
+        """The kernel code that computes this call; ``None`` where the torch backend must (float64, a
+        surrogate without kernel code)."""
         state_dtype = state.abar.dtype if isinstance(state.abar, torch.Tensor) else input_seq.dtype
         if saf_functional.compute_dtype(input_seq.dtype, state_dtype) != torch.float32:
-            return False
+            return None
         if self.ops is None:  # used without selection (SAFNode selects, and so loads, at construction)
             self.load()
-        return self.kernel_code(surrogate_function, warn) is not None
+        return self.kernel_code(surrogate_function, warn)
 
     def check_device(self, tensor: torch.Tensor) -> None:
         if tensor.device.type not in self.device_types():
@@ -422,10 +427,12 @@ class BackendRegistry:
             backend, warn = self._backends[backend.backend_for(input_current)], False
         if backend is self.fallback:
             return Route(backend)
+        if isinstance(backend, FusedBackend):
+            code_id = backend.accepted_code(input_current, state, surrogate_function, warn)
+            return Route(self.fallback) if code_id is None else Route(backend, code_id)
         if not backend.accepts(input_current, state, surrogate_function, warn):
             return Route(self.fallback)
-        return Route(backend, backend.kernel_code(surrogate_function, warn) if isinstance(backend, FusedBackend)
-                     else None)
+        return Route(backend)
 
     def single_step(self, name, input_current, state, params, surrogate_function):
         return self.route(name, input_current, state, surrogate_function, "s").single_step(

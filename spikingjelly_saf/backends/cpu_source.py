@@ -131,7 +131,7 @@ extern "C" void saf_cpu_forward(
 extern "C" void saf_cpu_backward(
     const float *__restrict__ grad_abar_seq, const saved_t *__restrict__ saved,
     float *__restrict__ grad_input_seq, const long long numel, const float input_scale, const float gain) {
-// if(parallel: ...): a bare if clause on a combined construct applies to simd too (OpenMP 5),
+    // if(parallel: ...): a bare if clause on a combined construct applies to simd too (OpenMP 5),
     // and a false one would leave small layers unvectorized, about ten times slower.
 #pragma omp parallel for simd schedule(static) if (parallel: numel > SAF_GRAIN)
     for (long long i = 0; i < numel; ++i) {
