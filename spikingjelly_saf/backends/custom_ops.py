@@ -114,7 +114,7 @@ COEFFICIENT_TABLES = CoefficientTables()
 
 def saved_dtype(code_id: int, dtype: torch.dtype) -> torch.dtype:
     """What the forward saves for the backward: the representation mask ``0 < u < 1`` as ``uint8``
-    (exact, a quarter of float32's bytes), otherwise ``x = H - V_th`` in ``dtype``."""
+    (exact, a quarter of float32's bytes), otherwise the surrogate derivative ``sg'(H - V_th)`` in ``dtype``."""
     return torch.uint8 if surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL else dtype
 
 

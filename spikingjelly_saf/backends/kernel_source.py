@@ -5,12 +5,17 @@ CUDA C source of SAF's fused multi-step kernels: the CuPy backend runs it on the
 The kernels implement :func:`spikingjelly_saf.gradients.step` over a float32 sequence ``[T, N]``:
 
 * ``saf_forward``: one thread per neuron, looping over ``t`` inside; writes :math:`\bar A[t]` and,
-  when a gradient is needed, what the surrogate needs: ``x = H - V_th`` (spike level) or the mask
-  ``0 < s I / V_th < 1`` as ``uint8`` (representation level).
+  when a gradient is needed, what the backward multiplies by: the surrogate derivative
+  ``sg'(x)`` at ``x = H - V_th`` (spike level) or the mask ``0 < s I / V_th < 1`` as ``uint8``
+  (representation level).
 * ``saf_backward``: elementwise over ``T x N``, since the temporal path is detached:
   ``grad_I = grad_Abar * sg'(x) * s`` (the factor ``c[t]`` cancels) or
   ``grad_I = grad_Abar * mask * (s / V_th)``, a subnormal result flushed to a signed zero
   (:data:`GRADIENT_FLUSH_BELOW`).
+
+The derivative is evaluated in the forward, not the backward, because the forward streams its input
+from memory anyway and has cycles to spare there, while the backward then reads one tensor and
+multiplies: the same arithmetic, moved to where it costs least.
 
 Per-step coefficients come from the host: the float32 table ``[T, 4]`` of
 :func:`spikingjelly_saf.functional.coefficient_table` (columns
@@ -103,8 +108,8 @@ def cuda_source(code: SurrogateKernelCode, dtype: str = "float32") -> str:
         gradient = "__fmul_rn(__fmul_rn(grad, saved ? 1.0f : 0.0f), gain)"
     else:
         derivative = _indent(code.cuda, 4) + "\n    return grad_s_to_h;\n"
-        saved_type, save = "float", "*saved = over_th;"
-        gradient = "__fmul_rn(__fmul_rn(grad, surrogate_derivative(saved)), input_scale)"
+        saved_type, save = "float", "*saved = surrogate_derivative(over_th);"
+        gradient = "__fmul_rn(__fmul_rn(grad, saved), input_scale)"
 
     return f"""// SAF fused multi-step kernels: {code.label}, float32
 typedef {saved_type} saved_t;
@@ -113,8 +118,8 @@ __device__ __forceinline__ float surrogate_derivative(const float over_th) {{
 {derivative}}}
 
 // One neuron, one step: Abar[t] from I[t] and Abar[t-1], with k the step's row of the coefficient
-// table (c[t] s, V_th lam c[t-1], lam c[t-1], 1 / c[t]); stores what the backward needs in *saved
-// unless saved is null.
+// table (c[t] s, V_th lam c[t-1], lam c[t-1], 1 / c[t]); stores what the backward multiplies by
+// (the surrogate derivative at H - V_th, or the representation mask) in *saved unless saved is null.
 __device__ __forceinline__ float saf_step(const float current, const float abar, const float *k,
                                           const float v_threshold, const float gain, saved_t *saved) {{
     const float h = __fsub_rn(__fmul_rn(k[0], current), __fmul_rn(k[1], abar));

@@ -3,8 +3,8 @@ r"""
 
 The same algorithm as the CUDA kernels of :mod:`.kernel_source`: a forward kernel over ``[T, N]``
 that loops over ``t`` inside each program, reads the per-step coefficient table of
-:func:`spikingjelly_saf.functional.coefficient_table` and saves only what the surrogate needs, and an
-elementwise backward kernel. Everything is float32. With ``TRITON_INTERPRET=1`` (set before Triton is imported) the kernels
+:func:`spikingjelly_saf.functional.coefficient_table` and saves the surrogate derivative (or the
+representation mask), and an elementwise backward kernel that multiplies by it. Everything is float32. With ``TRITON_INTERPRET=1`` (set before Triton is imported) the kernels
 run on CPU tensors, which is how the test suite executes them without a GPU.
 
 This module imports Triton; :mod:`spikingjelly_saf.backends` imports it only when
@@ -89,7 +89,7 @@ BUILTIN_TRITON_SURROGATES = {
 # ---- kernels (float32; the host converts 16-bit tensors, see FusedBackend) ----------------------------
 @triton.jit
 def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr, saved_ptr,
-                        steps, neurons, v_threshold, gain,
+                        steps, neurons, v_threshold, gain, p0, p1, SURROGATE: tl.constexpr,
                         SAVE: tl.constexpr, REPRESENTATION: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
@@ -111,14 +111,13 @@ def _saf_forward_kernel(input_ptr, abar_prev_ptr, coefficient_ptr, abar_seq_ptr,
                 u = current * gain
                 tl.store(saved_ptr + index, ((u > 0.0) & (u < 1.0)).to(tl.uint8), mask=inside)
             else:
-                tl.store(saved_ptr + index, over_th, mask=inside)
+                tl.store(saved_ptr + index, SURROGATE(over_th, p0, p1), mask=inside)
         index += neurons
 
 
 @triton.jit
-def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_scale, gain,
-                         p0, p1, flush_below, SURROGATE: tl.constexpr, REPRESENTATION: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_scale, gain, flush_below,
+                         REPRESENTATION: tl.constexpr, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < numel
     grad = tl.load(grad_abar_ptr + offsets, mask=inside, other=0.0)
@@ -126,8 +125,8 @@ def _saf_backward_kernel(grad_abar_ptr, saved_ptr, grad_input_ptr, numel, input_
         mask = tl.load(saved_ptr + offsets, mask=inside, other=0).to(tl.float32)
         grad_input = (grad * mask) * gain
     else:
-        over_th = tl.load(saved_ptr + offsets, mask=inside, other=0.0)
-        grad_input = grad * SURROGATE(over_th, p0, p1) * input_scale
+        derivative = tl.load(saved_ptr + offsets, mask=inside, other=0.0)
+        grad_input = grad * derivative * input_scale
     grad_input = tl.where(tl.abs(grad_input) < flush_below, grad_input * 0.0, grad_input)
     tl.store(grad_input_ptr + offsets, grad_input, mask=inside)
 
@@ -145,7 +144,8 @@ def on_tensor_device(tensor: torch.Tensor):
 
 
 def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id, save):
-    representation = surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL
+    code = surrogate_code_by_id(code_id)
+    representation = code.level == REPRESENTATION_LEVEL
     steps, neurons = input_seq.shape
     abar_seq = torch.empty_like(input_seq)
     saved = new_saved(input_seq, code_id, save)
@@ -154,7 +154,8 @@ def forward_impl(input_seq, abar_prev, coefficients, v_threshold, gain, code_id,
         with on_tensor_device(input_seq):
             _saf_forward_kernel[grid](
                 input_seq, abar_prev, coefficients, abar_seq, saved if save else abar_seq,
-                steps, neurons, float(v_threshold), float(gain),
+                steps, neurons, float(v_threshold), float(gain), float(code.params[0]), float(code.params[1]),
+                SURROGATE=sigmoid_derivative if representation else _surrogate_function(code),
                 SAVE=save, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
             )
     return abar_seq, saved
@@ -167,17 +168,14 @@ def _surrogate_function(code):
 
 
 def backward_impl(grad_abar_seq, saved, input_scale, gain, code_id):
-    code = surrogate_code_by_id(code_id)
-    representation = code.level == REPRESENTATION_LEVEL
+    representation = surrogate_code_by_id(code_id).level == REPRESENTATION_LEVEL
     grad_input = torch.empty_like(grad_abar_seq)
     numel = grad_input.numel()
     if numel:
         grid = (triton.cdiv(numel, _BLOCK),)
-        surrogate = sigmoid_derivative if representation else _surrogate_function(code)
         with on_tensor_device(grad_abar_seq):
             _saf_backward_kernel[grid](
-                grad_abar_seq, saved, grad_input, numel, float(input_scale), float(gain),
-                float(code.params[0]), float(code.params[1]), GRADIENT_FLUSH_BELOW,
-                SURROGATE=surrogate, REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
+                grad_abar_seq, saved, grad_input, numel, float(input_scale), float(gain), GRADIENT_FLUSH_BELOW,
+                REPRESENTATION=representation, BLOCK=_BLOCK, **_launch_options(),
             )
     return grad_input

@@ -621,6 +621,18 @@ def test_interpreted_custom_ops_pass_opcheck_and_compile():
     assert torch.equal(y, saf.SAFNode(step_mode="m")(x.detach()))
 
 
+def triton_saved_at(sg, over_th: torch.Tensor) -> torch.Tensor:
+    """What Triton's forward saves where ``H - V_th`` is ``over_th`` (one step with ``H = I`` exactly:
+    c s = 1, no reset term, V_th = 0)."""
+    from spikingjelly_saf.backends import triton_backend
+
+    coefficients = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    _, saved = triton_backend.forward_impl(over_th.reshape(1, -1).contiguous(), torch.zeros(over_th.numel()),
+                                           coefficients, 0.0, 1.0,
+                                           surrogate_codes.resolve_surrogate_code(sg, "triton"), True)
+    return saved.view(over_th.shape)
+
+
 @interpreted
 def test_interpreted_sigmoid_and_piecewise_quadratic_derivatives_at_their_edges():
     """Sigmoid: a e / (1 + e)^2 is accurate where 1 - sigmoid(a|x|) gave 0 (a=4, x=-4.2: 2.02e-7) on both
@@ -629,7 +641,7 @@ def test_interpreted_sigmoid_and_piecewise_quadratic_derivatives_at_their_edges(
 
     sg = surrogate.Sigmoid(alpha=4.0)
     x = torch.tensor([-4.2, 4.2, -3.0, 3.0, -10.0, 10.0, -20.0, 20.0, math.nan])
-    grad = triton_backend.backward_impl(torch.ones_like(x), x.clone(), 1.0, 1.0,
+    grad = triton_backend.backward_impl(torch.ones_like(x), triton_saved_at(sg, x), 1.0, 1.0,
                                         surrogate_codes.resolve_surrogate_code(sg, "triton"))
     reference = type(sg).backward(torch.ones_like(x), -x.to(torch.float64).abs(), alpha=4.0)
     assert abs(reference[0].item() - 2.02e-7) < 0.01e-7
@@ -638,7 +650,7 @@ def test_interpreted_sigmoid_and_piecewise_quadratic_derivatives_at_their_edges(
     assert grad[-1].isnan()
     quadratic = surrogate.PiecewiseQuadratic(alpha=1.5)
     x = torch.tensor([math.nan, 0.0, 1 / 1.5, 2.0, -math.inf])
-    grad = triton_backend.backward_impl(torch.ones_like(x), x.clone(), 1.0, 1.0,
+    grad = triton_backend.backward_impl(torch.ones_like(x), triton_saved_at(quadratic, x), 1.0, 1.0,
                                         surrogate_codes.resolve_surrogate_code(quadratic, "triton"))
     assert grad[0].isnan() and grad[1] == 1.5 and abs(grad[2]) < 1e-6 and grad[3] == 0 and grad[4] == 0
 
@@ -652,7 +664,7 @@ def test_interpreted_subnormal_gradients_are_flushed_like_the_cuda_source():
     sg = surrogate.Sigmoid(alpha=4.0)
     x = torch.tensor([-5.0, -5.0, -1.0, -1.0])
     grad_out = torch.tensor([1e-30, -1e-30, 1e-30, -1e-30])
-    grad = triton_backend.backward_impl(grad_out, x.clone(), 1.0, 1.0,
+    grad = triton_backend.backward_impl(grad_out, triton_saved_at(sg, x), 1.0, 1.0,
                                         surrogate_codes.resolve_surrogate_code(sg, "triton"))
     assert torch.equal(grad[:2], torch.zeros(2)) and torch.equal(torch.signbit(grad[:2]), torch.tensor([False, True]))
     reference = grad_out[2:].to(torch.float64) * type(sg).backward(torch.ones(2), x[2:].to(torch.float64), alpha=4.0)
