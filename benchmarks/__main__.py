@@ -4,13 +4,15 @@
     python -m benchmarks --quick             # a smoke run in well under a minute
     python -m benchmarks --only ops,accuracy # a subset; the tables are rebuilt from all results
     python -m benchmarks --only tables       # rebuild RESULTS.md, the README table and the docs tables
+    python -m benchmarks.bench_neuron_kernel --device cpu   # the CPU kernel times of docs/backends.md
     python -m benchmarks.bench_time_memory --memory   # the memory suite (exact + resident set)
     python -m benchmarks.gpu_check           # everything that needs a GPU (--dry-run: anywhere)
     python -m benchmarks --device cuda       # time/memory on a GPU (paper setting, batch 128)
 
 ``--quick`` results are not meaningful: without ``--results-dir`` they go to a fresh temporary
 folder (printed), and the README and docs tables are regenerated only from the committed results
-(``benchmarks/results``) or for a page named with ``--readme``/``--docs`` (``''``: no page).
+(``benchmarks/results``) or for a page named with ``--readme``/``--docs``/``--backends-docs``
+(``''``: no page).
 Every destination, and every results file the tables read, is checked before anything is measured;
 files are replaced whole, so an interrupted run leaves the previous ones.
 """
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="README whose BENCHMARK-TABLE region is regenerated ('' for none)")
     parser.add_argument("--docs", default=None,
                         help="docs page whose TIME-MEMORY-TABLES region is regenerated ('' for none)")
+    parser.add_argument("--backends-docs", default=None,
+                        help="docs page whose NEURON-KERNEL-CPU region is regenerated from "
+                             f"{tables.NEURON_KERNEL_CPU}.json ('' for none; default: docs/backends.md)")
     return parser
 
 
@@ -52,10 +57,11 @@ def written_by(suites: list[str], device: str) -> list[str]:
     return [names[suite] for suite in suites]
 
 
-def render_tables(results_dir: Path) -> tuple[str, str, str]:
-    """RESULTS.md, the README region and the docs region, from the results in ``results_dir``."""
+def render_tables(results_dir: Path) -> tuple[str, str, str, str]:
+    """RESULTS.md, the README region, the docs region and the backends docs region, from the results
+    in ``results_dir``."""
     return (tables.results_markdown(results_dir), tables.readme_markdown(results_dir),
-            tables.time_memory_docs_markdown(results_dir))
+            tables.time_memory_docs_markdown(results_dir), tables.neuron_kernel_cpu_markdown(results_dir))
 
 
 def main(argv=None) -> int:
@@ -70,6 +76,8 @@ def main(argv=None) -> int:
                              common.TABLE_START, common.TABLE_END)
     docs = common.page_arg(parser, "--docs", args.docs, common.DOCS_PATH, committed,
                            tables.DOCS_START, tables.DOCS_END)
+    backends_docs = common.page_arg(parser, "--backends-docs", args.backends_docs, tables.BACKENDS_DOCS_PATH,
+                                    committed, tables.NEURON_KERNEL_CPU_START, tables.NEURON_KERNEL_CPU_END)
     results_dir = common.results_dir_arg(parser, args.results_dir, args.quick)
     try:  # the results the tables read besides the ones this run replaces
         with common.results_without(*written_by(selected, args.device)):
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
         bench_reviewers.run(results_dir, args.quick, log=log)
 
     try:
-        results_md, readme_md, docs_md = render_tables(results_dir)
+        results_md, readme_md, docs_md, backends_md = render_tables(results_dir)
     except common.ResultsFileError as error:
         parser.error(str(error))
     common.write_text(results_dir / "RESULTS.md", results_md)
@@ -114,6 +122,12 @@ def main(argv=None) -> int:
         log(f"README table regenerated in {readme}")
     if docs and common.update_region(docs_md, docs, tables.DOCS_START, tables.DOCS_END):
         log(f"time/memory tables regenerated in {docs}")
+    if backends_docs and not backends_md:
+        log(f"{backends_docs} is left alone: {results_dir / tables.NEURON_KERNEL_CPU}.json does not exist "
+            f"(`{tables.NEURON_KERNEL_CPU_COMMAND}` writes it)")
+    elif backends_docs and common.update_region(backends_md, backends_docs, tables.NEURON_KERNEL_CPU_START,
+                                                tables.NEURON_KERNEL_CPU_END):
+        log(f"CPU kernel table regenerated in {backends_docs}")
     log(f"done; results in {results_dir}")
     return 0
 

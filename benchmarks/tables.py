@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 import statistics
 from pathlib import Path
 from typing import Optional
 
 from .common import (SHAPE_ERRORS, ResultsFileError, read_json, results_file_error, results_without,
-                     shape_problem)
+                     shape_problem, writer_of)
 
 #: The generated region of docs/benchmarks.md, section 2.
 DOCS_START = "<!-- TIME-MEMORY-TABLES:START -->"
@@ -772,3 +773,108 @@ def fashion_mnist_docs_markdown(results_dir: Path) -> str:
         if extra:
             lines = lines + [""] + extra
     return "\n".join(lines)
+
+
+#: The generated region of docs/backends.md, "Speed on the CPU", and the results file it is built from.
+BACKENDS_DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "backends.md"
+NEURON_KERNEL_CPU_START = "<!-- NEURON-KERNEL-CPU:START -->"
+NEURON_KERNEL_CPU_END = "<!-- NEURON-KERNEL-CPU:END -->"
+NEURON_KERNEL_CPU = "neuron_kernel_cpu"
+NEURON_KERNEL_CPU_COMMAND = "python -m benchmarks.bench_neuron_kernel --device cpu"
+_ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_KERNEL_PHASES = (("forward", "forward, with grad"), ("forward_only", "forward, no grad"),
+                  ("backward", "backward"))
+
+
+def _naming_the_kernel_command(error: ResultsFileError) -> ResultsFileError:
+    # common.WRITERS has no entry for this file, so its messages would not name the command.
+    generic = f"`{writer_of(NEURON_KERNEL_CPU)}`"
+    return ResultsFileError(str(error).replace(generic, f"`{NEURON_KERNEL_CPU_COMMAND}`", 1))
+
+
+def neuron_kernel_cpu_markdown(results_dir: Path) -> str:
+    """The generated region of docs/backends.md, "Speed on the CPU": the CPU kernel times of
+    ``neuron_kernel_cpu.json`` (``bench_neuron_kernel --device cpu``); "" when that file is absent."""
+    path = Path(results_dir) / f"{NEURON_KERNEL_CPU}.json"
+    try:
+        payload = read_json(results_dir, NEURON_KERNEL_CPU)
+        return "" if payload is None else "\n".join(neuron_kernel_cpu_lines(payload))
+    except ResultsFileError as error:
+        raise _naming_the_kernel_command(error) from error
+    except SHAPE_ERRORS as error:
+        raise _naming_the_kernel_command(results_file_error(path, shape_problem(error))) from error
+
+
+def _microseconds(value) -> str:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a time of {value} us")
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _times_reference(value) -> str:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a ratio of {value}")
+    return f"{value:.2f}"
+
+
+def _neuron_count(neurons: int) -> str:
+    return f"2^{neurons.bit_length() - 1}" if neurons > 0 and neurons & (neurons - 1) == 0 else f"{neurons:,}"
+
+
+def neuron_kernel_cpu_lines(payload: dict) -> list[str]:
+    """The machine line and, per dtype, the table of time per call (us) of SAF's ``'cpp'`` and
+    ``'torch'`` backends and of ReLU, with each backend's ratio to ReLU."""
+    s = payload["settings"]
+    rows = {}
+    for row in payload["rows"]:
+        key = (row["dtype"], int(row["steps"]), int(row["neurons"]))
+        rows.setdefault(key, {})[row["backend"]] = row
+    if not rows:
+        raise ValueError("no rows: nothing was measured")
+    loads = [v[0] for v in (payload.get("loadavg") or {}).values() if v]
+    load = (f"; load average (1 min) {min(loads):.1f}-{max(loads):.1f}" if loads else "")
+    lines = [f"CPU kernel times (`{NEURON_KERNEL_CPU}.json`): {_machine_line(payload)}; "
+             f"{int(s['threads'])} torch threads{load}. Time per call in µs, median of {int(s['reps'])} "
+             f"reps after {int(s['warmup'])} warmup reps, every backend and phase run in turn in each rep. "
+             "T=1 is one single-step call (what a single-step network makes at every step), a longer T "
+             f"one multi-step call; surrogate {s['surrogate']}; ReLU is `torch.relu` and its autograd "
+             "backward."]
+    dtypes = list(dict.fromkeys(key[0] for key in rows))
+    for dtype in dtypes:
+        lines += ["", f"{dtype}:", ""] if len(dtypes) > 1 else [""]
+        lines += ["| T | neurons per step | phase | `'cpp'` (µs) | `'torch'` (µs) | ReLU (µs) | `'cpp'` / ReLU "
+                  "| `'torch'` / ReLU |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key in sorted(k for k in rows if k[0] == dtype):
+            by_backend = rows[key]
+            size = _neuron_count(key[2])
+            if "relu" not in by_backend:
+                raise ValueError(f"no relu row, the reference of the ratios, for {dtype} T={key[1]} N={size}")
+            for phase, label in _KERNEL_PHASES:
+                cells = [_microseconds(by_backend[b][f"{phase}_us"]) if b in by_backend else "-"
+                         for b in ("cpp", "torch", "relu")]
+                ratios = [_times_reference(by_backend[b][f"{phase}_over_relu"]) if b in by_backend else "-"
+                          for b in ("cpp", "torch")]
+                lines.append(f"| {key[1]} | {size} | {label} | " + " | ".join(cells + ratios) + " |")
+    faulting = []
+    for key in sorted(rows):
+        output = key[1] * key[2] * _ELEMENT_BYTES.get(key[0], 4)
+        for backend in ("cpp", "torch", "relu"):
+            for phase, label in _KERNEL_PHASES:
+                faults = rows[key].get(backend, {}).get(f"{phase}_page_faults_per_call")
+                fresh = 0.0 if faults is None else float(faults) * int(s.get("page_bytes", 4096))
+                if 4 * fresh >= output:
+                    name = "ReLU" if backend == "relu" else f"`'{backend}'`"
+                    dtype = f"{key[0]}, " if len(dtypes) > 1 else ""
+                    faulting.append(f"{name} {label}, {dtype}T={key[1]}, {_neuron_count(key[2])}: "
+                                    f"{fresh / 2**20:.1f} MiB (output {output / 2**20:.1f} MiB)")
+    if faulting:
+        lines += ["", "Calls whose time includes page faults: memory that the allocator had given back "
+                      "to the system and maps again, per call (minor page faults times the page size; "
+                      "listed from a quarter of the output's size): " + "; ".join(faulting) + "."]
+    skipped = payload.get("skipped_backends") or {}
+    if skipped:
+        lines += ["", "Not measured: " + "; ".join(f"`{b}`: {why}" for b, why in skipped.items())]
+    return lines

@@ -501,3 +501,126 @@ def test_gradient_alignment_cli_writes_results_and_refuses_bad_input(tmp_path, m
             ga.main(argv)
         assert info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the neuron kernels on the CPU and the table of docs/backends.md
+
+
+def test_neuron_kernel_on_cpu_records_times_and_ratios_to_relu(tmp_path):
+    from benchmarks import bench_neuron_kernel, tables
+
+    assert bench_neuron_kernel.main(["--device", "cpu", "--log2n", "6,8", "--steps", "1,2", "--warmup", "1",
+                                     "--reps", "3", "--results-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "neuron_kernel_cpu.json").read_text())
+    assert payload["meta"]["device"] == "cpu" and payload["settings"]["threads"] == torch.get_num_threads()
+    assert payload["settings"]["neurons"] == [64, 256] and payload["settings"]["steps"] == [1, 2]
+    measured = {row["backend"] for row in payload["rows"]}
+    assert measured | set(payload["skipped_backends"]) == {"relu", "cpp", "torch", "spikingjelly-lif"}
+    assert {"relu", "torch"} <= measured
+    cells = {(row["backend"], row["steps"], row["neurons"]): row for row in payload["rows"]}
+    assert len(cells) == len(payload["rows"]) == 4 * len(measured)
+    for (backend, steps, neurons), row in cells.items():
+        relu = cells["relu", steps, neurons]
+        for phase in ("forward", "forward_only", "backward"):
+            assert 0 < row[f"{phase}_us_min"] <= row[f"{phase}_us"]
+            assert row[f"{phase}_over_relu"] == pytest.approx(row[f"{phase}_us"] / relu[f"{phase}_us"],
+                                                              rel=1e-12)
+        if backend in ("cpp", "torch"):
+            assert row["call"] == ("REGISTRY.single_step" if steps == 1 else "REGISTRY.multi_step")
+    table = [line for line in tables.neuron_kernel_cpu_markdown(tmp_path).splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 2 * 2 * 3  # the header, then T x N x phase
+
+
+def _kernel_row(backend: str, steps: int, neurons: int, microseconds: float, relu: float) -> dict:
+    row = {"backend": backend, "dtype": "float32", "steps": steps, "neurons": neurons}
+    for phase in ("forward", "forward_only", "backward"):
+        row.update({f"{phase}_us": microseconds, f"{phase}_us_min": microseconds,
+                    f"{phase}_over_relu": microseconds / relu})
+    return row
+
+
+def _kernel_payload() -> dict:
+    meta = {"device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch": "2.x",
+            "spikingjelly": "2.0.0", "date_utc": "2026-12-06T00:00:00+00:00"}
+    settings = {"threads": 2, "reps": 100, "warmup": 10, "surrogate": "Sigmoid(alpha=4.0)"}
+    rows = [_kernel_row("relu", 1, 2**15, 20.5, 20.5), _kernel_row("cpp", 1, 2**15, 125.0, 20.5),
+            _kernel_row("torch", 1, 2**15, 1750.0, 20.5)]
+    return {"meta": meta, "settings": settings, "loadavg": {"before": [0.5, 1, 1], "after": [1.5, 1, 1]},
+            "skipped_backends": {"spikingjelly-lif": "RuntimeError: not here"}, "rows": rows}
+
+
+def test_backends_docs_region_is_built_from_the_kernel_json(tmp_path):
+    from benchmarks import tables
+
+    assert tables.neuron_kernel_cpu_markdown(tmp_path) == ""  # no file, no table
+    (tmp_path / "neuron_kernel_cpu.json").write_text(json.dumps(_kernel_payload()))
+    text = tables.neuron_kernel_cpu_markdown(tmp_path)
+    assert "Test CPU (2 cores)" in text and "2 torch threads; load average (1 min) 0.5-1.5" in text
+    assert "| 1 | 2^15 | forward, with grad | 125 | 1,750 | 20.5 | 6.10 | 85.37 |" in text
+    assert "`spikingjelly-lif`: RuntimeError: not here" in text
+
+
+def _broken_kernel_payloads() -> dict:
+    no_relu = _kernel_payload()
+    no_relu["rows"] = no_relu["rows"][1:]
+    text_time = _kernel_payload()
+    text_time["rows"][1]["backward_us"] = "fast"
+    no_rows = _kernel_payload()
+    no_rows["rows"] = []
+    return {"without ReLU": json.dumps(no_relu), "a time that is text": json.dumps(text_time),
+            "no rows": json.dumps(no_rows), "cut short": json.dumps(_kernel_payload())[:50]}
+
+
+@pytest.mark.parametrize("broken", list(_broken_kernel_payloads()))
+def test_a_broken_kernel_json_is_refused_before_any_page_is_written(tmp_path, capsys, broken):
+    from benchmarks import __main__ as suite
+    from benchmarks import tables
+
+    results, page = tmp_path / "results", tmp_path / "backends.md"
+    results.mkdir()
+    page.write_text(f"a\n{tables.NEURON_KERNEL_CPU_START}\nold\n{tables.NEURON_KERNEL_CPU_END}\nb\n")
+    path = results / "neuron_kernel_cpu.json"
+    path.write_text(_broken_kernel_payloads()[broken])
+    with pytest.raises(common.ResultsFileError) as info:
+        tables.neuron_kernel_cpu_markdown(results)
+    assert str(path) in str(info.value) and tables.NEURON_KERNEL_CPU_COMMAND in str(info.value)
+    argv = ["--only", "tables", "--results-dir", str(results), "--readme", "", "--docs", "",
+            "--backends-docs", str(page)]
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        f"python -m benchmarks: error: {info.value}"]
+    assert "old" in page.read_text() and not (results / "RESULTS.md").exists()
+    path.write_text(json.dumps(_kernel_payload()))
+    assert suite.main(argv) == 0
+    assert page.read_text() == (f"a\n{tables.NEURON_KERNEL_CPU_START}\n"
+                                f"{tables.neuron_kernel_cpu_markdown(results)}\n{tables.NEURON_KERNEL_CPU_END}\nb\n")
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--log2n", "40"], "--log2n"), (["--log2n", "10", "--min-log2n", "8"], "--log2n"),
+    (["--backends", "cupy"], "--backends"), (["--steps", "0"], "--steps"), (["--device", "tpu"], "--device"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else value)
+def test_neuron_kernel_on_cpu_refuses_bad_input_in_one_message(tmp_path, capsys, argv, flag):
+    from benchmarks import bench_neuron_kernel
+
+    device = [] if "--device" in argv else ["--device", "cpu"]
+    with pytest.raises(SystemExit) as info:
+        bench_neuron_kernel.main(device + argv + ["--results-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert info.value.code == 2 and "Traceback" not in err
+    assert len(errors) == 1 and flag in errors[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_backends_docs_cpu_numbers_come_from_the_committed_json():
+    from benchmarks import tables
+
+    generated = tables.neuron_kernel_cpu_markdown(REPO / "benchmarks" / "results")
+    assert generated, "benchmarks/results/neuron_kernel_cpu.json is missing"
+    docs = (REPO / "docs" / "backends.md").read_text()
+    assert _region(docs, tables.NEURON_KERNEL_CPU_START, tables.NEURON_KERNEL_CPU_END) == generated
