@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         log(f"time/memory tables regenerated in {docs}")
     if backends_docs and not backends_md:
         log(f"{backends_docs} is left alone: {results_dir / tables.NEURON_KERNEL_CPU}.json does not exist "
-            f"(`{tables.NEURON_KERNEL_CPU_COMMAND}` writes it)")
+            f"(`{common.writer_of(tables.NEURON_KERNEL_CPU)}` writes it)")
     elif backends_docs and common.update_region(backends_md, backends_docs, tables.NEURON_KERNEL_CPU_START,
                                                 tables.NEURON_KERNEL_CPU_END):
         log(f"CPU kernel table regenerated in {backends_docs}")

@@ -29,6 +29,7 @@ Each checks the gradients before its optimizer steps (``check_gradients_finite``
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -646,43 +647,56 @@ def plot(results_dir: Path, payload: dict, name: str) -> None:
 
 
 def profile(results_dir: Path, arch: str, variants: list[str], steps: int, device: str = "cpu",
-            row_limit: int = 12) -> Path:
-    """torch.profiler tables (self time per operator) of one minibatch per variant, in one text file."""
+            row_limit: int = 14, rounds: int = 5) -> Path:
+    """torch.profiler tables (self time per operator, per minibatch) of every variant, in one text file.
+
+    Each variant is built as the time suite builds it (:func:`_setup`) and warmed up; then ``rounds``
+    rounds profile one minibatch of every variant in turn, and each table averages its variant's
+    rounds. Kernels called without a graph (SAF-F's first T-1 steps) are not operators: their time
+    is in no row, only in the minibatch's wall time, which each section's heading gives (median)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     cfg = (CUDA_CONFIG if device.startswith("cuda") else CPU_CONFIG)[arch]
-    dev = torch.device(device)
+    runners = {variant: _setup(arch, variant, steps, cfg["batch"], cfg["width_divisor"], cfg["image"], device)[0]
+               for variant in variants}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    profiles = {variant: [] for variant in variants}
+    walls = {variant: [] for variant in variants}
+    for variant in variants:
+        runners[variant]()
+    for index in range(rounds):
+        for variant in (variants if index % 2 == 0 else variants[::-1]):
+            with torch_profile(activities=activities) as prof:
+                start = time.perf_counter()
+                runners[variant]()
+                walls[variant].append(time.perf_counter() - start)
+            profiles[variant].append(prof.key_averages())
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     sections = []
     for variant in variants:
-        torch.manual_seed(0)
-        name, _ = _variant_parts(variant)
-        if name.startswith("ideal"):
-            model, method = common.build(arch, "ideal", steps, cfg["width_divisor"])
-            functional.set_step_mode(model, "m" if name == "ideal-e-acc" else "s")
-            method = None
-        else:
-            model, method = common.build(arch, "saf-e-acc" if name == "saf-e-acc-loop" else name,
-                                         steps, cfg["width_divisor"])
-            if name == "saf-e-acc-loop":
-                functional.set_step_mode(model, "s")
-        model = model.to(dev).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        x_seq = torch.rand(cfg["batch"], 1, 3, cfg["image"], cfg["image"], device=dev).repeat(
-            1, steps, 1, 1, 1)
-        target = torch.randint(0, 10, (cfg["batch"],), device=dev)
-        if name == common.MEMOPT_VARIANT:
-            common.apply_memopt(model, arch, x_seq.transpose(0, 1))
-
-        one_minibatch = _minibatch_runner(name, method, model, optimizer, x_seq, target, dev)
-
-        one_minibatch()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with torch_profile(activities=activities) as prof:
-            one_minibatch()
-        sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        sections.append(f"== {arch} {variant} T={steps} batch={cfg['batch']} ==\n"
-                        + prof.key_averages().table(sort_by=sort, row_limit=row_limit))
+        rows = _averaged_rows(profiles[variant], sort)
+        total = sum(row[1] for row in rows)
+        lines = [f"== {arch} {variant} T={steps} batch={cfg['batch']}: {rounds} profiled minibatches, "
+                 f"wall time {statistics.median(walls[variant]) * 1e3:.1f} ms (median), "
+                 f"self time of all operators {total:.1f} ms per minibatch ==",
+                 f"{'operator':<48} {'ms per minibatch':>17} {'calls':>7}"]
+        lines += [f"{name[:48]:<48} {ms:>17.2f} {calls:>7}" for name, ms, calls in rows[:row_limit]]
+        sections.append("\n".join(lines))
     return common.write_text(results_dir / f"profile_{arch}_T{steps}.txt", "\n\n".join(sections) + "\n")
+
+
+def _averaged_rows(averages: list, sort: str) -> list[tuple[str, float, int]]:
+    """(operator, self milliseconds per minibatch, calls per minibatch), largest first, from one
+    ``key_averages()`` per profiled minibatch."""
+    totals: dict[str, list] = {}
+    for events in averages:
+        for event in events:
+            row = totals.setdefault(event.key, [0.0, 0])
+            row[0] += getattr(event, sort) / 1e3
+            row[1] += event.count
+    count = len(averages)
+    return sorted(((name, ms / count, calls // count) for name, (ms, calls) in totals.items()),
+                  key=lambda row: -row[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -740,7 +754,7 @@ def main(argv=None) -> int:
         return 0
     if profiled:
         for arch in archs or ["vggws"]:
-            print(profile(results_dir, arch, profiled, (args.steps or [6])[0], args.device))
+            print(profile(results_dir, arch, profiled, (args.steps or [6])[0], args.device, rounds=args.rounds or 5))
         return 0
     run(results_dir, args.quick, args.device, tuple(archs) if archs else None, args.steps,
         only_variants=only, tag=args.tag or "", memopt_level=args.memopt_level, rounds=args.rounds,

@@ -127,6 +127,7 @@ WRITERS = (
     ("fashion_mnist", "python -m benchmarks.bench_fashion_mnist --tag {name}"),
     ("sequential", "python -m benchmarks.bench_sequential"),
     ("neuron_kernel_results", "python -m benchmarks.bench_neuron_kernel"),
+    ("neuron_kernel_cpu", "python -m benchmarks.bench_neuron_kernel --device cpu"),
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from .common import (SHAPE_ERRORS, ResultsFileError, read_json, results_file_error, results_without,
-                     shape_problem, writer_of)
+                     shape_problem)
 
 #: The generated region of docs/benchmarks.md, section 2.
 DOCS_START = "<!-- TIME-MEMORY-TABLES:START -->"
@@ -780,29 +780,17 @@ BACKENDS_DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "backends
 NEURON_KERNEL_CPU_START = "<!-- NEURON-KERNEL-CPU:START -->"
 NEURON_KERNEL_CPU_END = "<!-- NEURON-KERNEL-CPU:END -->"
 NEURON_KERNEL_CPU = "neuron_kernel_cpu"
-NEURON_KERNEL_CPU_COMMAND = "python -m benchmarks.bench_neuron_kernel --device cpu"
 _ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _KERNEL_PHASES = (("forward", "forward, with grad"), ("forward_only", "forward, no grad"),
                   ("backward", "backward"))
 
 
-def _naming_the_kernel_command(error: ResultsFileError) -> ResultsFileError:
-    # common.WRITERS has no entry for this file, so its messages would not name the command.
-    generic = f"`{writer_of(NEURON_KERNEL_CPU)}`"
-    return ResultsFileError(str(error).replace(generic, f"`{NEURON_KERNEL_CPU_COMMAND}`", 1))
-
-
+@names_a_broken_file
 def neuron_kernel_cpu_markdown(results_dir: Path) -> str:
     """The generated region of docs/backends.md, "Speed on the CPU": the CPU kernel times of
     ``neuron_kernel_cpu.json`` (``bench_neuron_kernel --device cpu``); "" when that file is absent."""
-    path = Path(results_dir) / f"{NEURON_KERNEL_CPU}.json"
-    try:
-        payload = read_json(results_dir, NEURON_KERNEL_CPU)
-        return "" if payload is None else "\n".join(neuron_kernel_cpu_lines(payload))
-    except ResultsFileError as error:
-        raise _naming_the_kernel_command(error) from error
-    except SHAPE_ERRORS as error:
-        raise _naming_the_kernel_command(results_file_error(path, shape_problem(error))) from error
+    payload = read_json(results_dir, NEURON_KERNEL_CPU)
+    return "" if payload is None else "\n".join(neuron_kernel_cpu_lines(payload))
 
 
 def _microseconds(value) -> str:

@@ -584,7 +584,7 @@ def test_a_broken_kernel_json_is_refused_before_any_page_is_written(tmp_path, ca
     path.write_text(_broken_kernel_payloads()[broken])
     with pytest.raises(common.ResultsFileError) as info:
         tables.neuron_kernel_cpu_markdown(results)
-    assert str(path) in str(info.value) and tables.NEURON_KERNEL_CPU_COMMAND in str(info.value)
+    assert str(path) in str(info.value) and common.writer_of(tables.NEURON_KERNEL_CPU) in str(info.value)
     argv = ["--only", "tables", "--results-dir", str(results), "--readme", "", "--docs", "",
             "--backends-docs", str(page)]
     with pytest.raises(SystemExit) as exit_info:
@@ -624,3 +624,21 @@ def test_backends_docs_cpu_numbers_come_from_the_committed_json():
     assert generated, "benchmarks/results/neuron_kernel_cpu.json is missing"
     docs = (REPO / "docs" / "backends.md").read_text()
     assert _region(docs, tables.NEURON_KERNEL_CPU_START, tables.NEURON_KERNEL_CPU_END) == generated
+
+
+def test_profile_averages_interleaved_minibatches_per_variant(tmp_path):
+    from benchmarks import bench_time_memory
+
+    path = bench_time_memory.profile(tmp_path, "vggws", ["saf-f", "ideal-f"], 1, rounds=2)
+    saf, ideal = path.read_text().split("\n\n")[:2]
+    assert saf.startswith("== vggws saf-f T=1 batch=16: 2 profiled minibatches, wall time ")
+    assert ideal.startswith("== vggws ideal-f T=1 batch=16: 2 profiled minibatches, wall time ")
+
+    def calls(section, operator):
+        rows = [line.split() for line in section.splitlines()[2:]]
+        return next(int(row[-1]) for row in rows if row[0] == operator)
+
+    # One minibatch's calls, not the two rounds': 8 neuron layers, one step with a graph.
+    assert calls(saf, "SAFCppForward") == 8 and calls(saf, "SAFCppForwardBackward") == 8
+    assert calls(ideal, "aten::mkldnn_convolution") == 8
+    assert "SAFCpp" not in ideal
