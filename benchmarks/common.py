@@ -114,8 +114,8 @@ class ResultsFileError(ValueError):
 #: The command that writes each results file, by the start of its name (the first match counts).
 WRITERS = (
     ("time_memory_account", "python -m benchmarks.bench_time_memory --memory"),
-    ("time_memory_memopt", "python -m benchmarks.bench_time_memory --variants "
-                           "bptt,bptt+memopt,saf-e,saf-f,sltt --tag memopt"),
+    ("time_memory_memopt", "python -m benchmarks.bench_time_memory --archs vggws,resnet18 --steps 4,16 "
+                           "--variants bptt,bptt+memopt,saf-e,saf-f,sltt --tag memopt --threads 1"),
     ("time_memory", "python -m benchmarks --only time"),
     ("ops", "python -m benchmarks --only ops"),
     ("accuracy", "python -m benchmarks --only accuracy"),
