@@ -132,19 +132,8 @@ def inputs(steps: int, neurons: int, dtype, device, state_dtype=None, single_ste
 
 def measure(forward, steps: int, neurons: int, dtype, device, warmup: int, reps: int,
             state_dtype=None) -> dict:
-    x, state, grad_out = inputs(steps, neurons, dtype, device, state_dtype)
-    x_grad = x.clone().requires_grad_()
-    result = {}
-    with torch.no_grad():
-        result["forward_only_ms"] = time_cuda(lambda: forward(x, state), warmup, reps)
-    result["forward_ms"] = time_cuda(lambda: forward(x_grad, state), warmup, reps)
-    y = forward(x_grad, state)
-
-    def backward():
-        torch.autograd.grad(y, x_grad, grad_out, retain_graph=True)
-
-    result["backward_ms"] = time_cuda(backward, warmup, reps)
-    return result
+    calls = phase_calls(forward, *inputs(steps, neurons, dtype, device, state_dtype))
+    return {f"{phase}_ms": time_cuda(call, warmup, reps) for phase, call in calls.items()}
 
 
 def phase_calls(forward, x, state, grad_out) -> dict:
